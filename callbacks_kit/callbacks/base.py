@@ -1,0 +1,134 @@
+"""The `Callback` base class and the ordered list that dispatches events to callbacks."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+EVENTS: tuple[str, ...] = (
+    "on_fit_start",
+    "on_epoch_start",
+    "on_train_batch_start",
+    "on_after_backward",
+    "on_train_batch_end",
+    "on_validation_start",
+    "on_validation_batch_end",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_fit_end",
+    "on_exception",
+)
+
+
+class Callback:
+    """Base class: override the `on_*` events you need; all of them default to no-ops.
+
+    Every event receives the trainer and nothing else; read what you need from
+    `trainer.state`, `trainer.model`, `trainer.optimizer` and `trainer.accelerator`.
+
+    Attributes:
+        order: Callbacks run in ascending `order` (ties keep the order given). LR
+            schedulers use 0 so that loggers (order 100) see the LR they set.
+    """
+
+    order: int = 50
+
+    @property
+    def state_key(self) -> str:
+        """Key under which `state_dict()` is saved in checkpoints; unique per callback."""
+        return type(self).__qualname__
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a resume (best scores, counters...). JSON-serialisable."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Once, after the model, optimizer and loaders are prepared, before the first epoch."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        """At the start of each training epoch."""
+
+    def on_train_batch_start(self, trainer: Trainer) -> None:
+        """Before the forward pass of each training batch."""
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        """Gradients are complete (all accumulated, all reduced) and unscaled, before the
+        optimizer step. Fires only on batches where the optimizer will step.
+        """
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        """After each training batch (and the optimizer step, when there was one)."""
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        """Before the validation loop (also for `trainer.evaluate`)."""
+
+    def on_validation_batch_end(self, trainer: Trainer) -> None:
+        """After each validation batch; `trainer.last_outputs`/`last_targets` hold it."""
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        """After validation; `trainer.state.metrics` holds `val/*`."""
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        """At the end of each epoch, after validation."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Once, when `fit` finishes normally or stops early."""
+
+    def on_exception(self, trainer: Trainer) -> None:
+        """When `fit` is leaving on an exception (`trainer.exception` holds it)."""
+
+
+class CallbackList:
+    """Callbacks sorted by `order`, with their event names checked up front."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self._callbacks: list[Callback] = []
+        for callback in callbacks:
+            self.append(callback)
+
+    def append(self, callback: Callback) -> None:
+        """Add a callback, keeping the list sorted by `order`."""
+        if not isinstance(callback, Callback):
+            raise TypeError(
+                f"{callback!r} is not a Callback; subclass callbacks_kit.Callback and override its on_* methods"
+            )
+        _check_event_names(callback)
+        keys = {c.state_key for c in self._callbacks}
+        if callback.state_key in keys and type(callback).state_dict is not Callback.state_dict:
+            raise ValueError(
+                f"two stateful callbacks share the state_key {callback.state_key!r}; "
+                "override `state_key` so that their checkpointed state does not collide"
+            )
+        self._callbacks.append(callback)
+        self._callbacks.sort(key=lambda c: c.order)
+
+    def fire(self, event: str, trainer: Trainer) -> None:
+        """Call `event` on every callback in order."""
+        for callback in self._callbacks:
+            getattr(callback, event)(trainer)
+
+    def find(self, kind: type[Callback]) -> list[Callback]:
+        """Every callback that is an instance of `kind`."""
+        return [c for c in self._callbacks if isinstance(c, kind)]
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self._callbacks)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+
+def _check_event_names(callback: Callback) -> None:
+    """Reject `on_*` methods that are not events (a typo would silently never run)."""
+    for name in dir(type(callback)):
+        if name.startswith("on_") and name not in EVENTS and callable(getattr(callback, name)):
+            close = difflib.get_close_matches(name, EVENTS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"events are: {', '.join(EVENTS)}"
+            raise TypeError(f"{type(callback).__name__}.{name} is not a callback event; {hint}")

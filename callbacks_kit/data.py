@@ -1,0 +1,231 @@
+"""Data: the built-in shapes dataset (no download) and ImageFolder loading with transforms."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHAPES = ("circle", "square", "triangle", "cross", "star", "ring")
+
+
+class DataError(ValueError):
+    """A data folder or data option that cannot work, found before training."""
+
+
+class ShapesDataset(Dataset):
+    """Coloured geometric shapes on noisy backgrounds, generated from a seed: no download.
+
+    Sample `i` depends only on `(seed, i)`, so the data is the same on every machine, in
+    every worker and every process. Shapes vary in colour, size, position and rotation;
+    colours carry no class information.
+
+    Args:
+        num_samples: Number of images.
+        image_size: Height and width in pixels.
+        seed: Seed of the whole dataset; use different seeds for train and validation.
+        task: "classification" gives `(image, class_index)`; "segmentation" gives
+            `(image, mask)` with one to three shapes per image and a `(H, W)` long mask
+            holding 0 for background and `class_index + 1` for each shape's pixels.
+        normalize: Standardise with the ImageNet mean and std, as pretrained models expect.
+    """
+
+    classes: tuple[str, ...] = SHAPES
+
+    def __init__(
+        self,
+        num_samples: int = 3000,
+        image_size: int = 64,
+        seed: int = 0,
+        task: str = "classification",
+        normalize: bool = True,
+    ) -> None:
+        if task not in ("classification", "segmentation"):
+            raise DataError(f"task={task!r}; use 'classification' or 'segmentation'")
+        if num_samples < 1 or image_size < 16:
+            raise DataError(f"need num_samples >= 1 and image_size >= 16, got {num_samples} and {image_size}")
+        self.num_samples = num_samples
+        self.image_size = image_size
+        self.seed = seed
+        self.task = task
+        self.normalize = normalize
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        coords = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size
+        self._yy, self._xx = torch.meshgrid(coords, coords, indexing="ij")
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        background = torch.rand(3, 1, 1, generator=g)
+        image = background.expand(3, self.image_size, self.image_size).clone()
+        mask = torch.zeros(self.image_size, self.image_size, dtype=torch.long)
+        count = 1 if self.task == "classification" else int(torch.randint(1, 4, (1,), generator=g))
+        label = 0
+        for _ in range(count):
+            label = int(torch.randint(len(self.classes), (1,), generator=g))
+            inside = self._shape_mask(label, g, small=count > 1)
+            image[:, inside] = _contrasting_colour(background.flatten(), g)[:, None]
+            mask[inside] = label + 1
+        image = (image + 0.04 * torch.randn(image.shape, generator=g)).clamp_(0, 1)
+        if self.normalize:
+            image = v2.functional.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD))
+        return (image, label) if self.task == "classification" else (image, mask)
+
+    def _shape_mask(self, label: int, g: torch.Generator, small: bool) -> torch.Tensor:
+        scale = 0.5 if small else 1.0
+        radius = scale * (0.22 + 0.14 * float(torch.rand((), generator=g)))
+        low, high = radius + 0.02, 1 - radius - 0.02
+        cy, cx = (low + (high - low) * torch.rand(2, generator=g)).tolist()
+        angle = (float(torch.rand((), generator=g)) - 0.5) * math.pi / 3  # within +-30 degrees
+        dy, dx = self._yy - cy, self._xx - cx
+        u = dx * math.cos(angle) + dy * math.sin(angle)
+        v = -dx * math.sin(angle) + dy * math.cos(angle)
+        rho, theta = torch.sqrt(u * u + v * v), torch.atan2(v, u)
+        name = self.classes[label]
+        if name == "circle":
+            return rho <= radius
+        if name == "square":
+            return torch.maximum(u.abs(), v.abs()) <= radius * 0.8
+        if name == "triangle":
+            # Inside all three edges of an equilateral triangle with inradius 0.6 radius.
+            edges = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
+            return torch.stack(edges).amax(0) <= radius * 0.6
+        if name == "cross":
+            arm, width = radius, radius * 0.32
+            return ((u.abs() <= width) & (v.abs() <= arm)) | ((v.abs() <= width) & (u.abs() <= arm))
+        if name == "star":
+            # Radius swings linearly between inner and outer points: five sharp tips.
+            phase = (theta * 5 / (2 * math.pi)) % 1.0
+            swing = 1 - (phase - 0.5).abs() * 2
+            return rho <= radius * (0.42 + 0.58 * swing)
+        return (rho <= radius) & (rho >= radius * 0.6)  # ring
+
+
+def _contrasting_colour(background: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A random colour whose brightness differs enough from the background to be seen."""
+    for _ in range(20):
+        colour = torch.rand(3, generator=g)
+        if (colour - background).abs().max() > 0.35:
+            return colour
+    return 1 - background
+
+
+def denormalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Undo the ImageNet normalisation for display, clamped to [0, 1]."""
+    mean_t = torch.tensor(mean, device=images.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(-1, 1, 1)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------ ImageFolder
+def train_transform(image_size: int) -> v2.Compose:
+    """Random crop and flip, then ImageNet normalisation."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(image_size: int) -> v2.Compose:
+    """Resize to 1/0.875 of the size, centre crop, ImageNet normalisation."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(image_size / 0.875), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def image_folder_datasets(
+    root: str | os.PathLike[str], image_size: int = 224, val_split: float | None = None, seed: int = 0
+) -> tuple[Dataset, Dataset, list[str]]:
+    """Train and validation datasets from an ImageFolder tree.
+
+    `root/train/<class>/*.jpg` and `root/val/<class>/*.jpg` when both exist; otherwise
+    `root/<class>/*.jpg` split at random (by `seed`) with `val_split` of it for validation.
+
+    Returns:
+        `(train_dataset, val_dataset, class_names)`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--data {root}: no such folder; give a folder with train/ and val/ or class subfolders")
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        train = _image_folder(train_dir, train_transform(image_size))
+        val = _image_folder(val_dir, eval_transform(image_size))
+        if train.classes != val.classes:
+            raise DataError(
+                f"{train_dir} and {val_dir} have different classes: {train.classes} vs {val.classes}; "
+                "every class needs a folder in both"
+            )
+        return train, val, list(train.classes)
+    split = 0.2 if val_split is None else val_split
+    if not 0 < split < 1:
+        raise DataError(f"--val-split {split} must be between 0 and 1 (exclusive)")
+    train_all = _image_folder(root, train_transform(image_size))
+    val_all = _image_folder(root, eval_transform(image_size))
+    order = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(order) * split))
+    if n_val >= len(order):
+        raise DataError(f"{root} has {len(order)} images: too few to hold out {split:.0%} for validation")
+    return Subset(train_all, order[n_val:]), Subset(val_all, order[:n_val]), list(train_all.classes)
+
+
+def _image_folder(path: Path, transform: v2.Compose) -> datasets.ImageFolder:
+    try:
+        return datasets.ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{path} is not an ImageFolder tree ({exc}); expected one subfolder per class holding images "
+            "(.jpg, .png, ...), or train/ and val/ folders that each hold such subfolders"
+        ) from exc
+
+
+@dataclass
+class Loaders:
+    """What the main job trains on."""
+
+    train: DataLoader
+    val: DataLoader
+    classes: list[str]
+
+
+def default_workers() -> int:
+    """Data-loading workers: half the cores, at most 8 (the other half runs the model)."""
+    return min(8, max(0, (os.cpu_count() or 1) // 2))
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with persistent workers when there are any."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
