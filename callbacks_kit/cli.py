@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -112,7 +113,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
-    state = PartialState(cpu=args.cpu)
+    # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
+    cpu_only = args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    cpu_only = cpu_only or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu_only)
     torch.manual_seed(args.seed)
     if args.data:
         size = args.image_size or 224
@@ -144,7 +148,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.grad_accum,
         max_grad_norm=args.max_grad_norm,
-        cpu=args.cpu,
+        cpu=cpu_only,
         seed=args.seed,
         log_every_n_steps=args.log_every,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -409,6 +410,8 @@ def _check_options(
 
 
 def _build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Accelerator:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        cpu = True  # else Accelerate sees one process in each of the launched ones, all "main"
     # One Trainer owns this process's Accelerator settings: forget those of an earlier one
     # (Accelerate refuses a second, different mixed_precision otherwise). The process group,
     # held by PartialState, is kept.
