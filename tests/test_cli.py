@@ -1,0 +1,99 @@
+"""The main job, `callbacks-kit train`, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import REPO
+
+from callbacks_kit.cli import main
+from callbacks_kit.data import ShapesDataset, denormalize
+
+TINY = ["--epochs", "1", "--train-samples", "48", "--val-samples", "24", "--batch-size", "16", "--image-size", "32",
+        "--no-progress"]
+
+
+def write_image_folder(root: Path, per_class: int = 6, split: bool = True) -> None:
+    """A small ImageFolder tree of PNGs drawn from the shapes dataset."""
+    shapes = ShapesDataset(per_class * 12, image_size=40, seed=3)
+    counts: dict[tuple[str, str], int] = {}
+    for i in range(len(shapes)):
+        image, label = shapes[i]
+        part = ("train" if i % 3 else "val") if split else ""
+        name = shapes.classes[label]
+        folder = root / part / name
+        folder.mkdir(parents=True, exist_ok=True)
+        counts[(part, name)] = counts.get((part, name), 0) + 1
+        torchvision.utils.save_image(denormalize(image), folder / f"{i}.png")
+    if split:  # every class needs a folder on both sides
+        for part in ("train", "val"):
+            for name in shapes.classes:
+                folder = root / part / name
+                if not folder.exists() or not any(folder.iterdir()):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    torchvision.utils.save_image(torch.rand(3, 40, 40), folder / "extra.png")
+
+
+def test_main_job_tiny_run_writes_a_tensorboard_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["train", *TINY, "--log-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"run written to {tmp_path / 'run'}" in out
+    assert f"tensorboard --logdir {tmp_path / 'run'}" in out
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_image_folder_with_train_and_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    write_image_folder(tmp_path / "data")
+    args = ["train", "--data", str(tmp_path / "data"), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+            "--workers", "0", "--no-progress", "--log-dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "6 classes" in capsys.readouterr().out
+
+
+def test_image_folder_split_and_local_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    write_image_folder(tmp_path / "data", split=False)
+    weights = tmp_path / "imagenet_like.pth"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
+    args = ["train", "--data", str(tmp_path / "data"), "--val-split", "0.25", "--weights", str(weights),
+            "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress",
+            "--log-dir", str(tmp_path / "run")]
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/no/such/folder"], "no such folder"),
+        (["--model", "resnet19"], "unknown torchvision model 'resnet19'; closest: resnet18"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--mixed-precision", "fp16", "--cpu"], "needs a CUDA GPU"),
+    ],
+)
+def test_bad_options_get_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], args, message):
+    assert main(["train", *TINY, "--log-dir", str(tmp_path / "run"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_empty_image_folder_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    assert main(["train", *TINY, "--data", str(tmp_path / "data"), "--log-dir", str(tmp_path / "run")]) == 2
+    assert "not an ImageFolder tree" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_job_default_reaches_90_percent(tmp_path: Path):
+    """The README's main job, as a subprocess with its defaults: the issue's accuracy bar."""
+    result = subprocess.run(
+        [sys.executable, "-m", "callbacks_kit", "train", "--no-progress", "--log-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(re.search(r"val/accuracy (\d\.\d+)", result.stdout.split("done in")[-1]).group(1))
+    print(result.stdout)
+    assert accuracy >= 0.90
