@@ -227,8 +227,9 @@ class Trainer:
         if self._resume_batches:
             loader, start = accelerator.skip_first_batches(loader, self._resume_batches), self._resume_batches
             self._resume_batches = 0
-        interval_loss = torch.zeros((), device=self.device)
+        # One running sum on the device; the interval's loss is its difference to the last log.
         epoch_loss = torch.zeros((), device=self.device)
+        logged_loss = torch.zeros((), device=self.device)
         interval_batches = epoch_batches = interval_samples = 0
         interval_start = time.perf_counter()
         for state.batch_idx, batch in enumerate(loader, start=start):
@@ -250,7 +251,6 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             self.last_inputs, self.last_targets, self.last_outputs = inputs, targets, outputs
             self.last_loss = loss.detach()
-            interval_loss += self.last_loss
             epoch_loss += self.last_loss
             interval_batches += 1
             epoch_batches += 1
@@ -262,8 +262,8 @@ class Trainer:
                 state.global_step += 1
                 if state.global_step % self.log_every_n_steps == 0:
                     elapsed = time.perf_counter() - interval_start
-                    self._log_train(interval_loss / interval_batches, interval_samples, elapsed)
-                    interval_loss = torch.zeros((), device=self.device)
+                    self._log_train((epoch_loss - logged_loss) / interval_batches, interval_samples, elapsed)
+                    logged_loss = epoch_loss.clone()
                     interval_batches = interval_samples = 0
                     interval_start = time.perf_counter()
             self.callbacks.fire("on_train_batch_end", self)

@@ -36,8 +36,14 @@ def tiny_loaders() -> tuple[DataLoader, DataLoader]:
     )
 
 
-def run_distributed(script: str | Path, *args: str, nproc: int = 2, timeout: float = 240, cwd: Path | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_distributed(
+    script: str | Path,
+    *args: str,
+    nproc: int = 2,
+    timeout: float = 240,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `script` in `nproc` real gloo processes on the CPU through torchrun.
 
     `accelerate launch --cpu --num_processes 2` starts one process on a CPU host, so the
@@ -45,8 +51,16 @@ def run_distributed(script: str | Path, *args: str, nproc: int = 2, timeout: flo
     """
     full_env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=full_env)
     if result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")

@@ -23,20 +23,35 @@ class StopOnRankOne(Callback):
 
 
 model = tiny_mlp()
-trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                  metrics={"accuracy": accuracy}, callbacks=[TensorBoardLogger(str(out / "run")), StopOnRankOne()],
-                  seed=0, log_every_n_steps=2, progress_bar=True)
+trainer = Trainer(
+    model,
+    torch.optim.SGD(model.parameters(), lr=0.1),
+    nn.CrossEntropyLoss(),
+    metrics={"accuracy": accuracy},
+    callbacks=[TensorBoardLogger(str(out / "run")), StopOnRankOne()],
+    seed=0,
+    log_every_n_steps=2,
+    progress_bar=True,
+)
 val_data = tiny_classification_data(31, seed=1)  # 31 samples: an uneven last batch across 2 processes
-state = trainer.fit(DataLoader(tiny_classification_data(64), batch_size=8, shuffle=True),
-                    DataLoader(val_data, batch_size=8), epochs=4)
+state = trainer.fit(
+    DataLoader(tiny_classification_data(64), batch_size=8, shuffle=True), DataLoader(val_data, batch_size=8), epochs=4
+)
 results = trainer.evaluate(DataLoader(val_data, batch_size=8))
 net = trainer.unwrapped_model.eval()
 with torch.no_grad():
     logits = net(val_data.tensors[0])
 expected = (logits.argmax(1) == val_data.tensors[1]).float().mean().item()
 rank = trainer.accelerator.process_index
-(out / f"rank{rank}.json").write_text(json.dumps({
-    "global_step": state.global_step, "epoch": state.epoch, "num_processes": trainer.accelerator.num_processes,
-    "val_accuracy": results["val/accuracy"], "expected_accuracy": expected,
-    "first_weight": float(net[0].weight.flatten()[0]),
-}))
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "num_processes": trainer.accelerator.num_processes,
+            "val_accuracy": results["val/accuracy"],
+            "expected_accuracy": expected,
+            "first_weight": float(net[0].weight.flatten()[0]),
+        }
+    )
+)

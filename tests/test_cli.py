@@ -15,8 +15,19 @@ from conftest import REPO
 from callbacks_kit.cli import main
 from callbacks_kit.data import ShapesDataset, denormalize
 
-TINY = ["--epochs", "1", "--train-samples", "48", "--val-samples", "24", "--batch-size", "16", "--image-size", "32",
-        "--no-progress"]
+TINY = [
+    "--epochs",
+    "1",
+    "--train-samples",
+    "48",
+    "--val-samples",
+    "24",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "32",
+    "--no-progress",
+]
 
 
 def write_image_folder(root: Path, per_class: int = 6, split: bool = True) -> None:
@@ -50,8 +61,22 @@ def test_main_job_tiny_run_writes_a_tensorboard_run(tmp_path: Path, capsys: pyte
 
 def test_image_folder_with_train_and_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     write_image_folder(tmp_path / "data")
-    args = ["train", "--data", str(tmp_path / "data"), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
-            "--workers", "0", "--no-progress", "--log-dir", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--log-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     assert "6 classes" in capsys.readouterr().out
 
@@ -60,9 +85,26 @@ def test_image_folder_split_and_local_weights(tmp_path: Path, capsys: pytest.Cap
     write_image_folder(tmp_path / "data", split=False)
     weights = tmp_path / "imagenet_like.pth"
     torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
-    args = ["train", "--data", str(tmp_path / "data"), "--val-split", "0.25", "--weights", str(weights),
-            "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress",
-            "--log-dir", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--val-split",
+        "0.25",
+        "--weights",
+        str(weights),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--log-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
 
 
@@ -91,7 +133,10 @@ def test_main_job_default_reaches_90_percent(tmp_path: Path):
     """The README's main job, as a subprocess with its defaults: the issue's accuracy bar."""
     result = subprocess.run(
         [sys.executable, "-m", "callbacks_kit", "train", "--no-progress", "--log-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"val/accuracy (\d\.\d+)", result.stdout.split("done in")[-1]).group(1))

@@ -21,10 +21,12 @@ class Recorder(Callback):
 
     def __getattribute__(self, name: str):
         if name in EVENTS:
+
             def record(trainer: Trainer) -> None:
                 self.events.append(name)
                 if name == "on_after_backward":
                     self.steps_at_backward.append(trainer.state.global_step)
+
             return record
         return object.__getattribute__(self, name)
 
@@ -32,13 +34,21 @@ class Recorder(Callback):
 def make_trainer(callbacks=(), **kwargs) -> Trainer:
     model = tiny_mlp()
     kwargs.setdefault("progress_bar", False)
-    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                   metrics={"accuracy": accuracy}, callbacks=callbacks, **kwargs)
+    return Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        metrics={"accuracy": accuracy},
+        callbacks=callbacks,
+        **kwargs,
+    )
 
 
 def loaders(train_n: int = 64, val_n: int = 30, batch: int = 8) -> tuple[DataLoader, DataLoader]:
-    return (DataLoader(tiny_classification_data(train_n), batch_size=batch, shuffle=True),
-            DataLoader(tiny_classification_data(val_n, seed=1), batch_size=batch))
+    return (
+        DataLoader(tiny_classification_data(train_n), batch_size=batch, shuffle=True),
+        DataLoader(tiny_classification_data(val_n, seed=1), batch_size=batch),
+    )
 
 
 def expected_events(epochs: int, train_batches: int, val_batches: int, steps_on: set[int]) -> list[str]:
@@ -213,8 +223,9 @@ def test_override_unpack_batch_for_other_batch_shapes():
     data = tiny_classification_data(32)
     triples = TensorDataset(data.tensors[0], data.tensors[1], torch.ones(32))
     model = tiny_mlp()
-    trainer = TripleTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                            progress_bar=False)
+    trainer = TripleTrainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), progress_bar=False
+    )
     assert trainer.fit(DataLoader(triples, batch_size=8), epochs=1).global_step == 4
 
 
@@ -238,8 +249,9 @@ def test_empty_loader():
 def test_loss_that_is_not_a_scalar_fails_before_any_step():
     model = tiny_mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(reduction="none"),
-                      progress_bar=False)
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(reduction="none"), progress_bar=False
+    )
     train, _ = loaders()
     with pytest.raises(TrainerError, match=r"shape \(8,\), not a scalar.*reduction='mean'"):
         trainer.fit(train, epochs=1)
@@ -256,8 +268,13 @@ def test_batch_that_cannot_be_unpacked():
 
 def test_metric_that_is_not_a_scalar():
     model = tiny_mlp()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                      metrics={"per_sample": lambda o, t: (o.argmax(1) == t).float()}, progress_bar=False)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        metrics={"per_sample": lambda o, t: (o.argmax(1) == t).float()},
+        progress_bar=False,
+    )
     train, val = loaders()
     with pytest.raises(TrainerError, match="metric 'per_sample' returned Tensor"):
         trainer.fit(train, val, epochs=1)
@@ -321,8 +338,14 @@ def test_gradient_clipping_bounds_the_norm():
             return super().step(closure)
 
     model = tiny_mlp()
-    trainer = Trainer(model, Capture(model.parameters(), lr=0.01), nn.CrossEntropyLoss(), callbacks=[Norm()],
-                      max_grad_norm=1.0, progress_bar=False)
+    trainer = Trainer(
+        model,
+        Capture(model.parameters(), lr=0.01),
+        nn.CrossEntropyLoss(),
+        callbacks=[Norm()],
+        max_grad_norm=1.0,
+        progress_bar=False,
+    )
     train, _ = loaders()
     trainer.fit(train, epochs=1)
     assert norms and max(norms) <= 1.0 + 1e-4

@@ -1,0 +1,85 @@
+"""Write your own callback: activation statistics through forward hooks that remove themselves.
+
+Every `every_n_steps` optimizer steps, the callback hooks the model's ReLU and conv layers for
+one forward pass, keeps the mean and std of each output on the device, removes the hooks,
+and writes the numbers to TensorBoard with a single host read.
+
+Run: python examples/custom_callback.py && tensorboard --logdir runs/custom_callback
+"""
+
+import argparse
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
+from callbacks_kit.data import ShapesDataset, make_loader
+from callbacks_kit.finetune import build_classifier
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--fast", action="store_true")
+parser.add_argument("--log-dir", default="runs/custom_callback")
+args = parser.parse_args()
+
+
+class ActivationStats(Callback):
+    """Logs `activations/<layer>/mean` and `/std` every `every_n_steps` optimizer steps."""
+
+    order = 110  # after TensorBoardLogger (order -100) has created the writer
+
+    def __init__(self, every_n_steps: int = 20, kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.ReLU)) -> None:
+        self.every_n_steps = every_n_steps
+        self.kinds = kinds
+        self.handles: list[RemovableHandle] = []
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer: Trainer) -> None:
+        # Hook only the forward of the batch that will be measured: other steps pay nothing.
+        if trainer.tb_writer is None or trainer.state.global_step % self.every_n_steps:
+            return
+        for name, module in trainer.unwrapped_model.named_modules():
+            if isinstance(module, self.kinds):
+                self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):  # noqa: ANN202
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            out = output.detach().float()
+            self.stats[name] = torch.stack([out.mean(), out.std()])  # stays on the device
+
+        return record
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        self._remove()
+        if not self.stats:
+            return
+        values = torch.stack(list(self.stats.values())).tolist()  # the one host read
+        for name, (mean, std) in zip(self.stats, values, strict=True):
+            trainer.tb_writer.add_scalar(f"activations/{name}/mean", mean, trainer.state.global_step)
+            trainer.tb_writer.add_scalar(f"activations/{name}/std", std, trainer.state.global_step)
+        self.stats.clear()
+
+    def on_exception(self, trainer: Trainer) -> None:
+        self._remove()  # never leave a hook on the user's model
+
+    def _remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+size, n = (32, 128) if args.fast else (64, 1200)
+train_loader = make_loader(ShapesDataset(n, size, seed=0), 32, shuffle=True, workers=0)
+val_loader = make_loader(ShapesDataset(n // 4, size, seed=1), 64, shuffle=False, workers=0)
+model = build_classifier("resnet18", num_classes=6)
+trainer = Trainer(
+    model,
+    torch.optim.AdamW(model.parameters(), lr=1e-3),
+    torch.nn.CrossEntropyLoss(),
+    metrics={"accuracy": accuracy},
+    callbacks=[TensorBoardLogger(args.log_dir), ActivationStats(every_n_steps=2 if args.fast else 20)],
+    seed=0,
+)
+trainer.fit(train_loader, val_loader, epochs=1 if args.fast else 2)
+left = sum(len(m._forward_hooks) for m in model.modules())
+trainer.print(f"hooks left on the model: {left}; open: tensorboard --logdir {args.log_dir}")
