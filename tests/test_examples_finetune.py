@@ -1,0 +1,54 @@
+"""Smoke tests: the fine-tuning and segmentation examples run with --fast and write their runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+EXAMPLES = REPO / "examples"
+
+
+def run_example(name: str, *args: str, timeout: float = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def event_run(run: Path) -> EventAccumulator:
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # one event file per run
+    return EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0}).Reload()
+
+
+@pytest.mark.slow
+def test_finetune_gradual_unfreeze(tmp_path: Path):
+    out = run_example("finetune_gradual_unfreeze.py", "--fast", "--log-dir", str(tmp_path))
+    for stage in ("epoch 1: unfroze layer4", "epoch 2: unfroze layer3", "epoch 3: unfroze conv1, bn1, layer1, layer2"):
+        assert stage in out
+    assert "predicted" in out and "val/accuracy" in out
+    events = event_run(tmp_path)
+    tags = set(events.Tags()["scalars"])
+    assert {"lr/fc", "lr/layer4", "lr/layer3", "lr/conv1+bn1+layer1+layer2", "lr/fc/no_decay"} <= tags
+    # After epoch 3 every stage runs at the head's LR times its factor.
+    last = {
+        tag: events.Scalars(tag)[-1].value for tag in ("lr/fc", "lr/layer4", "lr/layer3", "lr/conv1+bn1+layer1+layer2")
+    }
+    assert last["lr/layer4"] == pytest.approx(0.5 * last["lr/fc"], rel=1e-5)
+    assert last["lr/layer3"] == pytest.approx(0.25 * last["lr/fc"], rel=1e-5)
+    assert last["lr/conv1+bn1+layer1+layer2"] == pytest.approx(0.1 * last["lr/fc"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["bce-dice", "dice"])
+def test_segmentation_dice(tmp_path: Path, loss: str):
+    out = run_example("segmentation_dice.py", "--fast", "--loss", loss, "--log-dir", str(tmp_path))
+    assert f"{loss}: val/iou" in out
+    events = event_run(tmp_path)
+    assert {"val/loss", "val/iou", "lr/group0"} <= set(events.Tags()["scalars"])
+    assert "segmentation/image_truth_prediction" in events.Tags()["images"]
