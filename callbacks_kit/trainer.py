@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, DistributedType, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, is_compiled_module, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -48,6 +49,12 @@ class Trainer:
         log_every_n_steps: How often (in optimizer steps) the host reads the running loss.
         accelerator: Use this Accelerator instead of building one.
         progress_bar: Add the default tqdm progress bar and per-epoch summary line.
+        compile: Compile the model with `torch.compile`: True, or a dict of its keyword
+            arguments (e.g. `{"mode": "max-autotune"}`). It is compiled after `prepare`
+            (so around DDP), as Accelerate's own dynamo option does; a model that
+            Accelerate already compiled is left alone. Only the model is compiled, not the
+            loss or the loop; `unwrapped_model` stays the uncompiled module, for hooks and
+            probe forwards.
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class Trainer:
         log_every_n_steps: int = 50,
         accelerator: Accelerator | None = None,
         progress_bar: bool = True,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         _check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
         if not isinstance(model, nn.Module):
@@ -83,6 +91,8 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if compile and not is_compiled_module(self.model):
+            self.model = torch.compile(self.model, **({} if compile is True else dict(compile)))
         self.callbacks = CallbackList(callbacks)
         if progress_bar:
             from callbacks_kit.callbacks.progress import ProgressBar
@@ -101,6 +111,12 @@ class Trainer:
         self.last_loss: torch.Tensor | None = None
         self._prepared_loaders: dict[int, Any] = {}
         self._resume_batches = 0
+        # Set by callbacks_kit.resume: puts back the saved RNG states at the right moment.
+        self._resume_rng: Callable[[], None] | None = None
+        # The epoch's running loss sums (epoch, at last log, batches, batches since log), which
+        # a mid-epoch checkpoint saves and a resume starts from, so train/* metrics match too.
+        self._loss_sums: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
+        self._resume_loss_sums: tuple[float, float, int, int] | None = None
         self._checked_first_step = False
 
     # ----------------------------------------------------------------------------- properties
@@ -117,7 +133,9 @@ class Trainer:
     @property
     def unwrapped_model(self) -> nn.Module:
         """The user's model without DDP or compile wrappers (for hooks and saving)."""
-        return self.accelerator.unwrap_model(self.model)
+        # Recent Accelerate keeps the compile wrapper unless told not to (keep_torch_compile).
+        model = self.model._orig_mod if is_compiled_module(self.model) else self.model
+        return self.accelerator.unwrap_model(model)
 
     # ----------------------------------------------------------------------------- overridable
     def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
@@ -174,7 +192,7 @@ class Trainer:
         self.exception = None
         self._sanity_check(val_loader if val_loader is not None else train_loader)
         if resume_from is not None:
-            from callbacks_kit.checkpoint_io import restore_training
+            from callbacks_kit.resume import restore_training
 
             restore_training(self, resume_from)
         try:
@@ -216,14 +234,54 @@ class Trainer:
         """Print once, from the main process."""
         self.accelerator.print(*args)
 
+    def refresh_trainable(self) -> None:
+        """Make DDP all-reduce exactly the parameters that now have `requires_grad=True`.
+
+        DDP fixes that set when it wraps the model: a parameter frozen later crashes the next
+        backward ("Expected to have finished reduction"), and one unfrozen later is never
+        reduced, so the replicas drift apart. This rewraps the same module with the same
+        settings (parameters are broadcast from process 0). Call it on every process at the
+        same point, between optimizer steps, after changing `requires_grad`; without DDP it
+        does nothing.
+        """
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        old = self.model
+        if not isinstance(old, DDP):
+            if isinstance(getattr(old, "_orig_mod", None), DDP):
+                raise TrainerError("freezing or unfreezing under DDP with torch.compile is not supported")
+            return
+        if not any(p.requires_grad for p in old.module.parameters()):
+            raise TrainerError("every parameter is frozen: nothing left to train; unfreeze at least the head")
+        handler = self.accelerator.ddp_handler
+        old._remove_autograd_hooks()  # the old reducer must not see the next backward
+        new = DDP(
+            old.module,
+            device_ids=old.device_ids,
+            output_device=old.output_device,
+            **(handler.to_kwargs() if handler is not None else {}),
+        )
+        if handler is not None:
+            handler.register_comm_hook(new)
+        new.train(old.training)
+        new._is_accelerate_prepared = True
+        self.accelerator._models = [new if m is old else m for m in self.accelerator._models]
+        self.model = new
+
     # ----------------------------------------------------------------------------- the loop
     def _train_epoch(self) -> bool:
         """One pass over the training data; False when a stop was agreed mid-epoch."""
         state, accelerator = self.state, self.accelerator
         state.stage = "train"
         self.model.train()
+        restore_rng, self._resume_rng = self._resume_rng, None
+        if restore_rng is not None and not self._resume_batches:
+            restore_rng()  # resumed at an epoch boundary: the states the next epoch started from
+            restore_rng = None
         self.callbacks.fire("on_epoch_start", self)
         loader, start = self.train_loader, 0
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(state.epoch)  # the seedable shuffle is a function of (seed, epoch), resumed or not
         if self._resume_batches:
             loader, start = accelerator.skip_first_batches(loader, self._resume_batches), self._resume_batches
             self._resume_batches = 0
@@ -231,11 +289,24 @@ class Trainer:
         epoch_loss = torch.zeros((), device=self.device)
         logged_loss = torch.zeros((), device=self.device)
         interval_batches = epoch_batches = interval_samples = 0
+        if self._resume_loss_sums is not None:  # resumed mid-epoch: go on from the saved sums
+            saved_epoch, saved_logged, epoch_batches, interval_batches = self._resume_loss_sums
+            self._resume_loss_sums = None
+            epoch_loss += saved_epoch
+            logged_loss += saved_logged
+        # With one batch per step, accumulate() only sets sync_gradients=True again on every
+        # batch, for ~20 us (a few % of a small model's step): set it once instead.
+        accumulating = accelerator.gradient_accumulation_steps > 1
+        if not accumulating:
+            accelerator.sync_gradients = True
         interval_start = time.perf_counter()
         for state.batch_idx, batch in enumerate(loader, start=start):
+            if restore_rng is not None:
+                restore_rng()  # after the resumed iterator drew its base seed (DESIGN.md, "Resume")
+                restore_rng = None
             self.callbacks.fire("on_train_batch_start", self)
             inputs, targets = self.unpack_batch(batch)
-            with accelerator.accumulate(self.model):
+            with accelerator.accumulate(self.model) if accumulating else contextlib.nullcontext():
                 loss, outputs = self.forward(inputs, targets)
                 if not self._checked_first_step:
                     _check_loss(loss)
@@ -266,10 +337,13 @@ class Trainer:
                     logged_loss = epoch_loss.clone()
                     interval_batches = interval_samples = 0
                     interval_start = time.perf_counter()
+            self._loss_sums = (epoch_loss, logged_loss, epoch_batches, interval_batches)
             self.callbacks.fire("on_train_batch_end", self)
             state.is_log_step = False
             if self._agree_to_stop():
                 return False
+        if restore_rng is not None:  # resumed after the epoch's last batch: nothing was left to iterate
+            restore_rng()
         if epoch_batches == 0 and start == 0:
             raise TrainerError("train_loader yielded no batches; check the dataset and batch size (drop_last?)")
         if epoch_batches:
@@ -422,7 +496,9 @@ def _build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Ac
         gradient_accumulation_steps=accumulation,
         cpu=cpu,
         # Seedable samplers make the shuffle order a function of (seed, epoch): exact resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Non-blocking copies let pinned batches (make_loader pins them on a GPU) reach the
+        # device while the host goes on; from unpinned memory they are ordinary copies.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
 
 

@@ -1,0 +1,74 @@
+"""SIGKILL at random moments of a run that saves at every step: `last` always loads, nothing is
+lost, and the run that finally completes is bit-identical to one that was never killed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import safetensors.torch
+from ckpt_common import assert_identical, reference_weights, run_worker, start_worker, wait_for_line
+
+from callbacks_kit.resume import read_checkpoint, resolve_checkpoint
+
+KILLS = 6
+# A wider model makes each save (~4 MB with the optimizer moments) take most of each step's time.
+ARGS = ("--epochs", "12", "--width", "30000")
+
+
+@pytest.mark.slow
+def test_repeated_sigkill_during_saves_never_leaves_last_unloadable(tmp_path):
+    directory = tmp_path / "ckpt"
+    rng = random.Random(1234)
+    progress: list[int] = []
+    for _ in range(KILLS):
+        process = start_worker("--dir", str(directory), "--every-n-steps", "1", "--resume", "last", *ARGS)
+        seen: list[str] = []
+        wait_for_line(process, "ready", seen)  # the resume is done; saving starts with the first step
+        time.sleep(rng.uniform(0.05, 1.0))
+        process.kill()
+        process.communicate(timeout=60)
+        assert process.returncode == -9, "".join(seen)
+        folder = resolve_checkpoint("last", directory)
+        if folder is None:
+            assert not progress, "a committed checkpoint was lost"
+            continue
+        step = read_checkpoint(folder).meta["global_step"]  # verifies every byte against meta.json
+        assert not progress or step >= progress[-1], f"went back from step {progress[-1]} to {step}"
+        progress.append(step)
+    assert progress and progress[-1] > 0
+    out = tmp_path / "final.safetensors"
+    run_worker("--dir", str(directory), "--resume", "last", "--out", str(out), *ARGS)
+    assert not [p.name for p in directory.iterdir() if p.name.startswith(".")]  # leftovers cleaned
+    assert_identical(safetensors.torch.load_file(str(out)), reference_weights(*ARGS))
+    print(f"last checkpoint after each kill: steps {progress}")
+
+
+PHASES = [
+    "write:model.safetensors",  # a half-written file in the temporary folder
+    "write:meta.json",  # every data file written, not yet described
+    "rename:.tmp-",  # committed, last.json not yet updated
+    "write:.tmp-last.json",  # a half-written new pointer
+    "replace:last.json",  # pointer updated, the older folders not yet pruned
+    "rename:.trash-",  # an older folder moved aside, not yet deleted
+]
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_phase_of_a_save(tmp_path):
+    directory = tmp_path / "ckpt"
+    args = ("--epochs", "4")
+    steps: list[int] = []
+    for phase in PHASES:  # each run resumes from the previous one and dies in its 3rd save
+        process = start_worker("--dir", str(directory), "--every-n-steps", "1", "--resume", "last",
+                               "--die-during-save", phase, *args)  # fmt: skip
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == -9, output
+        step = read_checkpoint(resolve_checkpoint("last", directory)).meta["global_step"]
+        assert step > (steps[-1] if steps else 0), (phase, steps, step)  # two saves committed each time
+        steps.append(step)
+    out = tmp_path / "final.safetensors"
+    run_worker("--dir", str(directory), "--resume", "last", "--out", str(out), *args)
+    assert_identical(safetensors.torch.load_file(str(out)), reference_weights(*args))
