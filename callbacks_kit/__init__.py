@@ -2,11 +2,52 @@
 LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
-from callbacks_kit.callbacks import Callback, ProgressBar, TensorBoardLogger
+from callbacks_kit.callbacks import (
+    Callback,
+    ConfusionMatrix,
+    EarlyStopping,
+    FeatureMaps,
+    FreezeUnfreeze,
+    GradCAM,
+    KernelGrid,
+    LRScheduler,
+    ModelCheckpoint,
+    PreemptionHandler,
+    ProgressBar,
+    TensorBoardLogger,
+    TerminateOnNaN,
+    WeightHistograms,
+)
+from callbacks_kit.checkpoint_io import CheckpointError
+from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.layers import LayerNotFoundError, resolve_module
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.state import TrainState
 from callbacks_kit.trainer import Trainer, TrainerError
 
 __version__ = "0.1.0"
 
-__all__ = ["Callback", "ProgressBar", "TensorBoardLogger", "TrainState", "Trainer", "TrainerError", "accuracy"]
+__all__ = [
+    "ActivationCapture",
+    "Callback",
+    "CheckpointError",
+    "ConfusionMatrix",
+    "EarlyStopping",
+    "FeatureMaps",
+    "FreezeUnfreeze",
+    "GradCAM",
+    "KernelGrid",
+    "LayerNotFoundError",
+    "LRScheduler",
+    "ModelCheckpoint",
+    "PreemptionHandler",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "TerminateOnNaN",
+    "TrainState",
+    "Trainer",
+    "TrainerError",
+    "WeightHistograms",
+    "accuracy",
+    "resolve_module",
+]

@@ -1,17 +1,28 @@
-"""TensorBoardLogger: the run's one SummaryWriter (main process only) and its scalars."""
+"""TensorBoardLogger: the run's one SummaryWriter (main process only), scalars, layout, hparams, graph, summary."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import os
+import re
+import warnings
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.probe import probe_batch, side_forward
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
+
+HParamValue = int | float | str | bool
 
 
 def default_log_dir(root: str = "runs") -> str:
@@ -24,35 +35,86 @@ def group_names(trainer: Trainer) -> list[str]:
     return [str(group.get("name") or f"group{i}") for i, group in enumerate(trainer.optimizer.param_groups)]
 
 
+def lower_is_better(tag: str) -> bool:
+    """Whether the best value of a metric is its minimum: losses and errors."""
+    return "loss" in tag or "err" in tag
+
+
 class TensorBoardLogger(Callback):
-    """Creates the run's SummaryWriter on the main process and logs scalars.
+    """Creates the run's SummaryWriter on the main process and logs what every run needs.
 
     Other TensorBoard callbacks write through `trainer.tb_writer`, which stays None on
     the other processes; the trainer flushes and closes it when `fit` ends or fails.
 
-    Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
-    `val/<metric>` every validation, `lr/<group>` for every param group,
-    `perf/samples_per_sec` and `perf/epoch_time_s`.
+    - Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
+      `val/<metric>` every validation with their best so far (`best/val/<metric>`),
+      `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
+    - A custom-scalars layout: train and validation loss in one chart, each metric with
+      its best, the learning rates together.
+    - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
+      the model graph (a warning, not a crash, when tracing fails).
+    - Hparams at the end (also after a failure): the given and collected
+      hyperparameters, with the final and best metrics, in the run's one event file.
 
     Args:
         log_dir: Folder of the run; default `runs/<date>-<time>`.
         flush_secs: How often the writer's thread flushes to disk.
+        hparams: Hyperparameters to show in the hparams dashboard, on top of those read
+            from the trainer (model, optimizer, lr, batch size, epochs, ...).
+        graph: Log the model graph (traced with `torch.jit.trace` on one probe sample).
+        summary: Log and print the torchinfo summary.
+        summary_depth: Nesting depth of the torchinfo table.
     """
 
     order = -100  # the writer must exist before other callbacks' on_fit_start
 
-    def __init__(self, log_dir: str | None = None, flush_secs: int = 30) -> None:
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        flush_secs: int = 30,
+        hparams: Mapping[str, Any] | None = None,
+        graph: bool = True,
+        summary: bool = True,
+        summary_depth: int = 3,
+    ) -> None:
         self.log_dir = log_dir
         self.flush_secs = flush_secs
+        self.hparams = dict(hparams or {})
+        self.graph = graph
+        self.summary = summary
+        self.summary_depth = summary_depth
+        self.best: dict[str, float] = {}
         self._lrs: list[float] = []
+        self._collected: dict[str, HParamValue] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = {str(k): float(v) for k, v in state.get("best", {}).items()}
+
+    # ------------------------------------------------------------------------------ events
     def on_fit_start(self, trainer: Trainer) -> None:
+        self._collected = collect_hparams(trainer)
         if not trainer.is_main_process:
             return
         if self.log_dir is None:
             self.log_dir = default_log_dir()
         if trainer.tb_writer is None or trainer.tb_writer.log_dir != self.log_dir:
-            trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs)
+            # On resume, events past the restored step (from the interrupted run) are dropped.
+            purge = trainer.state.global_step or None
+            trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
+        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics)))
+        if self.summary or self.graph:
+            example = probe_batch(trainer, 1)
+            if example is None:
+                warnings.warn(
+                    "TensorBoardLogger: no indexable dataset for an example input; no model summary or graph",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            else:
+                self._log_model(trainer, example[0])
 
     def on_train_batch_start(self, trainer: Trainer) -> None:
         # The LR this batch trains with, before any scheduler moves it at batch end.
@@ -69,12 +131,22 @@ class TensorBoardLogger(Callback):
             writer.add_scalar(f"lr/{name}", lr, step)
 
     def on_validation_end(self, trainer: Trainer) -> None:
-        writer, state = trainer.tb_writer, trainer.state
-        if writer is None or state.stage != "validate" or not state.metrics:
+        state = trainer.state
+        if state.stage != "validate":
+            return
+        for tag, value in state.metrics.items():
+            if tag.startswith("val/") and math.isfinite(value):
+                old = self.best.get(tag)
+                better = old is None or (value < old if lower_is_better(tag) else value > old)
+                self.best[tag] = value if better else old  # type: ignore[assignment]
+        writer = trainer.tb_writer
+        if writer is None:
             return
         for tag, value in state.metrics.items():
             if tag.startswith("val/"):
                 writer.add_scalar(tag, value, state.global_step)
+                if tag in self.best:
+                    writer.add_scalar(f"best/{tag}", self.best[tag], state.global_step)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         writer, state = trainer.tb_writer, trainer.state
@@ -85,3 +157,139 @@ class TensorBoardLogger(Callback):
                 writer.add_scalar(tag, state.metrics[tag], state.global_step)
         for name, group in zip(group_names(trainer), trainer.optimizer.param_groups, strict=True):
             writer.add_scalar(f"lr/{name}", group["lr"], state.global_step)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.write_hparams(trainer, success=True)
+
+    def on_exception(self, trainer: Trainer) -> None:
+        self.write_hparams(trainer, success=False)
+
+    # ------------------------------------------------------------------------------ pieces
+    def final_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """The metrics of the hparams dashboard, in its column order: final `val/*`, the best, final `train/*`."""
+        metrics = trainer.state.metrics
+        final = {tag: v for tag, v in metrics.items() if tag.startswith("val/") and not lower_is_better(tag)}
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith("val/")})
+        final.update({f"best/{tag}": value for tag, value in self.best.items()})
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith("train/")})
+        return final
+
+    def write_hparams(self, trainer: Trainer, success: bool = True) -> None:
+        """Write hyperparameters and metric names into the run's own event file.
+
+        `SummaryWriter.add_hparams` would open a second event file in a subfolder;
+        TensorBoard reads each metric's value from the run's latest scalar of that tag,
+        which this logger has already written, so the dashboard shows the real values.
+        """
+        writer = trainer.tb_writer
+        if writer is None:
+            return
+        values = {**self._collected, **{k: _hparam_value(v) for k, v in self.hparams.items()}}
+        values = {k: v for k, v in values.items() if v is not None}
+        experiment, start, end = hparams_summaries(values, self.final_metrics(trainer))
+        if not success:
+            _set_status(end, "STATUS_FAILURE")
+        step = trainer.state.global_step
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary, step)  # type: ignore[union-attr]
+        writer.flush()
+
+    def _log_model(self, trainer: Trainer, example: Any) -> None:
+        writer, model = trainer.tb_writer, trainer.unwrapped_model
+        assert writer is not None
+        if self.summary:
+            try:
+                import torchinfo
+
+                data = example if isinstance(example, Mapping) else [example]
+                with side_forward(model, trainer.device):
+                    table = str(torchinfo.summary(model, input_data=data, depth=self.summary_depth, verbose=0))
+                trainer.print(table)
+                writer.add_text("model/summary", "    " + table.replace("\n", "\n    "), trainer.state.global_step)
+            except Exception as exc:  # a summary is a convenience: never stop training for it
+                warnings.warn(f"TensorBoardLogger: torchinfo summary failed: {exc}", RuntimeWarning, stacklevel=2)
+        if self.graph:
+            output = io.StringIO()  # add_graph prints the tracing error; it goes into the warning instead
+            try:
+                with side_forward(model, trainer.device), contextlib.redirect_stdout(output), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer warnings about Python control flow
+                    writer.add_graph(model, example)
+            except Exception as exc:
+                warnings.warn(
+                    f"TensorBoardLogger: the model graph could not be traced, so it is not logged "
+                    f"({type(exc).__name__}: {str(exc).strip()[:300]})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+def scalars_layout(metric_names: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: train and val loss together, each metric with its best, LRs."""
+    metrics = {
+        name: ["Multiline", [rf"^val/{re.escape(name)}$", rf"^best/val/{re.escape(name)}$"]] for name in metric_names
+    }
+    layout = {
+        "losses": {"loss: train vs validation": ["Multiline", [r"^train/loss$", r"^train/epoch_loss$", r"^val/loss$"]]},
+        "metrics": metrics,
+        "optimisation": {
+            "learning rate": ["Multiline", [r"^lr/"]],
+            "samples per second": ["Multiline", [r"^perf/samples_per_sec$"]],
+        },
+    }
+    return {category: charts for category, charts in layout.items() if charts}
+
+
+def collect_hparams(trainer: Trainer) -> dict[str, HParamValue]:
+    """Hyperparameters the trainer knows: model, sizes, optimizer and its groups' settings.
+
+    TensorBoard shows the first five names in alphabetical order at first: batch_size,
+    epochs, grad_accum, lr and model.
+    """
+    model = trainer.unwrapped_model
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # Accelerate wraps it
+    values: dict[str, Any] = {
+        "model": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "optimizer": type(optimizer).__name__,
+        "epochs": trainer.state.max_epochs,
+        "batch_size": _batch_size(trainer.train_loader),
+        "processes": trainer.accelerator.num_processes,
+        "precision": str(trainer.accelerator.mixed_precision),
+        "grad_accum": trainer.accelerator.gradient_accumulation_steps,
+        "max_grad_norm": trainer.max_grad_norm,
+        "seed": trainer.seed,
+    }
+    names = group_names(trainer)
+    for name, group in zip(names, optimizer.param_groups, strict=True):
+        suffix = "" if len(names) == 1 else f"/{name}"
+        for key in ("lr", "weight_decay", "momentum"):
+            if key in group:
+                values[key + suffix] = group[key]
+    return {k: v for k, v in ((k, _hparam_value(v)) for k, v in values.items()) if v is not None}
+
+
+def _batch_size(loader: Any) -> int | None:
+    """Samples per batch and process; a prepared loader keeps it on its batch sampler."""
+    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _hparam_value(value: Any) -> HParamValue | None:
+    """A value the hparams plugin can show: numbers, strings and bools as they are, others as text."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)
+
+
+def _set_status(end_summary: Any, status: str) -> None:
+    """Rewrite the session-end summary made by `hparams()` (always "success") with `status`."""
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    metadata = end_summary.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(metadata.content)
+    data.session_end_info.status = Status.Value(status)
+    metadata.content = data.SerializeToString()

@@ -1,0 +1,95 @@
+"""`callbacks-kit inspect RUN` on a run of the main job: every dashboard has what issue 3 lists."""
+
+import json
+
+import pytest
+
+from callbacks_kit import cli
+from callbacks_kit.inspect_run import format_report, inspect_run
+from callbacks_kit.inspect_run import main as inspect_main
+
+
+@pytest.fixture(scope="module")
+def main_job_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("main_job") / "run"
+    argv = [
+        "train",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "32",
+        "--val-samples",
+        "16",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--log-every",
+        "1",
+        "--probe-images",
+        "4",
+        "--no-progress",
+        "--log-dir",
+        str(run_dir),
+    ]
+    assert cli.main(argv) == 0
+    return run_dir
+
+
+@pytest.mark.slow  # trains the main job's ResNet-18 (small data, one epoch)
+def test_main_job_fills_every_plugin(main_job_run):
+    (run,) = inspect_run(main_job_run)["runs"].values()
+    assert {"train/loss", "val/loss", "val/accuracy", "lr/group0", "perf/samples_per_sec"} <= set(run["scalars"])
+    assert {"weights/conv1.weight", "grads/fc.weight", "weights/layer4.1.bn2.bias"} <= set(run["histograms"])
+    images = run["images"]
+    assert {"kernels/conv1", "gradcam/layer4", "confusion_matrix/val"} <= set(images)
+    assert {
+        f"feature_maps/image0/{k}_{name}" for k, name in enumerate(["input", "conv1", "layer1", "layer3", "layer4"])
+    } <= set(images)
+    assert images["kernels/conv1"]["width"] == 8 * 28 + 9 * 2  # 64 colour 7x7 kernels enlarged x4, 8x8 grid
+    assert images["gradcam/layer4"]["width"] == 2 * 128 + 3 * 2  # 4 probe images, 2 per row
+    assert run["graphs"]["nodes"] > 50
+    assert "model/summary/text_summary" in run["text"]
+    assert run["hparams"]["hparams"]["model"] == "ResNet" and run["hparams"]["status"] == "STATUS_SUCCESS"
+    assert run["hparams"]["metrics"]["val/accuracy"] == run["scalars"]["val/accuracy"]["last_value"]
+    assert "losses" in run["custom_scalars"]
+
+
+@pytest.mark.slow  # trains the main job's ResNet-18 (small data, one epoch)
+def test_text_report_and_cli(main_job_run, capsys):
+    report = format_report(inspect_run(main_job_run))
+    for plugin in ("scalars", "histograms", "images", "text", "graphs", "hparams", "custom_scalars"):
+        assert f"  {plugin}:" in report
+    assert "kernels/conv1: 2 steps [0, 2], 242x242" in report
+    assert cli.main(["inspect", str(main_job_run)]) == 0
+    assert "gradcam/layer4" in capsys.readouterr().out
+    assert inspect_main([str(main_job_run), "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert parsed["runs"]["."]["images"]["gradcam/layer4"]["height"] > 128
+
+
+def test_missing_run_is_an_error(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path)]) == 2
+    assert "no TensorBoard event file" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains the main job's ResNet-18 (small data, one epoch)
+def test_bad_layer_name_is_a_clean_cli_error(tmp_path, capsys):
+    argv = [
+        "train",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "16",
+        "--val-samples",
+        "8",
+        "--image-size",
+        "32",
+        "--no-progress",
+        "--gradcam-layer",
+        "layer5",
+        "--log-dir",
+        str(tmp_path / "bad"),
+    ]
+    assert cli.main(argv) == 2
+    assert "closest: layer4" in capsys.readouterr().err

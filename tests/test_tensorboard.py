@@ -1,0 +1,194 @@
+"""TensorBoardLogger: scalars, the custom-scalars layout, hparams with real metrics, graph, summary, one file."""
+
+import textwrap
+import warnings
+
+import pytest
+import torch
+from conftest import run_distributed
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
+from callbacks_kit.data import ShapesDataset
+from callbacks_kit.inspect_run import event_files, inspect_run
+from callbacks_kit.metrics import accuracy
+from callbacks_kit.trainer import Trainer
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)
+    )
+
+
+def fit(log_dir, model=None, callbacks=(), epochs=2, loss_fn=None, **logger_options):
+    model = model or small_cnn()
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        loss_fn or nn.CrossEntropyLoss(),
+        metrics={"accuracy": accuracy},
+        callbacks=[TensorBoardLogger(str(log_dir), **logger_options), *callbacks],
+        log_every_n_steps=2,
+        progress_bar=False,
+    )
+    state = trainer.fit(
+        DataLoader(ShapesDataset(32, 16, seed=0), batch_size=8, shuffle=True),
+        DataLoader(ShapesDataset(16, 16, seed=1), batch_size=8),
+        epochs=epochs,
+    )
+    return trainer, state
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tb")
+    trainer, state = fit(path, hparams={"note": "first", "dropout": 0.1, "sizes": [1, 2]})
+    return path, trainer, dict(state.metrics), inspect_run(path)["runs"]["."]
+
+
+def test_scalars(run):
+    _, _, metrics, report = run
+    scalars = report["scalars"]
+    assert {
+        "train/loss",
+        "train/epoch_loss",
+        "val/loss",
+        "val/accuracy",
+        "best/val/loss",
+        "best/val/accuracy",
+        "lr/group0",
+        "perf/samples_per_sec",
+        "perf/epoch_time_s",
+    } <= set(scalars)
+    assert scalars["train/loss"]["count"] == 4 and scalars["train/loss"]["last_step"] == 8  # every 2 of 8 steps
+    assert scalars["val/loss"]["count"] == 2 and scalars["val/loss"]["last_value"] == pytest.approx(metrics["val/loss"])
+
+
+def test_train_and_val_loss_share_one_chart(run):
+    _, _, _, report = run
+    charts = report["custom_scalars"]["losses"]
+    (tags,) = charts.values()
+    assert "^train/loss$" in tags and "^val/loss$" in tags
+    assert report["custom_scalars"]["metrics"]["accuracy"] == ["^val/accuracy$", "^best/val/accuracy$"]
+
+
+def test_hparams_hold_the_real_final_and_best_metrics(run):
+    _, trainer, metrics, report = run
+    hparams = report["hparams"]
+    assert hparams["status"] == "STATUS_SUCCESS"
+    assert hparams["hparams"]["note"] == "first" and hparams["hparams"]["sizes"] == "[1, 2]"
+    assert hparams["hparams"]["lr"] == pytest.approx(0.05) and hparams["hparams"]["optimizer"] == "SGD"
+    assert hparams["hparams"]["model"] == "Sequential" and hparams["hparams"]["epochs"] == 2
+    for tag in ("val/loss", "val/accuracy", "train/epoch_loss"):
+        assert hparams["metrics"][tag] == pytest.approx(metrics[tag])
+    logger = trainer.callbacks.find(TensorBoardLogger)[0]
+    assert hparams["metrics"]["best/val/loss"] == pytest.approx(logger.best["val/loss"])
+    assert logger.best["val/loss"] <= metrics["val/loss"]
+
+
+def test_graph_and_summary(run):
+    _, _, _, report = run
+    assert report["graphs"]["nodes"] > 5 and "aten::_convolution" in report["graphs"]["ops"]
+    (text,) = report["text"].values()
+    assert "Conv2d" in text["text"] and "Total params" in text["text"]
+
+
+def test_exactly_one_event_file(run):
+    path, *_ = run
+    assert len(event_files(path)) == 1
+
+
+def test_failed_run_still_writes_hparams_with_failure_status(tmp_path):
+    class Boom(Callback):
+        def on_epoch_end(self, trainer):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tmp_path, callbacks=[Boom()], graph=False, summary=False)
+    report = inspect_run(tmp_path)["runs"]["."]
+    assert report["hparams"]["status"] == "STATUS_FAILURE"
+    assert report["hparams"]["metrics"]["val/loss"] is not None
+
+
+def test_untraceable_model_warns_and_trains(tmp_path):
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x):
+            return {"logits": self.net(x), "note": None}  # tracing rejects non-tensor outputs
+
+    def loss(outputs, targets):
+        return F.cross_entropy(outputs["logits"], targets)
+
+    trainer = Trainer(
+        DictOut(),
+        torch.optim.SGD(DictOut().parameters(), lr=0.1),
+        loss,
+        callbacks=[TensorBoardLogger(str(tmp_path))],
+        progress_bar=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DataLoader(ShapesDataset(16, 16), batch_size=8), epochs=1)
+    assert any("graph could not be traced" in str(w.message) for w in caught)
+    assert inspect_run(tmp_path)["runs"]["."]["graphs"] == {}
+
+
+def test_best_metrics_survive_a_state_dict_round_trip():
+    logger = TensorBoardLogger()
+    logger.best = {"val/loss": 0.5}
+    other = TensorBoardLogger()
+    other.load_state_dict(logger.state_dict())
+    assert other.best == {"val/loss": 0.5}
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
+    from callbacks_kit.callbacks.histograms import WeightHistograms
+    from callbacks_kit.callbacks.images import FeatureMaps, KernelGrid
+    from callbacks_kit.callbacks.gradcam import GradCAM
+    from callbacks_kit.callbacks.confusion import ConfusionMatrix
+    from callbacks_kit.data import ShapesDataset
+    from callbacks_kit.hooks import hooked_modules
+    from callbacks_kit.metrics import accuracy
+    from callbacks_kit.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    callbacks = [TensorBoardLogger(sys.argv[1]), WeightHistograms(), KernelGrid(), FeatureMaps(), GradCAM(num_images=2),
+                 ConfusionMatrix()]
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss(),
+                      metrics={"accuracy": accuracy}, callbacks=callbacks, log_every_n_steps=1, progress_bar=False)
+    val = DataLoader(ShapesDataset(16, 16, seed=1), batch_size=8)
+    trainer.fit(DataLoader(ShapesDataset(32, 16), batch_size=8), val, epochs=1)
+    assert hooked_modules(model) == []
+    print(f"rank {trainer.accelerator.process_index} done, writer {trainer.tb_writer}", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_write_exactly_one_event_file(tmp_path):
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    run_dir = tmp_path / "run"
+    out = run_distributed(script, str(run_dir)).stdout
+    assert "rank 0 done" in out and "rank 1 done" in out
+    files = event_files(run_dir)
+    assert len(files) == 1, files
+    report = inspect_run(run_dir)["runs"]["."]
+    assert report["scalars"]["train/loss"]["count"] == 2  # 32 samples / 2 processes / 8 per batch
+    assert {"kernels/0", "confusion_matrix/val", "gradcam/2"} <= set(report["images"])
+    assert report["hparams"]["hparams"]["processes"] == 2
