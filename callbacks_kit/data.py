@@ -215,17 +215,34 @@ class Loaders:
 
 
 def default_workers() -> int:
-    """Data-loading workers: half the cores, at most 8 (the other half runs the model)."""
-    return min(8, max(0, (os.cpu_count() or 1) // 2))
+    """Data-loading workers for the cores this process may use (a container's or taskset's limit).
+
+    Half of them on a CPU-only machine (the other half runs the model); all but one with a
+    GPU, which runs the model while the main process only feeds it. At most 8: more
+    rarely help and each holds its own copy of the dataset object.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores - 1 if torch.cuda.is_available() else cores // 2)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader with persistent workers when there are any."""
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool | None = None
+) -> DataLoader:
+    """A DataLoader with persistent workers (no restart each epoch) and pinned memory on a GPU.
+
+    Args:
+        dataset: The samples.
+        batch_size: Samples per batch (per process once Accelerate shards the loader).
+        shuffle: Reshuffle every epoch (training).
+        workers: Worker processes; 0 loads in the main process.
+        pin_memory: Page-locked batches, copied to the GPU faster and without blocking; None
+            pins them when CUDA is available.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        pin_memory=pin_memory,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
     )

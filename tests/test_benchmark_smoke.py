@@ -1,0 +1,51 @@
+"""scripts/benchmark.py runs, prints its tables and writes its JSON (timings are not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(tmp_path: Path, *args: str) -> tuple[str, dict]:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--repeats", "1", "--json", str(out)]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    # --quick enforces only the sync budget, which does not depend on timing.
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, json.loads(out.read_text())
+
+
+def test_loop_and_syncs_sections(tmp_path: Path):
+    stdout, results = run_benchmark(tmp_path, "--no-peers", "--skip", "callbacks", "histograms")
+    assert "1. Loop overhead: tiny MLP" in stdout and "1. Loop overhead: small CNN" in stdout
+    assert "callbacks_kit Trainer" in stdout and "hand-written loop (control)" in stdout
+    assert "5. Host-device syncs" in stdout and "Budgets" in stdout and "all budgets pass" in stdout
+    assert [case["case"] for case in results["loop"]["cases"]] == ["tiny MLP", "small CNN"]
+    rows = results["loop"]["cases"][0]["rows"]
+    assert {r["runner"] for r in rows} == {
+        "hand-written Accelerate loop",
+        "hand-written loop (control)",
+        "callbacks_kit Trainer",
+    }
+    assert all(r["median_s_per_step"] > 0 for r in rows)
+    assert results["syncs"]["rows"][0]["max_syncs_non_logging"] == 0
+    assert {b["budget"] for b in results["budgets"]} >= {
+        "Trainer / hand loop, tiny MLP",
+        "Trainer / hand loop, small CNN",
+    }
+    assert results["quick"] is True and results["machine"]["torch"]
+
+
+@pytest.mark.slow
+def test_every_section(tmp_path: Path):
+    stdout, results = run_benchmark(tmp_path, "--throughput")
+    for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
+                  "6. Throughput", "Budgets"):  # fmt: skip
+        assert title in stdout
+    assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "budgets"} <= set(results)
+    assert "TensorBoardLogger" in results["callbacks"]["inspection_found"]
+    assert any(b["budget"].endswith("share of an epoch") for b in results["budgets"])

@@ -1,0 +1,94 @@
+"""No host-device syncs on non-logging steps: the loop reads the device only when it logs.
+
+On a CPU nothing waits, so the reads that would make a GPU wait are counted instead
+(`HostSyncCounter` in scripts/benchmark.py, which the benchmark also reports).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_classification_data, tiny_mlp
+from torch import nn
+from torch.utils.data import DataLoader
+
+from callbacks_kit import Callback, TensorBoardLogger, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("callbacks_kit_benchmark", REPO / "scripts" / "benchmark.py")
+benchmark = sys.modules.setdefault("callbacks_kit_benchmark", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(benchmark)
+
+
+def make_trainer(callbacks=(), **kwargs) -> Trainer:
+    model = tiny_mlp()
+    return Trainer(
+        model,
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        nn.CrossEntropyLoss(),
+        callbacks=list(callbacks),
+        seed=0,
+        log_every_n_steps=4,
+        **kwargs,
+    )
+
+
+def loader() -> DataLoader:
+    return DataLoader(tiny_classification_data(96), batch_size=8, shuffle=True)  # 12 steps per epoch
+
+
+def split(steps):
+    quiet = [events for is_log, events in steps if not is_log]
+    logged = [events for is_log, events in steps if is_log]
+    return quiet, logged
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"tensorboard": True},
+        {"gradient_accumulation_steps": 2, "max_grad_norm": 1.0},
+        {"mixed_precision": "bf16", "cpu": True},
+    ],
+    ids=["default-callbacks", "tensorboard-logger", "accumulation-and-clipping", "bf16"],
+)
+def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options: dict):
+    options = dict(options)
+    callbacks = [TensorBoardLogger(str(tmp_path))] if options.pop("tensorboard", False) else []
+    steps = benchmark.syncs_per_step(make_trainer(callbacks, **options), loader(), epochs=2)
+    quiet, logged = split(steps)
+    assert len(quiet) >= 8 and logged
+    assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
+    # The one read of a log step is the trainer's: the counter does see the loss going to the host.
+    assert all(any("callbacks_kit/trainer.py" in e for e in events) for events in logged), logged
+
+
+def test_a_sync_in_a_callback_is_caught_where_it_happens():
+    class ReadsTheLoss(Callback):
+        shown = ""
+
+        def on_train_batch_end(self, trainer: Trainer) -> None:
+            self.shown = f"{trainer.last_loss:.3f}"  # formatting a tensor reads it: a sync on a GPU
+
+    quiet, _ = split(benchmark.syncs_per_step(make_trainer([ReadsTheLoss()]), loader()))
+    assert quiet and all(len(events) == 1 for events in quiet)
+    assert {events[0].rsplit(":", 1)[0] for events in quiet} == {"__format__ at tests/test_host_syncs.py"}
+
+
+def test_each_kind_of_read_is_counted_and_torch_internals_are_not():
+    x, scalar = torch.ones(3), torch.tensor(2.0)
+    with benchmark.HostSyncCounter() as counter:
+        scalar.item(), x.tolist(), x.cpu(), x.numpy(), float(scalar), int(scalar), bool(scalar), f"{scalar}"
+        x.nonzero()
+        [0, 1, 2][torch.tensor(1)]
+        optimizer = torch.optim.Adam([nn.Parameter(torch.ones(2))])
+        optimizer.param_groups[0]["params"][0].grad = torch.ones(2)
+        optimizer.step()  # Adam reads its CPU step counter inside torch: not a sync
+        x + x  # arithmetic stays on the device
+    kinds = [event.split(" at ")[0] for event in counter.events]
+    assert kinds == [
+        "item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__format__", "nonzero", "__index__"
+    ]  # fmt: skip
