@@ -236,7 +236,7 @@ def test_main_job_freezes_unfreezes_and_schedules(tmp_path, capsys):
     flags = ["--unfreeze-at", "1", "--scheduler", "cosine", "--warmup", "2", "--log-every", "1"]
     assert main(["train", *MAIN_TINY, *flags, "--log-dir", str(tmp_path)]) == 0
     assert "epoch 1: unfroze conv1, bn1, layer1, layer2, layer3, layer4" in capsys.readouterr().out
-    lrs = [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("lr/group0")]
+    lrs = [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("lr/fc")]
     assert lrs[0] == pytest.approx(2e-3 / 3) and lrs[1] == pytest.approx(
         2e-3 * 2 / 3 * 0.5 * (1 + math.cos(math.pi / 4))
     )

@@ -39,7 +39,9 @@ def main_job_run(tmp_path_factory):
 @pytest.mark.slow  # trains the main job's ResNet-18 (small data, one epoch)
 def test_main_job_fills_every_plugin(main_job_run):
     (run,) = inspect_run(main_job_run)["runs"].values()
-    assert {"train/loss", "val/loss", "val/accuracy", "lr/group0", "perf/samples_per_sec"} <= set(run["scalars"])
+    assert {"train/loss", "val/loss", "val/accuracy", "lr/fc", "lr/layer4", "perf/samples_per_sec"} <= set(
+        run["scalars"]
+    )
     assert {"weights/conv1.weight", "grads/fc.weight", "weights/layer4.1.bn2.bias"} <= set(run["histograms"])
     images = run["images"]
     assert {"kernels/conv1", "gradcam/layer4", "confusion_matrix/val"} <= set(images)
@@ -50,7 +52,7 @@ def test_main_job_fills_every_plugin(main_job_run):
     assert images["gradcam/layer4"]["width"] == 2 * 128 + 3 * 2  # 4 probe images, 2 per row
     assert run["graphs"]["nodes"] > 50
     assert "model/summary/text_summary" in run["text"]
-    assert run["hparams"]["hparams"]["model"] == "ResNet" and run["hparams"]["status"] == "STATUS_SUCCESS"
+    assert run["hparams"]["hparams"]["model"] == "resnet18" and run["hparams"]["status"] == "STATUS_SUCCESS"
     assert run["hparams"]["metrics"]["val/accuracy"] == run["scalars"]["val/accuracy"]["last_value"]
     assert "losses" in run["custom_scalars"]
 
