@@ -109,7 +109,8 @@ class Trainer:
         self.last_targets: Any = None
         self.last_outputs: Any = None
         self.last_loss: torch.Tensor | None = None
-        self._prepared_loaders: dict[int, Any] = {}
+        # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
+        self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
         self._resume_batches = 0
         # Set by callbacks_kit.resume: puts back the saved RNG states at the right moment.
         self._resume_rng: Callable[[], None] | None = None
@@ -420,8 +421,8 @@ class Trainer:
             return loader
         key = id(loader)
         if key not in self._prepared_loaders:
-            self._prepared_loaders[key] = self.accelerator.prepare(loader)
-        return self._prepared_loaders[key]
+            self._prepared_loaders[key] = (loader, self.accelerator.prepare(loader))
+        return self._prepared_loaders[key][1]
 
     @torch.no_grad()
     def _sanity_check(self, loader: Any) -> None:

@@ -349,3 +349,16 @@ def test_gradient_clipping_bounds_the_norm():
     train, _ = loaders()
     trainer.fit(train, epochs=1)
     assert norms and max(norms) <= 1.0 + 1e-4
+
+
+def test_evaluate_on_fresh_loaders_never_reuses_a_dead_loaders_preparation():
+    # CPython reuses the address (the id) of a freed DataLoader for the next one: a cache keyed
+    # by id alone once evaluated a new loader with an old loader's data and batch count.
+    trainer = make_trainer()
+    for size in (8, 40, 16, 24, 32, 8, 40):
+        data = tiny_classification_data(size, seed=size)
+        results = trainer.evaluate(DataLoader(data, batch_size=8))
+        net = trainer.unwrapped_model
+        with torch.no_grad():
+            expected = (net(data.tensors[0]).argmax(1) == data.tensors[1]).float().mean().item()
+        assert results["val/accuracy"] == pytest.approx(expected, abs=1e-6), size
