@@ -72,8 +72,9 @@ class PoisonBatch(Callback):
                 trainer.unwrapped_model[0].weight[0, 0] = math.nan
 
 
-def test_terminate_on_nan_stops_before_the_step_and_keeps_the_checkpoint(tmp_path):
-    trainer = make_trainer([TerminateOnNaN(), PoisonBatch(step=11), ModelCheckpoint(tmp_path, every_n_steps=2)])
+def test_terminate_on_nan_every_step_stops_before_the_step_and_keeps_the_checkpoint(tmp_path):
+    guard = TerminateOnNaN(check_every_n_steps=1)
+    trainer = make_trainer([guard, PoisonBatch(step=11), ModelCheckpoint(tmp_path, every_n_steps=2)])
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(*loaders(), epochs=3)
     message = str(info.value)
@@ -85,6 +86,28 @@ def test_terminate_on_nan_stops_before_the_step_and_keeps_the_checkpoint(tmp_pat
     assert all(torch.equal(after[k], v) for k, v in trainer.last_good.items())
     assert json.loads((tmp_path / "last.json").read_text())["checkpoint"] == "epoch=0002-batch=0002-step=00000010"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0002-batch=0002-step=00000010", "last.json"]
+
+
+def test_terminate_on_nan_by_default_raises_before_any_checkpoint_keeps_the_nan(tmp_path):
+    # No host sync of its own: the flag stays on the device until a checkpoint is about to be saved.
+    trainer = make_trainer([TerminateOnNaN(), PoisonBatch(step=11), ModelCheckpoint(tmp_path, every_n_steps=2)])
+    with pytest.raises(NonFiniteError, match=r"non-finite gradients at optimizer step 11 \(found at step 12") as info:
+        trainer.fit(*loaders(), epochs=3)
+    assert "check_every_n_steps=1" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0002-batch=0002-step=00000010", "last.json"]
+
+
+def test_terminate_on_nan_by_default_stops_before_validation_without_checkpoints():
+    trainer = make_trainer([TerminateOnNaN(), PoisonBatch(step=11)])
+    with pytest.raises(NonFiniteError, match=r"optimizer step 11 \(found at step 16, epoch 2\)"):
+        trainer.fit(*loaders(), epochs=3)
+    assert math.isfinite(trainer.state.metrics["val/loss"])  # epoch 1's: epoch 2 never validated NaN weights
+
+
+def test_terminate_on_nan_options():
+    for bad in (0, -1, 1.5):
+        with pytest.raises(TrainerError, match="check_every_n_steps"):
+            TerminateOnNaN(check_every_n_steps=bad)
 
 
 def test_terminate_on_nan_is_quiet_when_all_is_finite():

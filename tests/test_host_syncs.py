@@ -14,7 +14,7 @@ from conftest import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, TensorBoardLogger, Trainer
+from callbacks_kit import Callback, TensorBoardLogger, TerminateOnNaN, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("callbacks_kit_benchmark", REPO / "scripts" / "benchmark.py")
@@ -50,14 +50,16 @@ def split(steps):
     [
         {},
         {"tensorboard": True},
+        {"terminate_on_nan": True},
         {"gradient_accumulation_steps": 2, "max_grad_norm": 1.0},
         {"mixed_precision": "bf16", "cpu": True},
     ],
-    ids=["default-callbacks", "tensorboard-logger", "accumulation-and-clipping", "bf16"],
+    ids=["default-callbacks", "tensorboard-logger", "terminate-on-nan", "accumulation-and-clipping", "bf16"],
 )
 def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options: dict):
     options = dict(options)
     callbacks = [TensorBoardLogger(str(tmp_path))] if options.pop("tensorboard", False) else []
+    callbacks += [TerminateOnNaN()] if options.pop("terminate_on_nan", False) else []
     steps = benchmark.syncs_per_step(make_trainer(callbacks, **options), loader(), epochs=2)
     quiet, logged = split(steps)
     assert len(quiet) >= 8 and logged

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.early_stopping import TerminateOnNaN
 from callbacks_kit.callbacks.monitor import Monitor
 from callbacks_kit.checkpoint_io import (
     CheckpointError,
@@ -191,6 +192,8 @@ class ModelCheckpoint(Callback):
         ranked = score is not None and not math.isnan(score) and self.save_top_k != 0 and self._qualifies(score)
         if not (ranked or self.save_last or force):
             return
+        for guard in trainer.callbacks.find(TerminateOnNaN):
+            guard.check(trainer)  # raises before a checkpoint could keep non-finite weights
         name = f"epoch={position.epoch:04d}-step={state.global_step:08d}"  # epochs done
         if position.batch:
             name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"

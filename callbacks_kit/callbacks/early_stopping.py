@@ -72,51 +72,114 @@ class EarlyStopping(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training at the first NaN or infinite gradient, before the optimizer applies it.
+    """Stops training at the first NaN or infinite gradient, and never lets a checkpoint keep it.
 
-    Checked right before each optimizer step, on the complete, reduced, unscaled gradients
-    (identical on every process, so all of them stop together at no extra communication).
-    A non-finite loss gives non-finite gradients, so it is caught at the same step. Raises
-    `NonFiniteError` naming the step and the tensors: the weights and every checkpoint stay
-    those of the previous step. One host sync per optimizer step.
+    Each optimizer step records, on the device, whether the complete, reduced, unscaled
+    gradients are finite (identical on every process). The host reads that flag only where it
+    syncs anyway: at log steps, before validation, before every `ModelCheckpoint` save and at
+    the end of fit. It then raises `NonFiniteError` naming the first bad optimizer step; no
+    checkpoint saved after that step exists. A non-finite loss gives non-finite gradients, so
+    it is caught the same way.
+
+    With `check_every_n_steps=1` the flag is read before every optimizer step instead: the bad
+    step is never applied and the error names the non-finite tensors, at one host sync per step.
 
     With fp16 loss scaling, infinite gradients are expected now and then (the scaler skips
-    those steps and lowers its scale), so the check then looks at the loss instead.
+    those steps and lowers its scale), so the flag records a non-finite loss instead.
+
+    Args:
+        check_every_n_steps: Also read the flag before every n-th optimizer step (None: only at
+            the points above, no extra host sync).
     """
 
     order = -10  # before callbacks that read gradients in on_after_backward
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
+            raise TrainerError(
+                f"TerminateOnNaN(check_every_n_steps={check_every_n_steps!r}): give a positive int, "
+                "or None to check only where the host syncs anyway"
+            )
+        self.check_every_n_steps = check_every_n_steps
+        self._first_bad: torch.Tensor | None = None  # on the device: first non-finite step, or -1
+        self._what = "gradients"
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
+        self._what = "loss" if trainer.accelerator.scaler is not None else "gradients"
 
     def on_after_backward(self, trainer: Trainer) -> None:
         if trainer.accelerator.scaler is not None:
             return
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        if not grads:
             return
-        bad = [
-            f"{name}.grad ({_kind(p.grad)})"
-            for name, p in trainer.unwrapped_model.named_parameters()
-            if p.grad is not None and not bool(p.grad.isfinite().all())
-        ]
-        self._stop(trainer, f"non-finite gradients in {len(bad)} tensor(s): {', '.join(bad[:5])}", applied=False)
+        finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
+        self._record(~finite, trainer.state.global_step + 1)
+        n = self.check_every_n_steps
+        if n is not None and (trainer.state.global_step + 1) % n == 0 and not bool(finite):
+            bad = [
+                f"{name}.grad ({_kind(p.grad)})"
+                for name, p in trainer.unwrapped_model.named_parameters()
+                if p.grad is not None and not bool(p.grad.isfinite().all())
+            ]
+            state = trainer.state
+            raise NonFiniteError(
+                f"TerminateOnNaN: non-finite gradients in {len(bad)} tensor(s): {', '.join(bad[:5])} at epoch "
+                f"{state.epoch + 1}, batch {state.batch_idx + 1}, optimizer step {state.global_step + 1}. Training "
+                f"stopped before the weights took it in: they and the checkpoints are those of step "
+                f"{state.global_step}. {_ADVICE}"
+            )
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         loss = trainer.last_loss
-        if trainer.accelerator.scaler is None or loss is None:
-            return
-        flag = (~torch.isfinite(loss)).float().reshape(1)
-        if float(trainer.accelerator.reduce(flag, reduction="sum")) > 0:  # agreed: losses differ per process
-            # The scaler skipped the step of a non-finite loss: the weights are still those of the last one.
-            what = f"a non-finite loss ({float(loss):g} on this process)"
-            self._stop(trainer, what, applied=trainer.state.optimizer_stepped)
+        if trainer.accelerator.scaler is not None and loss is not None:
+            # The scaler skips the step of a non-finite loss: the weights stay those of the last step.
+            state = trainer.state
+            step = state.global_step if state.optimizer_stepped else state.global_step + 1
+            self._record(~torch.isfinite(loss.detach()).all(), step)
+            n = self.check_every_n_steps
+            if n is not None and state.optimizer_stepped and step % n == 0:
+                self.check(trainer)
+        if trainer.state.is_log_step:
+            self.check(trainer)
 
-    def _stop(self, trainer: Trainer, what: str, applied: bool) -> None:
+    def on_validation_start(self, trainer: Trainer) -> None:
+        self.check(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: Trainer) -> None:
+        """Read the device flag (one host sync) and raise `NonFiniteError` if a step went bad.
+
+        Every process must call it at the same point: with fp16 the loss flags are reduced.
+        """
+        if self._first_bad is None:
+            return
+        flags = self._first_bad.reshape(1)
+        if trainer.accelerator.num_processes > 1:  # fp16 losses differ per process; gradients do not
+            flags = trainer.accelerator.gather(flags)
+        seen = [int(step) for step in flags.tolist() if step >= 0]
+        first = min(seen) if seen else -1
+        if first < 0:
+            return
+        self._first_bad = None  # raise once
         state = trainer.state
-        step = state.global_step if applied else state.global_step + 1
         raise NonFiniteError(
-            f"TerminateOnNaN: {what} at epoch {state.epoch + 1}, batch {state.batch_idx + 1}, optimizer step {step}. "
-            "Training stopped before the weights took it in: they and the checkpoints are those of step "
-            f"{step - 1}. Check the inputs of this batch, lower the learning rate or clip gradients (max_grad_norm)."
+            f"TerminateOnNaN: non-finite {self._what} at optimizer step {first} (found at step {state.global_step}, "
+            f"epoch {state.epoch + 1}). No checkpoint from step {first} on was saved; the latest one before it is "
+            "clean: resume from it. To stop before the bad step is applied and see which tensors went non-finite, "
+            "use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). "
+            + _ADVICE
         )
+
+    def _record(self, bad: torch.Tensor, step: int) -> None:
+        if self._first_bad is not None:
+            self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+
+
+_ADVICE = "Check the inputs of this batch, lower the learning rate or clip gradients (max_grad_norm)."
 
 
 def _kind(tensor: torch.Tensor) -> str:
