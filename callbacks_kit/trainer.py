@@ -111,6 +111,7 @@ class Trainer:
         self.last_loss: torch.Tensor | None = None
         # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
         self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
+        self._stop_group: Any = None  # created on first use, on every process at the same point
         self._resume_batches = 0
         # Set by callbacks_kit.resume: puts back the saved RNG states at the right moment.
         self._resume_rng: Callable[[], None] | None = None
@@ -407,14 +408,25 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
 
     def _agree_to_stop(self) -> bool:
-        """`state.should_stop` on any process stops every process at the same boundary."""
+        """`state.should_stop` on any process stops every process at the same boundary.
+
+        The flags meet in a host-side all-reduce on a gloo group: a network round trip per
+        batch, but never a wait for the GPU (Accelerate's `check_trigger` reads a device tensor).
+        """
         if self.accelerator.num_processes == 1:
             return self.state.should_stop
-        if self.state.should_stop:
-            self.accelerator.set_trigger()
-        if self.accelerator.check_trigger():
-            self.state.should_stop = True
+        flag = torch.tensor([int(self.state.should_stop)], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, group=self._host_group())
+        self.state.should_stop = bool(flag[0])
         return self.state.should_stop
+
+    def _host_group(self) -> Any:
+        """The process group for host-side agreement: the default one when it is gloo already."""
+        if self._stop_group is None:
+            dist = torch.distributed
+            default_is_gloo = dist.get_backend() == dist.Backend.GLOO
+            self._stop_group = dist.group.WORLD if default_is_gloo else dist.new_group(backend="gloo")
+        return self._stop_group
 
     def _prepare_loader(self, loader: Any) -> Any:
         if not isinstance(loader, DataLoader):
