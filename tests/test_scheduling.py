@@ -48,16 +48,31 @@ def two_groups(params_like: nn.Module | None = None) -> torch.optim.Optimizer:
     )
 
 
-def train(callback: LRScheduler, epochs: int = EPOCHS, val: bool = True, optimizer=None, model=None, **kwargs):
+def train(
+    callback: LRScheduler,
+    epochs: int = EPOCHS,
+    val: bool = True,
+    optimizer=None,
+    model=None,
+    callbacks_extra=(),
+    resume_from=None,
+    **kwargs,
+):
     model = model if model is not None else tiny_mlp()
     optimizer = optimizer if optimizer is not None else two_groups(model)
     probe = LRProbe()
     trainer = Trainer(
-        model, optimizer, nn.CrossEntropyLoss(), callbacks=[callback, probe], progress_bar=False, cpu=True, **kwargs
+        model,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        callbacks=[callback, probe, *callbacks_extra],
+        progress_bar=False,
+        cpu=True,
+        **kwargs,
     )
     train_loader = DataLoader(tiny_classification_data(64), batch_size=8, shuffle=True)
     val_loader = DataLoader(tiny_classification_data(16, seed=1), batch_size=8) if val else None
-    trainer.fit(train_loader, val_loader, epochs=epochs)
+    trainer.fit(train_loader, val_loader, epochs=epochs, resume_from=resume_from)
     return probe, trainer
 
 
@@ -277,3 +292,37 @@ def test_bad_configurations_are_clear_errors():
         train(LRScheduler(sched.StepLR(two_groups(), 1)), val=False)
     with pytest.raises(ScheduleError, match="returned a str"):
         train(LRScheduler(lambda opt: "cosine"), val=False)
+
+
+def test_one_cycle_shorter_than_the_fit_fails_at_fit_start():
+    # 3 epochs of 8 steps need 24; a OneCycleLR built for 2 epochs would raise at step 17.
+    factory = lambda opt: sched.OneCycleLR(opt, 0.1, epochs=2, steps_per_epoch=BATCHES)  # noqa: E731
+    with pytest.raises(ScheduleError, match=r"built for 16 optimizer steps, but fit\(\) runs 24 .*epochs=3"):
+        train(LRScheduler(factory, interval="step"))
+
+
+def test_one_cycle_with_an_empty_phase_fails_at_fit_start():
+    # PyTorch's OneCycleLR divides by zero when pct_start * total_steps == 1.
+    factory = lambda opt: sched.OneCycleLR(opt, 0.1, total_steps=4, pct_start=0.25)  # noqa: E731
+    with pytest.raises(ScheduleError, match="divided by zero when it was built: a OneCycleLR with an empty phase"):
+        train(LRScheduler(factory, interval="step"), epochs=1)
+    # Built fine, but with pct_start=1 its second phase is empty.
+    factory = lambda opt: sched.OneCycleLR(opt, 0.1, total_steps=BATCHES, pct_start=1.0)  # noqa: E731
+    with pytest.raises(ScheduleError, match="OneCycleLR over 8 optimizer steps has an empty phase"):
+        train(LRScheduler(factory, interval="step"), epochs=1)
+
+
+def test_resuming_with_more_epochs_than_the_saved_one_cycle_is_explained(tmp_path):
+    from callbacks_kit import ModelCheckpoint
+
+    def factory(opt, steps_per_epoch):
+        return sched.OneCycleLR(opt, 0.1, epochs=2, steps_per_epoch=steps_per_epoch)
+
+    train(LRScheduler(factory, interval="step"), epochs=2, callbacks_extra=[ModelCheckpoint(tmp_path)])
+    with pytest.raises(ScheduleError, match=r"built for 16 optimizer steps, but fit\(\) runs 24.*resume with"):
+        train(
+            LRScheduler(factory, interval="step"),
+            epochs=3,
+            callbacks_extra=[ModelCheckpoint(tmp_path)],
+            resume_from="last",
+        )

@@ -170,8 +170,7 @@ class TerminateOnNaN(Callback):
             f"TerminateOnNaN: non-finite {self._what} at optimizer step {first} (found at step {state.global_step}, "
             f"epoch {state.epoch + 1}). No checkpoint from step {first} on was saved; the latest one before it is "
             "clean: resume from it. To stop before the bad step is applied and see which tensors went non-finite, "
-            "use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). "
-            + _ADVICE
+            "use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). " + _ADVICE
         )
 
     def _record(self, bad: torch.Tensor, step: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -121,6 +122,7 @@ class LRScheduler(Callback):
         elif self.warmup:
             self._scheduled = self._lrs()
             self._apply_warmup()
+        self._check_length(trainer)
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         if not trainer.state.optimizer_stepped or getattr(trainer.optimizer, "step_was_skipped", False):
@@ -193,6 +195,33 @@ class LRScheduler(Callback):
                 values[index] *= ratio
 
     # ----------------------------------------------------------------------------- helpers
+    def _check_length(self, trainer: Trainer) -> None:
+        """Fail at fit start, not mid-run, when a fixed-length schedule cannot cover the fit."""
+        for scheduler in _nested(self.scheduler):
+            total = getattr(scheduler, "total_steps", None)
+            phases = getattr(scheduler, "_schedule_phases", None) or []
+            ends = [-0.0] + [float(phase["end_step"]) for phase in phases]  # the first phase starts at step 0
+            if any(end <= start for start, end in zip(ends[:-1], ends[1:], strict=True)) and isinstance(total, int):
+                raise ScheduleError(
+                    f"{type(scheduler).__name__} over {total} optimizer steps has an empty phase (PyTorch would divide "
+                    "by zero at its first step); give it at least 3 steps and a pct_start that leaves each phase "
+                    "one step, or use another schedule for so short a run"
+                )
+        total = getattr(self.scheduler, "total_steps", None)
+        batches = trainer.state.batches_per_epoch
+        if self.interval != "step" or not isinstance(total, int) or batches is None:
+            return
+        steps = math.ceil(batches / trainer.accelerator.gradient_accumulation_steps)
+        needed = trainer.state.max_epochs * steps
+        if needed > total:
+            raise ScheduleError(
+                f"{type(self.scheduler).__name__} was built for {total} optimizer steps, but fit() runs {needed} "
+                f"({trainer.state.max_epochs} epochs of {steps}): it would fail at step {total + 1}. Build it with "
+                f"epochs={trainer.state.max_epochs} (a factory with a steps_per_epoch parameter gets {steps}). A "
+                "resumed run keeps the schedule it was saved with: resume with the epochs it was started with, or "
+                "start a new run from its weights"
+            )
+
     def _build(self, trainer: Trainer) -> Scheduler:
         assert self._factory is not None
         try:
@@ -205,9 +234,16 @@ class LRScheduler(Callback):
                 raise ScheduleError("the factory asks for steps_per_epoch, but train_loader has no len()")
             # Accelerate ends every epoch with an optimizer step, even a short accumulation.
             steps = math.ceil(batches / trainer.accelerator.gradient_accumulation_steps)
-            built = self._factory(trainer.optimizer, steps_per_epoch=steps)
+            build = functools.partial(self._factory, trainer.optimizer, steps_per_epoch=steps)
         else:
-            built = self._factory(trainer.optimizer)
+            build = functools.partial(self._factory, trainer.optimizer)
+        try:
+            built = build()
+        except ZeroDivisionError as exc:  # OneCycleLR steps once when built
+            raise ScheduleError(
+                "the scheduler divided by zero when it was built: a OneCycleLR with an empty phase "
+                "(pct_start * total_steps == 1, or fewer than 3 steps); give it more steps or another pct_start"
+            ) from exc
         if not _is_scheduler(built):
             raise ScheduleError(f"the scheduler factory returned a {type(built).__name__}, not an LR scheduler")
         if isinstance(built, ReduceLROnPlateau) and self.interval != "epoch":
