@@ -31,8 +31,10 @@ class Callback:
     `trainer.state`, `trainer.model`, `trainer.optimizer` and `trainer.accelerator`.
 
     Attributes:
-        order: Callbacks run in ascending `order` (ties keep the order given). LR
-            schedulers use 0 so that loggers (order 100) see the LR they set.
+        order: Callbacks run in ascending `order` (ties keep the order given); default 50.
+            `TensorBoardLogger` uses -100 (it creates the writer the others use), `LRScheduler`
+            0, the image and histogram loggers 110 to 150, `ModelCheckpoint` 200 (it saves what
+            the others updated).
     """
 
     order: int = 50

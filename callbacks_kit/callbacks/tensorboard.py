@@ -26,7 +26,7 @@ HParamValue = int | float | str | bool
 
 
 def default_log_dir(root: str = "runs") -> str:
-    """`runs/<date>_<time>`, like SummaryWriter's default but sortable."""
+    """`runs/<date>-<time>` (e.g. `runs/20250101-120000`), like SummaryWriter's default but sortable."""
     return os.path.join(root, datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
