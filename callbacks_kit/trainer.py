@@ -197,6 +197,7 @@ class Trainer:
             from callbacks_kit.resume import restore_training
 
             restore_training(self, resume_from)
+        ended = False
         try:
             self.callbacks.fire("on_fit_start", self)
             while self.state.epoch < epochs and not self.state.should_stop:
@@ -212,11 +213,13 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.batch_idx = 0
             self.state.stage = "idle"
+            ended = True
             self.callbacks.fire("on_fit_end", self)
         except BaseException as exc:
             self.exception = exc
             self.state.stage = "idle"
-            self.callbacks.fire("on_exception", self)
+            if not ended:  # raised by an on_fit_end callback (PreemptionHandler's exit): fit had ended
+                self.callbacks.fire("on_exception", self)
             raise
         finally:
             self._close_writer()

@@ -362,3 +362,26 @@ def test_evaluate_on_fresh_loaders_never_reuses_a_dead_loaders_preparation():
         with torch.no_grad():
             expected = (net(data.tensors[0]).argmax(1) == data.tensors[1]).float().mean().item()
         assert results["val/accuracy"] == pytest.approx(expected, abs=1e-6), size
+
+
+def test_an_exit_from_on_fit_end_does_not_also_fire_on_exception():
+    # PreemptionHandler exits from on_fit_end: loggers must not record the run a second time as failed.
+    calls: list[str] = []
+
+    class Record(Callback):
+        def on_fit_end(self, trainer: Trainer) -> None:
+            calls.append("fit_end")
+
+        def on_exception(self, trainer: Trainer) -> None:
+            calls.append("exception")
+
+    class ExitAtTheEnd(Callback):
+        order = 1000
+
+        def on_fit_end(self, trainer: Trainer) -> None:
+            raise SystemExit(143)
+
+    trainer = make_trainer([Record(), ExitAtTheEnd()])
+    with pytest.raises(SystemExit):
+        trainer.fit(*loaders(), epochs=1)
+    assert calls == ["fit_end"]

@@ -84,7 +84,11 @@ class Callback:
         """Once, when `fit` finishes normally or stops early."""
 
     def on_exception(self, trainer: Trainer) -> None:
-        """When `fit` is leaving on an exception (`trainer.exception` holds it)."""
+        """When `fit` is leaving on an exception (`trainer.exception` holds it).
+
+        Not after `on_fit_end` has started: an exit raised there (PreemptionHandler's) ends a
+        run that has already finished.
+        """
 
 
 class CallbackList:
