@@ -241,11 +241,30 @@ def test_lr_of_every_group_is_logged_to_tensorboard(tmp_path):
     trainer.fit(DataLoader(tiny_classification_data(64), batch_size=8), epochs=EPOCHS)
     events = EventAccumulator(str(tmp_path)).Reload()
     for index, name in enumerate(("body", "head")):
-        logged: dict[int, float] = {}
-        for event in events.Scalars(f"lr/{name}"):  # the first value at a step is the batch's LR
-            logged.setdefault(event.step, event.value)
-        for step in range(1, EPOCHS * BATCHES + 1):
-            assert logged[step] == pytest.approx(probe.lrs[step - 1][index], rel=1e-6)
+        logged = [(event.step, event.value) for event in events.Scalars(f"lr/{name}")]
+        # One point per step, the LR that step trained with: no second point at an epoch's last step.
+        assert [step for step, _ in logged] == list(range(1, EPOCHS * BATCHES + 1))
+        for step, value in logged:
+            assert value == pytest.approx(probe.lrs[step - 1][index], rel=1e-6)
+
+
+def test_a_per_epoch_schedule_shows_each_epochs_lr_even_with_sparse_log_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = tiny_mlp()
+    scheduler = LRScheduler(lambda opt: sched.StepLR(opt, step_size=1, gamma=0.5))
+    trainer = Trainer(
+        model,
+        two_groups(model),
+        nn.CrossEntropyLoss(),
+        callbacks=[scheduler, TensorBoardLogger(str(tmp_path))],
+        progress_bar=False,
+        cpu=True,
+        log_every_n_steps=50,  # never reached within an epoch of 8 steps
+    )
+    trainer.fit(DataLoader(tiny_classification_data(64), batch_size=8), epochs=EPOCHS)
+    logged = [(e.step, e.value) for e in EventAccumulator(str(tmp_path)).Reload().Scalars("lr/body")]
+    assert logged == [(8, pytest.approx(0.1)), (16, pytest.approx(0.05)), (24, pytest.approx(0.025))]
 
 
 @pytest.mark.parametrize("name", ["OneCycleLR", "SequentialLR", "CyclicLR"])

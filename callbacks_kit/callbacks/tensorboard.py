@@ -85,6 +85,7 @@ class TensorBoardLogger(Callback):
         self.summary_depth = summary_depth
         self.best: dict[str, float] = {}
         self._lrs: list[float] = []
+        self._lr_logged_at: int | None = None
         self._collected: dict[str, HParamValue] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -127,8 +128,7 @@ class TensorBoardLogger(Callback):
         step = state.global_step
         writer.add_scalar("train/loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
-        for name, lr in zip(group_names(trainer), self._lrs, strict=False):
-            writer.add_scalar(f"lr/{name}", lr, step)
+        self._log_lrs(trainer, step)
 
     def on_validation_end(self, trainer: Trainer) -> None:
         state = trainer.state
@@ -155,8 +155,15 @@ class TensorBoardLogger(Callback):
         for tag in ("train/epoch_loss", "perf/epoch_time_s"):
             if tag in state.metrics:
                 writer.add_scalar(tag, state.metrics[tag], state.global_step)
-        for name, group in zip(group_names(trainer), trainer.optimizer.param_groups, strict=True):
-            writer.add_scalar(f"lr/{name}", group["lr"], state.global_step)
+        if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
+            self._log_lrs(trainer, state.global_step)
+
+    def _log_lrs(self, trainer: Trainer, step: int) -> None:
+        """One point per group and step: the LR the step trained with (not the next one a scheduler set)."""
+        assert trainer.tb_writer is not None
+        for name, lr in zip(group_names(trainer), self._lrs, strict=False):
+            trainer.tb_writer.add_scalar(f"lr/{name}", lr, step)
+        self._lr_logged_at = step
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.write_hparams(trainer, success=True)
