@@ -244,8 +244,9 @@ def _resume_from(args: argparse.Namespace) -> str | None:
 
 def _run_dir(requested: str | None) -> str:
     """One run folder for all processes: the main process picks it, the others receive it."""
-    chosen = [requested or default_log_dir()]
-    if PartialState().num_processes > 1:
+    state = PartialState()
+    chosen = [requested or (default_log_dir() if state.is_main_process else None)]
+    if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return chosen[0]
 

@@ -1,5 +1,6 @@
 """TensorBoardLogger: scalars, the custom-scalars layout, hparams with real metrics, graph, summary, one file."""
 
+import os
 import textwrap
 import warnings
 
@@ -192,3 +193,13 @@ def test_two_processes_write_exactly_one_event_file(tmp_path):
     assert report["scalars"]["train/loss"]["count"] == 2  # 32 samples / 2 processes / 8 per batch
     assert {"kernels/0", "confusion_matrix/val", "gradcam/2"} <= set(report["images"])
     assert report["hparams"]["hparams"]["processes"] == 2
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from callbacks_kit.callbacks.tensorboard import default_log_dir
+
+    folders = [default_log_dir(str(tmp_path)) for _ in range(3)]
+    assert len(set(folders)) == 3 and all(os.path.isdir(f) for f in folders)
+    if folders[0][-2:] != folders[2][-2:]:  # the clock ticked between calls: nothing to compare
+        return
+    assert folders[1] == folders[0] + "-2" and folders[2] == folders[0] + "-3"

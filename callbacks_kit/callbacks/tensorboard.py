@@ -26,8 +26,20 @@ HParamValue = int | float | str | bool
 
 
 def default_log_dir(root: str = "runs") -> str:
-    """`runs/<date>-<time>` (e.g. `runs/20250101-120000`), like SummaryWriter's default but sortable."""
-    return os.path.join(root, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    """A new, created folder `runs/<date>-<time>` (e.g. `runs/20250101-120000`), sortable.
+
+    A run that starts in the same second as another gets `-2`, `-3`...: each run has its own
+    folder, never a second event file in someone else's.
+    """
+    base = os.path.join(root, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)  # atomic: two runs cannot both claim it
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
 
 
 def group_names(trainer: Trainer) -> list[str]:
