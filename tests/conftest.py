@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny models and data, and a real two-process launcher."""
+"""Shared test helpers: tiny models and data, running an example, and a real two-process launcher."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
 
 
 def tiny_classification_data(n: int = 64, features: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
@@ -34,6 +35,23 @@ def tiny_loaders() -> tuple[DataLoader, DataLoader]:
         DataLoader(tiny_classification_data(64), batch_size=8, shuffle=True),
         DataLoader(tiny_classification_data(30, seed=1), batch_size=8),
     )
+
+
+def run_example(
+    name: str, *args: str, timeout: float = 300, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> str:
+    """Run `examples/<name>` with `args` in a fresh Python process; its stdout, or fail with its output.
+
+    PYTHONPATH points at this checkout, so the example imports the code under test from any `cwd`.
+    """
+    full_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    full_env.update(env or {})
+    cmd = [sys.executable, str(EXAMPLES / name), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=full_env)
+    assert result.returncode == 0, (
+        f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
 
 
 def run_distributed(

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_distributed
+from conftest import EXAMPLES, run_distributed, run_example
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-EXAMPLES = REPO / "examples"
-
-
-def run_example(name: str, *args: str, timeout: float = 300) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 def scalar_tags(run: Path) -> set[str]:
