@@ -115,6 +115,7 @@ def test_image_folder_split_and_local_weights(tmp_path: Path, capsys: pytest.Cap
         (["--model", "resnet19"], "unknown torchvision model 'resnet19'; closest: resnet18"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--mixed-precision", "fp16", "--cpu"], "needs a CUDA GPU"),
+        (["--kernel-layers", "layer1"], "layer 'layer1' is a Sequential, not an nn.Conv2d; kernels are drawn from"),
     ],
 )
 def test_bad_options_get_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], args, message):

@@ -301,8 +301,10 @@ def test_bad_configurations_are_clear_errors():
         LRScheduler(lambda opt: sched.StepLR(opt, 1), lr_at=lambda e, lr: lr)
     with pytest.raises(ScheduleError, match="nothing to schedule"):
         LRScheduler()
-    with pytest.raises(ScheduleError, match="'epoch' or 'step'"):
+    with pytest.raises(ScheduleError, match="interval must be 'epoch' or 'step', got 'batch'"):
         LRScheduler(lambda opt: sched.StepLR(opt, 1), interval="batch")
+    with pytest.raises(ScheduleError, match="warmup_interval must be 'epoch' or 'step', got 'batch'"):
+        LRScheduler(warmup=2, warmup_interval="batch")
     with pytest.raises(ScheduleError, match="once per epoch"):
         LRScheduler(sched.ReduceLROnPlateau(two_groups()), interval="step")
     with pytest.raises(ScheduleError, match="a factory"):

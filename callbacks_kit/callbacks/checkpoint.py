@@ -62,9 +62,9 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
     ) -> None:
-        self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if mode not in ("min", "max"):
             raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
+        self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise CheckpointError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):

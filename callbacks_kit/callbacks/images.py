@@ -23,7 +23,7 @@ from callbacks_kit.callbacks.probe import (
 from callbacks_kit.callbacks.render import grid, upscale
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.hooks import ActivationCapture
-from callbacks_kit.layers import first_conv, resolve_module, spread_conv_blocks
+from callbacks_kit.layers import LayerNotFoundError, find_modules, first_conv, resolve_module, spread_conv_blocks
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -68,7 +68,12 @@ class KernelGrid(Callback):
         for name in self.layers:  # checked on every process, so a bad name fails everywhere
             module = resolve_module(model, name)
             if not isinstance(module, nn.Conv2d):
-                raise ValueError(f"KernelGrid: layer {name!r} is a {type(module).__name__}, not an nn.Conv2d")
+                convs = [conv for conv, _ in find_modules(model, nn.Conv2d)]
+                shown = ", ".join(convs[:6]) + (", ..." if len(convs) > 6 else "")
+                raise LayerNotFoundError(
+                    f"KernelGrid: layer {name!r} is a {type(module).__name__}, not an nn.Conv2d; kernels are drawn "
+                    f"from conv layers: {shown or 'none in this model'}"
+                )
         self.log(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:

@@ -64,8 +64,9 @@ class LRScheduler(Callback):
         warmup: int = 0,
         warmup_interval: str | None = None,
     ) -> None:
-        if interval not in INTERVALS or (warmup_interval or interval) not in INTERVALS:
-            raise ScheduleError(f"interval and warmup_interval must be 'epoch' or 'step', got {interval!r}")
+        for option, value in (("interval", interval), ("warmup_interval", warmup_interval or interval)):
+            if value not in INTERVALS:
+                raise ScheduleError(f"{option} must be 'epoch' or 'step', got {value!r}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ScheduleError(f"warmup must be an int >= 0 (steps or epochs), got {warmup!r}")
         if scheduler is not None and lr_at is not None:
