@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from callbacks_kit.cpu import one_cpu_thread
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring")
@@ -68,6 +70,10 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
+        with one_cpu_thread():
+            return self._draw(index)
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor | int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         background = torch.rand(3, 1, 1, generator=g)
         image = background.expand(3, self.image_size, self.image_size).clone()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.cpu import one_cpu_thread
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -56,18 +56,8 @@ def compute_histograms(tensors: Sequence[torch.Tensor], bins: int = 30) -> list[
     """
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    with _one_cpu_thread():
+    with one_cpu_thread():
         return _compute(tensors, bins)
-
-
-@contextmanager
-def _one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _compute(tensors: Sequence[torch.Tensor], bins: int) -> list[Histogram | None]:
