@@ -46,6 +46,7 @@ train_loader = make_loader(ShapesDataset(n, size, seed=0), 32, shuffle=True, wor
 val_loader = make_loader(ShapesDataset(n // 4, size, seed=1), 64, shuffle=False, workers=0)
 
 for name, loss_fn in [("function", soft_cross_entropy), ("module", ConfidencePenaltyLoss(beta=0.1))]:
+    torch.manual_seed(0)  # the same initial weights every run (Trainer(seed=) covers data order and dropout)
     model = build_classifier("resnet18", num_classes=6)
     trainer = Trainer(
         model,

@@ -35,9 +35,10 @@ train_loader = make_loader(train_set, batch, shuffle=True, workers=0)
 val_loader = make_loader(val_set, batch, shuffle=False, workers=0)
 
 # 1. The model; load_weights reads a local file safely and says which keys matched.
+torch.manual_seed(0)  # the same initial weights every run (Trainer(seed=) covers data order and dropout)
 model = torchvision.models.resnet18(weights=None)
 if args.weights:
-    print(load_weights(model, args.weights))  # the 1000-class fc is reported as shape-mismatched
+    print(load_weights(model, args.weights))  # loaded before replace_head: the 1000-class fc matches too
 replace_head(model, num_classes=len(ShapesDataset.classes))  # a fresh 6-class fc
 
 # 2. One param group per unfreezing stage, built up front over *all* parameters: frozen

@@ -40,6 +40,7 @@ print(f"{len(train_set)} train / {len(val_set)} val images, classes: {classes}")
 train_loader = make_loader(train_set, 32, shuffle=True, workers=2)  # workers decode images in parallel
 val_loader = make_loader(val_set, 64, shuffle=False, workers=2)
 
+torch.manual_seed(0)  # the same initial weights every run (Trainer(seed=) covers data order and dropout)
 model = build_classifier("resnet18", num_classes=len(classes))
 trainer = Trainer(
     model,

@@ -24,6 +24,7 @@ size, n = (32, 128) if args.fast else (64, 1200)
 train_loader = make_loader(ShapesDataset(n, size, seed=0), 32, shuffle=True, workers=0)
 val_loader = make_loader(ShapesDataset(n // 4, size, seed=1), 64, shuffle=False, workers=0)
 
+torch.manual_seed(0)  # the same initial weights every run (Trainer(seed=) covers data order and dropout)
 model = build_classifier("resnet18", num_classes=6)
 trainer = Trainer(
     model,

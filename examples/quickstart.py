@@ -24,6 +24,7 @@ train_loader = make_loader(train_set, batch_size=32, shuffle=True, workers=0)
 val_loader = make_loader(val_set, batch_size=64, shuffle=False, workers=0)
 
 # Any torchvision classifier; its head is replaced for our 6 classes.
+torch.manual_seed(0)  # the same initial weights every run (Trainer(seed=) covers data order and dropout)
 model = build_classifier("resnet18", num_classes=len(ShapesDataset.classes))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
