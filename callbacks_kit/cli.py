@@ -178,8 +178,8 @@ def _finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[
     def onecycle(opt: torch.optim.Optimizer, steps_per_epoch: int) -> schedulers.OneCycleLR:
         # Each group peaks at its own LR (on resume: at the peak it was given then).
         peaks = [group.get("max_lr", group["lr"]) for group in opt.param_groups]
-        warm = max(0.25, 2 / (epochs * steps_per_epoch))  # a warm-up of at least 2 steps: short runs still work
-        return schedulers.OneCycleLR(opt, peaks, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=warm)
+        # pct_start 0.3 (PyTorch's default): 0.3 * steps is never exactly 1, where OneCycleLR divides by zero.
+        return schedulers.OneCycleLR(opt, peaks, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.3)
 
     factories = {
         "onecycle": onecycle,

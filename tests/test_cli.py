@@ -145,12 +145,7 @@ def test_main_job_default_reaches_90_percent(tmp_path: Path):
     assert accuracy >= 0.90
 
 
-@pytest.mark.parametrize("samples", ["32", "64"])
-def test_main_job_one_cycle_on_two_and_four_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str], samples: str):
-    # 4 steps once made OneCycleLR divide by zero (pct_start 0.25 of 4 is one step); 2 are too few for one cycle.
-    args = ["train", *TINY, "--train-samples", samples, "--log-dir", str(tmp_path / "run")]
-    if samples == "64":
-        assert main(args) == 0
-    else:
-        assert main(args) == 2
-        assert "OneCycleLR over 2 optimizer steps has an empty phase" in capsys.readouterr().err
+@pytest.mark.parametrize("samples", ["16", "32", "64"])
+def test_main_job_one_cycle_on_one_two_and_four_steps(tmp_path: Path, samples: str):
+    # With pct_start 0.25, 4 steps made OneCycleLR divide by zero (its warm-up phase ended at step 0).
+    assert main(["train", *TINY, "--train-samples", samples, "--log-dir", str(tmp_path / "run")]) == 0

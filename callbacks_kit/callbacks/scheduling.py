@@ -199,14 +199,13 @@ class LRScheduler(Callback):
     def _check_length(self, trainer: Trainer) -> None:
         """Fail at fit start, not mid-run, when a fixed-length schedule cannot cover the fit."""
         for scheduler in _nested(self.scheduler):
-            total = getattr(scheduler, "total_steps", None)
-            phases = getattr(scheduler, "_schedule_phases", None) or []
-            ends = [-0.0] + [float(phase["end_step"]) for phase in phases]  # the first phase starts at step 0
-            if any(end <= start for start, end in zip(ends[:-1], ends[1:], strict=True)) and isinstance(total, int):
+            ends = [float(phase["end_step"]) for phase in getattr(scheduler, "_schedule_phases", None) or []]
+            # OneCycleLR divides by the length of the phase a step falls in: the first phase is
+            # used from step 0 when it ends at or after 0, the last one after the one before it.
+            if ends and (ends[0] == 0 or (len(ends) > 1 and ends[-1] == ends[-2])):
                 raise ScheduleError(
-                    f"{type(scheduler).__name__} over {total} optimizer steps has an empty phase (PyTorch would divide "
-                    "by zero at its first step); give it at least 3 steps and a pct_start that leaves each phase "
-                    "one step, or use another schedule for so short a run"
+                    f"{type(scheduler).__name__} over {getattr(scheduler, 'total_steps', '?')} optimizer steps has an "
+                    "empty phase (PyTorch would divide by zero in it); change pct_start or the number of steps"
                 )
         total = getattr(self.scheduler, "total_steps", None)
         batches = trainer.state.batches_per_epoch
@@ -243,7 +242,7 @@ class LRScheduler(Callback):
         except ZeroDivisionError as exc:  # OneCycleLR steps once when built
             raise ScheduleError(
                 "the scheduler divided by zero when it was built: a OneCycleLR with an empty phase "
-                "(pct_start * total_steps == 1, or fewer than 3 steps); give it more steps or another pct_start"
+                "(pct_start * total_steps == 1); change pct_start or the number of steps"
             ) from exc
         if not _is_scheduler(built):
             raise ScheduleError(f"the scheduler factory returned a {type(built).__name__}, not an LR scheduler")
