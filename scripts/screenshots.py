@@ -26,12 +26,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# Scalars as logged: TensorBoard's default smoothing (0.6) bends a 5-point validation curve.
+# ("Ignore outliers" lives in localStorage, not in the URL: it stays on.)
+RAW = "&_smoothingWeight=0"
 # (file name, URL fragment, window size): the legacy dashboards show one plugin each, and
 # tagFilter narrows a page. The time-series dashboard is left out: headless Chromium draws
 # its charts (WebGL in a worker) as empty frames.
 DASHBOARDS = (
-    ("scalars", "#scalars&tagFilter=loss%7Caccuracy", "1400,1000"),
-    ("custom_scalars", "#custom_scalars", "1400,1000"),
+    ("scalars", f"#scalars&tagFilter=loss%7Caccuracy{RAW}", "1400,1000"),
+    ("custom_scalars", f"#custom_scalars{RAW}", "1400,1000"),
     ("histograms", "#histograms&tagFilter=layer4.1.conv2%7Cfc.weight", "1400,1000"),
     ("distributions", "#distributions&tagFilter=fc.weight", "1400,700"),
     ("images_gradcam", "#images&tagFilter=gradcam%7Cconfusion", "1400,1100"),
