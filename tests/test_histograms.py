@@ -28,6 +28,17 @@ def test_counts_match_histc_and_fields_are_right():
     assert h.sum_squares == pytest.approx(float((x * x).sum()), rel=1e-5)
 
 
+def test_tensors_longer_than_a_chunk_count_every_value(monkeypatch):
+    from callbacks_kit.callbacks import histograms
+
+    monkeypatch.setattr(histograms._Binner, "CHUNK", 1000)  # 10,500 values: ten full chunks and a short one
+    x = torch.randn(10_500, generator=torch.Generator().manual_seed(1))
+    small = torch.randn(300, generator=torch.Generator().manual_seed(2))
+    big, little = compute_histograms([x, small], bins=30)
+    assert big.bucket_counts == torch.histc(x, 30, float(x.min()), float(x.max())).tolist()
+    assert little.bucket_counts == torch.histc(small, 30, float(small.min()), float(small.max())).tolist()
+
+
 def test_many_bins_use_histc_and_shapes_do_not_matter():
     x = torch.rand(3, 4, 5)
     (h,) = compute_histograms([x], bins=300)
