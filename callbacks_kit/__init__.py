@@ -12,24 +12,26 @@ from callbacks_kit.callbacks import (
     KernelGrid,
     LRScheduler,
     ModelCheckpoint,
+    Order,
     PreemptionHandler,
     ProgressBar,
     TensorBoardLogger,
     TerminateOnNaN,
     WeightHistograms,
 )
-from callbacks_kit.checkpoint_io import CheckpointError
+from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
 from callbacks_kit.hooks import ActivationCapture
-from callbacks_kit.layers import LayerNotFoundError, resolve_module
+from callbacks_kit.layers import resolve_module
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.state import TrainState
-from callbacks_kit.trainer import Trainer, TrainerError
+from callbacks_kit.trainer import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCapture",
     "Callback",
+    "CallbacksKitError",
     "CheckpointError",
     "ConfusionMatrix",
     "EarlyStopping",
@@ -40,6 +42,7 @@ __all__ = [
     "LayerNotFoundError",
     "LRScheduler",
     "ModelCheckpoint",
+    "Order",
     "PreemptionHandler",
     "ProgressBar",
     "TensorBoardLogger",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -14,14 +14,11 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from callbacks_kit.cpu import one_cpu_thread
+from callbacks_kit.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring")
-
-
-class DataError(ValueError):
-    """A data folder or data option that cannot work, found before training."""
 
 
 class ShapesDataset(Dataset):
@@ -211,13 +208,21 @@ def _image_folder(path: Path, transform: v2.Compose) -> datasets.ImageFolder:
         ) from exc
 
 
-@dataclass
-class Loaders:
-    """What the main job trains on."""
+def base_dataset(dataset: Any) -> Any:
+    """The dataset under `Subset`s and similar wrappers (anything holding a `.dataset`).
 
-    train: DataLoader
-    val: DataLoader
-    classes: list[str]
+    Stops at the first level that knows its classes, so a wrapper that defines its own
+    `classes` is kept.
+    """
+    while not hasattr(dataset, "classes") and not hasattr(dataset, "class_to_idx") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset
+
+
+def class_names(dataset: Any) -> list[str] | None:
+    """The `classes` of a dataset (looking through `Subset`s) as strings, or None when it has none."""
+    classes = getattr(base_dataset(dataset), "classes", None)
+    return [str(c) for c in classes] if isinstance(classes, Sequence) and not isinstance(classes, str) else None
 
 
 def default_workers() -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from callbacks_kit.compat import has_forward_hooks
 from callbacks_kit.layers import resolve_module
 
 
@@ -94,8 +95,4 @@ class ActivationCapture:
 
 def hooked_modules(model: nn.Module) -> list[str]:
     """Names of the submodules that carry forward or forward-pre hooks (to check for leaks)."""
-    return [
-        name or "<model>"
-        for name, module in model.named_modules()
-        if module._forward_hooks or module._forward_pre_hooks  # private, but there is no public accessor
-    ]
+    return [name or "<model>" for name, module in model.named_modules() if has_forward_hooks(module)]

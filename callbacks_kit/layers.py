@@ -6,9 +6,7 @@ import difflib
 
 from torch import nn
 
-
-class LayerNotFoundError(ValueError):
-    """A layer name that is not in `model.named_modules()`."""
+from callbacks_kit.errors import LayerNotFoundError
 
 
 def resolve_module(model: nn.Module, name: str) -> nn.Module:

@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from callbacks_kit.errors import LossInputError
+
 REDUCTIONS = ("mean", "sum", "none")
-
-
-class LossInputError(ValueError):
-    """Logits and targets whose shapes, types or options do not fit together."""
 
 
 # ------------------------------------------------------------------------------ Dice / Jaccard

@@ -1,9 +1,12 @@
-"""The trainer's shared, explicit state: what callbacks read and what a checkpoint saves."""
+"""The trainer's shared, explicit state: progress, running loss sums, and where a resume continues."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import torch
 
 
 @dataclass
@@ -50,3 +53,72 @@ class TrainState:
             raise KeyError(f"unknown TrainState keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         for key, value in state.items():
             setattr(self, key, dict(value) if key == "metrics" else value)
+
+
+@dataclass
+class LossSums:
+    """The epoch's running training loss, kept on the device so the loop never waits for it.
+
+    The interval's mean loss is the difference between `epoch` and `logged` (the sum at the
+    last log) over `interval_batches`. A mid-epoch checkpoint saves these (`to_list`), so a
+    resumed run logs the same `train/*` values as an uninterrupted one.
+
+    Attributes:
+        epoch: Sum of the batch losses of this epoch so far (a device scalar).
+        logged: Value of `epoch` at the last log step.
+        epoch_batches: Batches summed into `epoch`.
+        interval_batches: Batches since the last log step.
+    """
+
+    epoch: torch.Tensor
+    logged: torch.Tensor
+    epoch_batches: int = 0
+    interval_batches: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> LossSums:
+        """Sums at the start of an epoch."""
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Add one batch's (detached) loss, on the device."""
+        self.epoch += loss
+        self.epoch_batches += 1
+        self.interval_batches += 1
+
+    def interval_mean(self) -> torch.Tensor:
+        """Mean loss of the batches since the last log step (a device scalar)."""
+        return (self.epoch - self.logged) / self.interval_batches
+
+    def mark_logged(self) -> None:
+        """Start a new logging interval."""
+        self.logged = self.epoch.clone()
+        self.interval_batches = 0
+
+    def to_list(self) -> list[float | int]:
+        """`[epoch, logged, epoch_batches, interval_batches]` for a checkpoint (reads the device)."""
+        return [float(self.epoch), float(self.logged), self.epoch_batches, self.interval_batches]
+
+    def resume_from(self, saved: list[float | int]) -> None:
+        """Continue from a checkpoint's `to_list()`, adding to these (fresh, zero) sums."""
+        self.epoch += float(saved[0])
+        self.logged += float(saved[1])
+        self.epoch_batches, self.interval_batches = int(saved[2]), int(saved[3])
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues, produced by `checkpoint.restore` and consumed by the loop once.
+
+    Attributes:
+        batches_to_skip: Batches of the current epoch already trained (0 at an epoch boundary).
+        restore_rng: Puts back the saved RNG states. The loop calls it after the resumed
+            epoch's DataLoader iterator is created (creating one draws a base seed from the
+            global RNG), or before the epoch starts when resuming at an epoch boundary.
+        loss_sums: The running loss sums of a mid-epoch checkpoint (`LossSums.to_list()`),
+            or None.
+    """
+
+    batches_to_skip: int
+    restore_rng: Callable[[], None]
+    loss_sums: list[float | int] | None = None

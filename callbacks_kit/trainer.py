@@ -1,33 +1,46 @@
-"""The Trainer: one readable Accelerate loop that fires callback events."""
+"""The Trainer: one readable Accelerate loop that fires callback events.
+
+`fit` runs epochs; `_train_epoch` runs batches; `_train_step` is one forward, backward
+and optimizer step; `_validate` sums the loss and metrics on the device. Input checks live
+in `checks.py`, the Accelerator and process-group helpers in `distributed.py`, resuming in
+`checkpoint/restore.py`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, DistributedType, is_compiled_module, send_to_device, set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from callbacks_kit.batches import batch_size, len_or_none
 from callbacks_kit.callbacks.base import Callback, CallbackList
-from callbacks_kit.state import TrainState
+from callbacks_kit.callbacks.progress_bar import ProgressBar
+from callbacks_kit.checkpoint.restore import restore_training
+from callbacks_kit.checks import (
+    check_epochs,
+    check_loader,
+    check_loss,
+    check_model_and_optimizer,
+    check_options,
+    extract_loss,
+    sanity_check,
+)
+from callbacks_kit.compat import compiled_inner
+from callbacks_kit.distributed import HostAgreement, build_accelerator, destroy_process_group_at_exit, rewrap_ddp
+from callbacks_kit.errors import TrainerError
+from callbacks_kit.state import LossSums, ResumePoint, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 Metric = Callable[[Any, Any], torch.Tensor]
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-class TrainerError(ValueError):
-    """Bad input found before (or at the very first step of) training."""
 
 
 class Trainer:
@@ -56,6 +69,15 @@ class Trainer:
             Accelerate already compiled is left alone. Only the model is compiled, not the
             loss or the loop; `unwrapped_model` stays the uncompiled module, for hooks and
             probe forwards.
+
+    Attributes:
+        state: Progress and latest metrics (`TrainState`).
+        model, optimizer, accelerator: As prepared by Accelerate.
+        train_loader, val_loader: The prepared loaders of the current `fit`.
+        loss_sums: The running training-loss sums of the current epoch (`LossSums`).
+        last_inputs, last_targets, last_outputs, last_loss: The latest batch.
+        tb_writer: The run's SummaryWriter, set by `TensorBoardLogger` on the main process.
+        exception: What `fit` is leaving on, during `on_exception` and `on_teardown`.
     """
 
     def __init__(
@@ -76,35 +98,28 @@ class Trainer:
         progress_bar: bool = True,
         compile: bool | Mapping[str, Any] = False,
     ) -> None:
-        _check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
-        if not isinstance(model, nn.Module):
-            raise TrainerError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TrainerError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
+        check_model_and_optimizer(model, optimizer)
         if seed is not None:
             set_seed(seed)
         if accelerator is None:
-            accelerator = _build_accelerator(mixed_precision, gradient_accumulation_steps, cpu)
+            accelerator = build_accelerator(mixed_precision, gradient_accumulation_steps, cpu)
+        destroy_process_group_at_exit(accelerator)
         self.accelerator = accelerator
-        if accelerator.num_processes > 1:
-            atexit.unregister(_destroy_process_group)  # once, however many trainers a script builds
-            atexit.register(_destroy_process_group)
         self.loss_fn = loss_fn
         self.metrics: dict[str, Metric] = dict(metrics or {})
         self.max_grad_norm = max_grad_norm
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        if compile and not is_compiled_module(self.model):
+        if compile and compiled_inner(self.model) is None:
             self.model = torch.compile(self.model, **({} if compile is True else dict(compile)))
         self.callbacks = CallbackList(callbacks)
-        if progress_bar:
-            from callbacks_kit.callbacks.progress import ProgressBar
-
-            if not self.callbacks.find(ProgressBar):
-                self.callbacks.append(ProgressBar())
+        if progress_bar and not self.callbacks.find(ProgressBar):
+            self.callbacks.append(ProgressBar())
         self.state = TrainState()
-        self.tb_writer: SummaryWriter | None = None  # set by TensorBoardLogger on the main process
+        self.loss_sums: LossSums | None = None
+        self.tb_writer: SummaryWriter | None = None
         self.exception: BaseException | None = None
         self.train_loader: Any = None
         self.val_loader: Any = None
@@ -115,14 +130,7 @@ class Trainer:
         self.last_loss: torch.Tensor | None = None
         # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
         self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
-        self._stop_group: Any = None  # created on first use, on every process at the same point
-        self._resume_batches = 0
-        # Set by callbacks_kit.resume: puts back the saved RNG states at the right moment.
-        self._resume_rng: Callable[[], None] | None = None
-        # The epoch's running loss sums (epoch, at last log, batches, batches since log), which
-        # a mid-epoch checkpoint saves and a resume starts from, so train/* metrics match too.
-        self._loss_sums: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
-        self._resume_loss_sums: tuple[float, float, int, int] | None = None
+        self._agreement = HostAgreement(accelerator.num_processes)
         self._checked_first_step = False
 
     # ----------------------------------------------------------------------------- properties
@@ -140,8 +148,7 @@ class Trainer:
     def unwrapped_model(self) -> nn.Module:
         """The user's model without DDP or compile wrappers (for hooks and saving)."""
         # Recent Accelerate keeps the compile wrapper unless told not to (keep_torch_compile).
-        model = self.model._orig_mod if is_compiled_module(self.model) else self.model
-        return self.accelerator.unwrap_model(model)
+        return self.accelerator.unwrap_model(compiled_inner(self.model) or self.model)
 
     # ----------------------------------------------------------------------------- overridable
     def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
@@ -160,12 +167,21 @@ class Trainer:
             "Subclass Trainer and override `unpack_batch(self, batch) -> (inputs, targets)`."
         )
 
-    def forward(self, inputs: Any, targets: Any) -> tuple[torch.Tensor, Any]:
-        """Run the model and the loss; returns `(loss, outputs)`."""
+    def forward(self, inputs: Any, targets: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, Any]:
+        """Run the model and the loss; returns `(loss, outputs)`.
+
+        Args:
+            inputs: The batch's inputs (a dict is passed as keyword arguments).
+            targets: The batch's targets.
+            model: The module to call; None is `self.model`. Probes (Grad-CAM, feature maps)
+                pass the bare `unwrapped_model`, so an override keeps this argument and
+                their views show what training computes.
+        """
+        model = self.model if model is None else model
         if self.loss_fn is None:
-            raw = self.model(**inputs) if isinstance(inputs, Mapping) else self.model(inputs, targets)
-            return _extract_loss(raw), raw
-        outputs = self.model(**inputs) if isinstance(inputs, Mapping) else self.model(inputs)
+            raw = model(**inputs) if isinstance(inputs, Mapping) else model(inputs, targets)
+            return extract_loss(raw), raw
+        outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
         return self.loss_fn(outputs, targets), outputs
 
     # ----------------------------------------------------------------------------- public API
@@ -187,28 +203,24 @@ class Trainer:
         Returns:
             The final `TrainState`.
         """
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-            raise TrainerError(f"epochs must be a positive int, got {epochs!r}")
-        _check_loader(train_loader, "train_loader")
+        check_epochs(epochs)
+        check_loader(train_loader, "train_loader")
         if val_loader is not None:
-            _check_loader(val_loader, "val_loader")
+            check_loader(val_loader, "val_loader")
         self.train_loader = self._prepare_loader(train_loader)
         self.val_loader = self._prepare_loader(val_loader) if val_loader is not None else None
-        self.state = TrainState(max_epochs=epochs, batches_per_epoch=_len_or_none(self.train_loader))
+        self.state = TrainState(max_epochs=epochs, batches_per_epoch=len_or_none(self.train_loader))
         self.exception = None
-        self._sanity_check(val_loader if val_loader is not None else train_loader)
-        if resume_from is not None:
-            from callbacks_kit.resume import restore_training
-
-            restore_training(self, resume_from)
+        sanity_check(self, val_loader if val_loader is not None else train_loader)
+        resume = restore_training(self, resume_from) if resume_from is not None else None
         ended = False
         try:
             self.callbacks.fire("on_fit_start", self)
             while self.state.epoch < epochs and not self.state.should_stop:
                 epoch_start = time.perf_counter()
-                finished = self._train_epoch()
-                if not finished:
+                if not self._train_epoch(resume):
                     break
+                resume = None
                 if self.val_loader is not None:
                     self._validate(self.val_loader, prefix="val")
                 self.state.metrics["perf/epoch_time_s"] = time.perf_counter() - epoch_start
@@ -222,11 +234,11 @@ class Trainer:
         except BaseException as exc:
             self.exception = exc
             self.state.stage = "idle"
-            if not ended:  # raised by an on_fit_end callback (PreemptionHandler's exit): fit had ended
+            if not ended:  # an exit raised from on_fit_end (PreemptionHandler's) ends a finished run
                 self.callbacks.fire("on_exception", self)
             raise
         finally:
-            self._close_writer()
+            self._teardown()
         return self.state
 
     @torch.no_grad()
@@ -236,7 +248,7 @@ class Trainer:
         Returns:
             `{f"{prefix}/loss": ..., f"{prefix}/<metric>": ...}`; also stored in `state.metrics`.
         """
-        _check_loader(loader, "loader")
+        check_loader(loader, "loader")
         return self._validate(self._prepare_loader(loader), prefix=prefix)
 
     def print(self, *args: Any) -> None:
@@ -246,119 +258,90 @@ class Trainer:
     def refresh_trainable(self) -> None:
         """Make DDP all-reduce exactly the parameters that now have `requires_grad=True`.
 
-        DDP fixes that set when it wraps the model: a parameter frozen later crashes the next
-        backward ("Expected to have finished reduction"), and one unfrozen later is never
-        reduced, so the replicas drift apart. This rewraps the same module with the same
-        settings (parameters are broadcast from process 0). Call it on every process at the
-        same point, between optimizer steps, after changing `requires_grad`; without DDP it
-        does nothing.
+        Call it on every process at the same point, between optimizer steps, after changing
+        `requires_grad` (`FreezeUnfreeze` does); without DDP it does nothing. See
+        `distributed.rewrap_ddp` for why DDP must be rebuilt.
         """
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        old = self.model
-        if not isinstance(old, DDP):
-            if isinstance(getattr(old, "_orig_mod", None), DDP):
-                raise TrainerError("freezing or unfreezing under DDP with torch.compile is not supported")
-            return
-        if not any(p.requires_grad for p in old.module.parameters()):
-            raise TrainerError("every parameter is frozen: nothing left to train; unfreeze at least the head")
-        handler = self.accelerator.ddp_handler
-        old._remove_autograd_hooks()  # the old reducer must not see the next backward
-        new = DDP(
-            old.module,
-            device_ids=old.device_ids,
-            output_device=old.output_device,
-            **(handler.to_kwargs() if handler is not None else {}),
-        )
-        if handler is not None:
-            handler.register_comm_hook(new)
-        new.train(old.training)
-        new._is_accelerate_prepared = True
-        self.accelerator._models = [new if m is old else m for m in self.accelerator._models]
-        self.model = new
+        self.model = rewrap_ddp(self.accelerator, self.model)
 
     # ----------------------------------------------------------------------------- the loop
-    def _train_epoch(self) -> bool:
-        """One pass over the training data; False when a stop was agreed mid-epoch."""
-        state, accelerator = self.state, self.accelerator
+    def _train_epoch(self, resume: ResumePoint | None) -> bool:
+        """One pass over the training data; False when a stop was agreed mid-epoch.
+
+        A resumed epoch skips the batches already trained, puts the saved RNG states back
+        once its iterator exists, and goes on from the saved loss sums.
+        """
+        state = self.state
         state.stage = "train"
         self.model.train()
-        restore_rng, self._resume_rng = self._resume_rng, None
-        if restore_rng is not None and not self._resume_batches:
-            restore_rng()  # resumed at an epoch boundary: the states the next epoch started from
-            restore_rng = None
+        skip = resume.batches_to_skip if resume is not None else 0
+        if resume is not None and not skip:
+            resume.restore_rng()  # resumed at an epoch boundary: the states the next epoch started from
         self.callbacks.fire("on_epoch_start", self)
-        loader, start = self.train_loader, 0
+        loader = self.train_loader
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(state.epoch)  # the seedable shuffle is a function of (seed, epoch), resumed or not
-        if self._resume_batches:
-            loader, start = accelerator.skip_first_batches(loader, self._resume_batches), self._resume_batches
-            self._resume_batches = 0
-        # One running sum on the device; the interval's loss is its difference to the last log.
-        epoch_loss = torch.zeros((), device=self.device)
-        logged_loss = torch.zeros((), device=self.device)
-        interval_batches = epoch_batches = interval_samples = 0
-        if self._resume_loss_sums is not None:  # resumed mid-epoch: go on from the saved sums
-            saved_epoch, saved_logged, epoch_batches, interval_batches = self._resume_loss_sums
-            self._resume_loss_sums = None
-            epoch_loss += saved_epoch
-            logged_loss += saved_logged
+        if skip:
+            loader = self.accelerator.skip_first_batches(loader, skip)
+        self.loss_sums = sums = LossSums.zeros(self.device)
+        if resume is not None and skip and resume.loss_sums:
+            sums.resume_from(resume.loss_sums)
+        restore_rng = resume.restore_rng if skip else None
         # With one batch per step, accumulate() only sets sync_gradients=True again on every
         # batch, for ~20 us (a few % of a small model's step): set it once instead.
-        accumulating = accelerator.gradient_accumulation_steps > 1
+        accumulating = self.accelerator.gradient_accumulation_steps > 1
         if not accumulating:
-            accelerator.sync_gradients = True
-        interval_start = time.perf_counter()
-        for state.batch_idx, batch in enumerate(loader, start=start):
+            self.accelerator.sync_gradients = True
+        interval_samples, interval_start = 0, time.perf_counter()
+        for state.batch_idx, batch in enumerate(loader, start=skip):
             if restore_rng is not None:
-                restore_rng()  # after the resumed iterator drew its base seed (DESIGN.md, "Resume")
+                restore_rng()  # after the resumed iterator drew its base seed (docs/design.md, "Exact resume")
                 restore_rng = None
             self.callbacks.fire("on_train_batch_start", self)
             inputs, targets = self.unpack_batch(batch)
-            with accelerator.accumulate(self.model) if accumulating else contextlib.nullcontext():
-                loss, outputs = self.forward(inputs, targets)
-                if not self._checked_first_step:
-                    _check_loss(loss)
-                    self._checked_first_step = True
-                accelerator.backward(loss)
-                state.optimizer_stepped = accelerator.sync_gradients
-                if state.optimizer_stepped:
-                    accelerator.unscale_gradients()
-                    self.callbacks.fire("on_after_backward", self)
-                    if self.max_grad_norm is not None:
-                        self._clip_gradients()
-                self.optimizer.step()  # Accelerate makes these no-ops on accumulation batches
-                self.optimizer.zero_grad(set_to_none=True)
-            self.last_inputs, self.last_targets, self.last_outputs = inputs, targets, outputs
-            self.last_loss = loss.detach()
-            epoch_loss += self.last_loss
-            interval_batches += 1
-            epoch_batches += 1
-            n = _batch_size(inputs, targets)
+            loss, outputs = self._train_step(inputs, targets, accumulating)
+            self.last_inputs, self.last_targets, self.last_outputs, self.last_loss = inputs, targets, outputs, loss
+            sums.add(loss)
+            n = batch_size(inputs, targets)
             interval_samples += n
             state.samples_seen += n
             state.is_log_step = False
             if state.optimizer_stepped:
                 state.global_step += 1
                 if state.global_step % self.log_every_n_steps == 0:
-                    elapsed = time.perf_counter() - interval_start
-                    self._log_train((epoch_loss - logged_loss) / interval_batches, interval_samples, elapsed)
-                    logged_loss = epoch_loss.clone()
-                    interval_batches = interval_samples = 0
-                    interval_start = time.perf_counter()
-            self._loss_sums = (epoch_loss, logged_loss, epoch_batches, interval_batches)
+                    self._log_train(sums, interval_samples, time.perf_counter() - interval_start)
+                    interval_samples, interval_start = 0, time.perf_counter()
             self.callbacks.fire("on_train_batch_end", self)
             state.is_log_step = False
             if self._agree_to_stop():
                 return False
         if restore_rng is not None:  # resumed after the epoch's last batch: nothing was left to iterate
             restore_rng()
-        if epoch_batches == 0 and start == 0:
+        if sums.epoch_batches == 0 and skip == 0:
             raise TrainerError("train_loader yielded no batches; check the dataset and batch size (drop_last?)")
-        if epoch_batches:
-            mean = accelerator.reduce(epoch_loss / epoch_batches, reduction="mean")
+        if sums.epoch_batches:
+            mean = self.accelerator.reduce(sums.epoch / sums.epoch_batches, reduction="mean")
             state.metrics["train/epoch_loss"] = float(mean)
         return True
+
+    def _train_step(self, inputs: Any, targets: Any, accumulating: bool) -> tuple[torch.Tensor, Any]:
+        """Forward and backward; the optimizer step when the accumulation is complete. Returns the detached loss."""
+        accelerator, state = self.accelerator, self.state
+        with accelerator.accumulate(self.model) if accumulating else contextlib.nullcontext():
+            loss, outputs = self.forward(inputs, targets)
+            if not self._checked_first_step:
+                check_loss(loss)
+                self._checked_first_step = True
+            accelerator.backward(loss)
+            state.optimizer_stepped = accelerator.sync_gradients
+            if state.optimizer_stepped:
+                accelerator.unscale_gradients()
+                self.callbacks.fire("on_after_backward", self)
+                if self.max_grad_norm is not None:
+                    self._clip_gradients()
+            self.optimizer.step()  # Accelerate makes these no-ops on accumulation batches
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), outputs
 
     @torch.no_grad()
     def _validate(self, loader: Any, prefix: str) -> dict[str, float]:
@@ -376,14 +359,14 @@ class Trainer:
             loss, outputs = self.forward(inputs, targets)
             if self.loss_fn is None:
                 # The model made the loss: average per-process values, weighted by batch size.
-                n = _batch_size(inputs, targets)
+                n = batch_size(inputs, targets)
                 values = [loss.detach().float() * n]
                 values += [fn(outputs, targets).detach().float() * n for fn in self.metrics.values()]
                 sums += accelerator.reduce(torch.stack(values).double(), reduction="sum")
                 count += n * accelerator.num_processes
             else:
                 outputs, targets = accelerator.gather_for_metrics((outputs, targets))
-                n = _batch_size(outputs, targets)
+                n = batch_size(outputs, targets)
                 values = [self.loss_fn(outputs, targets).detach().float() * n]
                 values += [fn(outputs, targets).detach().float() * n for fn in self.metrics.values()]
                 sums += torch.stack(values).double()
@@ -400,9 +383,10 @@ class Trainer:
         return results
 
     # ----------------------------------------------------------------------------- helpers
-    def _log_train(self, mean_loss: torch.Tensor, samples: int, elapsed: float) -> None:
+    def _log_train(self, sums: LossSums, samples: int, elapsed: float) -> None:
         """The only host read of the training loss: every `log_every_n_steps` steps."""
-        loss = float(self.accelerator.reduce(mean_loss, reduction="mean"))
+        loss = float(self.accelerator.reduce(sums.interval_mean(), reduction="mean"))
+        sums.mark_logged()
         self.state.metrics["train/loss"] = loss
         self.state.metrics["perf/samples_per_sec"] = samples * self.accelerator.num_processes / max(elapsed, 1e-9)
         self.state.is_log_step = True
@@ -415,25 +399,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
 
     def _agree_to_stop(self) -> bool:
-        """`state.should_stop` on any process stops every process at the same boundary.
-
-        The flags meet in a host-side all-reduce on a gloo group: a network round trip per
-        batch, but never a wait for the GPU (Accelerate's `check_trigger` reads a device tensor).
-        """
-        if self.accelerator.num_processes == 1:
-            return self.state.should_stop
-        flag = torch.tensor([int(self.state.should_stop)], dtype=torch.int32)
-        torch.distributed.all_reduce(flag, group=self._host_group())
-        self.state.should_stop = bool(flag[0])
+        """`state.should_stop` on any process stops every process at the same boundary."""
+        self.state.should_stop = self._agreement.any(self.state.should_stop)
         return self.state.should_stop
-
-    def _host_group(self) -> Any:
-        """The process group for host-side agreement: the default one when it is gloo already."""
-        if self._stop_group is None:
-            dist = torch.distributed
-            default_is_gloo = dist.get_backend() == dist.Backend.GLOO
-            self._stop_group = dist.group.WORLD if default_is_gloo else dist.new_group(backend="gloo")
-        return self._stop_group
 
     def _prepare_loader(self, loader: Any) -> Any:
         if not isinstance(loader, DataLoader):
@@ -443,149 +411,10 @@ class Trainer:
             self._prepared_loaders[key] = (loader, self.accelerator.prepare(loader))
         return self._prepared_loaders[key][1]
 
-    @torch.no_grad()
-    def _sanity_check(self, loader: Any) -> None:
-        """Unpack one batch and run the forward, loss and metrics before any training.
-
-        Bad batches, losses or metrics fail here in seconds instead of after an epoch. The
-        global RNG state is restored so the check does not change the run.
-        """
-        rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        was_training = self.model.training
-        self.model.eval()
+    def _teardown(self) -> None:
+        """`on_teardown` for every callback; its errors surface unless `fit` is already failing."""
         try:
-            # The raw loader, not the prepared one: a half-read prepared loader would stay
-            # registered in Accelerate's gradient state.
-            batch = next(iter(loader), None)
-            if batch is None:
-                raise TrainerError("the loader yielded no batches; check the dataset and batch size (drop_last?)")
-            inputs, targets = self.unpack_batch(send_to_device(batch, self.device))
-            loss, outputs = self.forward(inputs, targets)
-            _check_loss(loss, need_grad=False)
-            for name, fn in self.metrics.items():
-                value = fn(outputs, targets)
-                if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                    raise TrainerError(
-                        f"metric {name!r} returned {type(value).__name__} "
-                        f"{tuple(value.shape) if isinstance(value, torch.Tensor) else ''}; "
-                        "a metric must return a one-element tensor (the batch mean)"
-                    )
-        finally:
-            self.model.train(was_training)
-            torch.set_rng_state(rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-
-    def _close_writer(self) -> None:
-        if self.tb_writer is not None:
-            self.tb_writer.flush()
-            self.tb_writer.close()
-            self.tb_writer = None
-
-
-# ------------------------------------------------------------------------------------- checks
-def _destroy_process_group() -> None:
-    """At exit, while the interpreter is whole: gloo threads left to finalization can SIGABRT.
-
-    A process that ends without `destroy_process_group()` sometimes dies with "terminate
-    called without an active exception" after all its work is done (seen here: 1 run in ~30).
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def _check_options(
-    mixed_precision: str, accumulation: int, max_grad_norm: float | None, log_every: int, cpu: bool
-) -> None:
-    if mixed_precision not in MIXED_PRECISION:
-        raise TrainerError(f"mixed_precision={mixed_precision!r} is not one of {MIXED_PRECISION}; pick one of those")
-    if mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
-        raise TrainerError(
-            "mixed_precision='fp16' needs a CUDA GPU and none is in use here; "
-            "use mixed_precision='bf16' on a CPU, or 'no'"
-        )
-    if not isinstance(accumulation, int) or accumulation < 1:
-        raise TrainerError(f"gradient_accumulation_steps must be an int >= 1, got {accumulation!r}")
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
-        raise TrainerError(f"max_grad_norm must be a positive number or None, got {max_grad_norm!r}")
-    if not isinstance(log_every, int) or log_every < 1:
-        raise TrainerError(f"log_every_n_steps must be an int >= 1, got {log_every!r}")
-
-
-def _build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Accelerator:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        cpu = True  # else Accelerate sees one process in each of the launched ones, all "main"
-    # One Trainer owns this process's Accelerator settings: forget those of an earlier one
-    # (Accelerate refuses a second, different mixed_precision otherwise). The process group,
-    # held by PartialState, is kept.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    return Accelerator(
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=accumulation,
-        cpu=cpu,
-        # Seedable samplers make the shuffle order a function of (seed, epoch): exact resume.
-        # Non-blocking copies let pinned batches (make_loader pins them on a GPU) reach the
-        # device while the host goes on; from unpinned memory they are ordinary copies.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-    )
-
-
-def _check_loader(loader: Any, name: str) -> None:
-    if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
-        raise TrainerError(f"{name} must be an iterable of batches such as a DataLoader, got {type(loader).__name__}")
-    if _len_or_none(loader) == 0:
-        raise TrainerError(
-            f"{name} is empty (0 batches); check the dataset path and that batch_size <= dataset size "
-            "when drop_last=True"
-        )
-
-
-def _check_loss(loss: Any, need_grad: bool = True) -> None:
-    if not isinstance(loss, torch.Tensor):
-        raise TrainerError(f"the loss is a {type(loss).__name__}, not a tensor; return a scalar torch.Tensor")
-    if loss.ndim != 0:
-        raise TrainerError(
-            f"the loss has shape {tuple(loss.shape)}, not a scalar; reduce it (reduction='mean' or .mean())"
-        )
-    if not loss.is_floating_point():
-        raise TrainerError(f"the loss has dtype {loss.dtype}; it must be a floating-point scalar")
-    if need_grad and not loss.requires_grad:
-        raise TrainerError(
-            "the loss does not require grad: no trainable parameter took part in it. Are all parameters "
-            "frozen, or was the loss computed under torch.no_grad() or from .detach()ed outputs?"
-        )
-
-
-def _extract_loss(raw: Any) -> torch.Tensor:
-    if isinstance(raw, torch.Tensor):
-        return raw
-    if isinstance(raw, Mapping) and "loss" in raw:
-        return raw["loss"]
-    if hasattr(raw, "loss"):
-        return raw.loss
-    raise TrainerError(
-        f"loss_fn is None, so the model must return the loss, but it returned a {type(raw).__name__}; "
-        "return a scalar tensor or a dict with a 'loss' key, or pass loss_fn=..."
-    )
-
-
-def _len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-def _batch_size(inputs: Any, targets: Any) -> int:
-    for item in (targets, inputs):
-        if isinstance(item, torch.Tensor) and item.ndim > 0:
-            return int(item.shape[0])
-        if isinstance(item, Mapping):
-            for value in item.values():
-                if isinstance(value, torch.Tensor) and value.ndim > 0:
-                    return int(value.shape[0])
-        if isinstance(item, (list, tuple)) and item:
-            return len(item)
-    return 1
+            self.callbacks.fire_all("on_teardown", self)
+        except BaseException:
+            if self.exception is None:
+                raise

@@ -11,11 +11,11 @@ import argparse
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
+from callbacks_kit import ActivationCapture, Callback, Order, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.data import ShapesDataset, make_loader
 from callbacks_kit.finetune import build_classifier
+from callbacks_kit.hooks import hooked_modules
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--fast", action="store_true")
@@ -26,46 +26,35 @@ args = parser.parse_args()
 class ActivationStats(Callback):
     """Logs `activations/<layer>/mean` and `/std` every `every_n_steps` optimizer steps."""
 
-    order = 110  # after TensorBoardLogger (order -100) has created the writer
+    order = Order.INSPECT  # after TensorBoardLogger (Order.WRITER) has created the writer
 
     def __init__(self, every_n_steps: int = 20, kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.ReLU)) -> None:
         self.every_n_steps = every_n_steps
         self.kinds = kinds
-        self.handles: list[RemovableHandle] = []
-        self.stats: dict[str, torch.Tensor] = {}
+        self.capture: ActivationCapture | None = None
 
     def on_train_batch_start(self, trainer: Trainer) -> None:
         # Hook only the forward of the batch that will be measured: other steps pay nothing.
         if trainer.tb_writer is None or trainer.state.global_step % self.every_n_steps:
             return
-        for name, module in trainer.unwrapped_model.named_modules():
-            if isinstance(module, self.kinds):
-                self.handles.append(module.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):  # noqa: ANN202
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            out = output.detach().float()
-            self.stats[name] = torch.stack([out.mean(), out.std()])  # stays on the device
-
-        return record
+        model = trainer.unwrapped_model  # hooks go on the bare module, never on a DDP wrapper
+        names = [name for name, module in model.named_modules() if isinstance(module, self.kinds)]
+        self.capture = ActivationCapture(model, names).attach()
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
-        self._remove()
-        if not self.stats:
+        if self.capture is None:
             return
-        values = torch.stack(list(self.stats.values())).tolist()  # the one host read
-        for name, (mean, std) in zip(self.stats, values, strict=True):
+        self.capture.remove()
+        outputs, self.capture = self.capture.outputs, None
+        # Mean and std of each layer stay on the device until the one host read (.tolist()).
+        values = torch.stack([torch.stack([out.float().mean(), out.float().std()]) for out in outputs.values()])
+        for name, (mean, std) in zip(outputs, values.tolist(), strict=True):
             trainer.tb_writer.add_scalar(f"activations/{name}/mean", mean, trainer.state.global_step)
             trainer.tb_writer.add_scalar(f"activations/{name}/std", std, trainer.state.global_step)
-        self.stats.clear()
 
-    def on_exception(self, trainer: Trainer) -> None:
-        self._remove()  # never leave a hook on the user's model
-
-    def _remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def on_teardown(self, trainer: Trainer) -> None:
+        if self.capture is not None:
+            self.capture.remove()  # never leave a hook on the user's model, even after a failure
 
 
 size, n = (32, 128) if args.fast else (64, 1200)
@@ -82,5 +71,5 @@ trainer = Trainer(
     seed=0,
 )
 trainer.fit(train_loader, val_loader, epochs=1 if args.fast else 2)
-left = sum(len(m._forward_hooks) for m in model.modules())
+left = len(hooked_modules(model))
 trainer.print(f"hooks left on the model: {left}; open: tensorboard --logdir {args.log_dir}")

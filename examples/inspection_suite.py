@@ -36,7 +36,7 @@ from callbacks_kit import (
     accuracy,
 )
 from callbacks_kit.data import ShapesDataset, make_loader
-from callbacks_kit.inspect_run import inspect_run
+from callbacks_kit.inspection.event_report import inspect_run
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=None, help="default 10 (1 with --fast)")

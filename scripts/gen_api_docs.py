@@ -40,8 +40,9 @@ MODULES: list[tuple[str, str]] = [
     ("callbacks_kit.metrics", "Built-in metrics: `(outputs, targets) -> scalar tensor`."),
     ("callbacks_kit.hooks", "Forward hooks that remove themselves."),
     ("callbacks_kit.layers", "Choosing layers by name, with helpful errors and defaults."),
-    ("callbacks_kit.state", "The trainer's shared state."),
-    ("callbacks_kit.inspect_run", "What a TensorBoard run contains (`callbacks-kit inspect`)."),
+    ("callbacks_kit.state", "The trainer's shared state: progress, running loss sums, where a resume continues."),
+    ("callbacks_kit.errors", "Every error of the package, under `CallbacksKitError`."),
+    ("callbacks_kit.inspection.event_report", "What a TensorBoard run contains (`callbacks-kit inspect`)."),
 ]
 
 # Top-level names shown first, in this order; other names follow (callbacks, then the rest).

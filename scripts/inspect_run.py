@@ -2,7 +2,7 @@
 
 import sys
 
-from callbacks_kit.inspect_run import main
+from callbacks_kit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["inspect", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from ckpt_common import ScriptedScore, StopAtStep, loaders, make_trainer
+from helpers.checkpoints import ScriptedScore, StopAtStep, loaders, make_trainer
 
 from callbacks_kit import ModelCheckpoint, TrainerError
 from callbacks_kit.finetune import load_weights

@@ -10,10 +10,13 @@ import sys
 import time
 
 import pytest
-from ckpt_common import REPO, wait_for_line
+from helpers.checkpoints import wait_for_line
+from helpers.paths import REPO
 
 from callbacks_kit import EarlyStopping, ModelCheckpoint, PreemptionHandler, TerminateOnNaN
-from callbacks_kit.cli import CLIError, _checkpoint_callbacks, _resume_from, build_parser, main
+from callbacks_kit.cli import build_parser, main
+from callbacks_kit.cli.options import checkpoint_callbacks
+from callbacks_kit.errors import CLIError
 
 TINY = ["--train-samples", "48", "--val-samples", "16", "--batch-size", "16", "--image-size", "32", "--no-progress",
         "--no-inspection"]  # fmt: skip
@@ -24,7 +27,7 @@ def _args(*argv: str):
 
 
 def test_defaults_keep_the_best_by_val_accuracy_in_the_run_folder(tmp_path):
-    callbacks = _checkpoint_callbacks(_args(), str(tmp_path / "run"))
+    callbacks = checkpoint_callbacks(_args(), str(tmp_path / "run"))
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.dirpath == tmp_path / "run" / "checkpoints"
     assert (checkpoint.monitor.key, checkpoint.mode, checkpoint.save_top_k, checkpoint.save_last) == (
@@ -36,23 +39,23 @@ def test_defaults_keep_the_best_by_val_accuracy_in_the_run_folder(tmp_path):
     assert any(isinstance(c, TerminateOnNaN) for c in callbacks)
     assert any(isinstance(c, PreemptionHandler) for c in callbacks)
     assert not any(isinstance(c, EarlyStopping) for c in callbacks)
-    assert _resume_from(_args()) is None
+    assert _args().resume is None
 
 
 def test_options_map_to_callbacks(tmp_path):
     args = _args("--checkpoint-dir", str(tmp_path / "c"), "--early-stop-patience", "2", "--resume", "last")
-    callbacks = _checkpoint_callbacks(args, str(tmp_path / "run"))
+    callbacks = checkpoint_callbacks(args, str(tmp_path / "run"))
     assert next(c for c in callbacks if isinstance(c, ModelCheckpoint)).dirpath == tmp_path / "c"
     stopper = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert (stopper.monitor.key, stopper.monitor.mode, stopper.patience) == ("val/accuracy", "max", 2)
-    assert _resume_from(args) == "last"
+    assert args.resume == "last"
 
 
 def test_bad_options_are_clear(tmp_path):
     with pytest.raises(CLIError, match="--resume last continues the run of --log-dir"):
-        _checkpoint_callbacks(_args("--resume", "last"), str(tmp_path))
+        checkpoint_callbacks(_args("--resume", "last"), str(tmp_path))
     with pytest.raises(CLIError, match="--early-stop-patience must be at least 1"):
-        _checkpoint_callbacks(_args("--early-stop-patience", "0"), str(tmp_path))
+        checkpoint_callbacks(_args("--early-stop-patience", "0"), str(tmp_path))
 
 
 def test_unwritable_checkpoint_dir_fails_before_training(tmp_path, capsys):

@@ -9,9 +9,9 @@ import time
 
 import pytest
 import safetensors.torch
-from ckpt_common import assert_identical, reference_weights, run_worker, start_worker, wait_for_line
+from helpers.checkpoints import assert_identical, reference_weights, run_worker, start_worker, wait_for_line
 
-from callbacks_kit.resume import read_checkpoint, resolve_checkpoint
+from callbacks_kit.checkpoint.restore import read_checkpoint, resolve_checkpoint
 
 KILLS = 6
 # A wider model makes each save (~4 MB with the optimizer moments) take most of each step's time.

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from ckpt_common import StopAtStep, loaders, make_trainer, weights
+from helpers.checkpoints import StopAtStep, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
-from callbacks_kit import checkpoint_io as io
-from callbacks_kit.resume import read_checkpoint, resolve_checkpoint
-from callbacks_kit.serialization import (
+from callbacks_kit.checkpoint import store as io
+from callbacks_kit.checkpoint.codec import (
     StateFormatError,
     apply_rng_states,
     capture_rng_states,
@@ -24,6 +23,7 @@ from callbacks_kit.serialization import (
     join_tensors,
     split_tensors,
 )
+from callbacks_kit.checkpoint.restore import read_checkpoint, resolve_checkpoint
 
 
 def test_split_and_join_keep_tensors_tuples_and_int_keys():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import REPO
+from helpers.paths import REPO
 
 from callbacks_kit.cli import main
 from callbacks_kit.data import ShapesDataset, denormalize

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from callbacks_kit import Callback, FeatureMaps, GradCAM, TensorBoardLogger, Trainer
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.hooks import ActivationCapture, hooked_modules
-from callbacks_kit.inspect_run import load
+from callbacks_kit.inspection.event_report import load
 
 
 @pytest.fixture(autouse=True)

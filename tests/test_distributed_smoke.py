@@ -1,6 +1,6 @@
 """A two-process run through torchrun: both processes start and see each other."""
 
-from conftest import run_distributed
+from helpers.processes import run_distributed
 
 
 def test_two_gloo_processes(tmp_path):

@@ -3,11 +3,12 @@
 import json
 from pathlib import Path
 
-from conftest import REPO, run_distributed
+from helpers.paths import WORKERS
+from helpers.processes import run_distributed
 
 
 def test_two_processes_stop_together_and_only_main_writes(tmp_path: Path):
-    result = run_distributed(REPO / "tests" / "dist_trainer_worker.py", str(tmp_path))
+    result = run_distributed(WORKERS / "dist_trainer_worker.py", str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["num_processes"] == 2 for r in ranks)
     # Rank 1 alone asked to stop at step 6; both stopped there, mid-way through epoch 2.

@@ -471,12 +471,15 @@ def cli_help() -> dict[str, set[str]]:
 
 @cache
 def script_options() -> dict[str, set[str]]:
-    """`--options` each script and example defines with add_argument."""
-    return {
-        rel(path): set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", path.read_text(encoding="utf-8")))
-        for folder in ("scripts", "examples")
-        for path in sorted((REPO / folder).glob("*.py"))
-    }
+    """`--options` each script and example defines with add_argument (also in the `benchmarks` modules it imports)."""
+    found = {}
+    for folder in ("scripts", "examples"):
+        for path in sorted((REPO / folder).glob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for module in re.findall(r"^from (benchmarks(?:\.\w+)*) import", text, re.MULTILINE):
+                text += (REPO / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+            found[rel(path)] = set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", text))
+    return found
 
 
 def options(text: str) -> list[str]:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from ckpt_common import ScriptedScore, loaders, make_trainer, weights
+from helpers.checkpoints import ScriptedScore, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, EarlyStopping, ModelCheckpoint, TerminateOnNaN, TrainerError
 from callbacks_kit.callbacks import NonFiniteError

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_distributed, run_example
+from helpers.paths import EXAMPLES
+from helpers.processes import run_distributed, run_example
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 

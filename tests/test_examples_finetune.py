@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_example
+from helpers.processes import run_example
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 

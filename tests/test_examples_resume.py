@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_example
+from helpers.processes import run_example
 
 
 @pytest.mark.slow

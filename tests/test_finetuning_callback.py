@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, run_distributed
-from dist_freeze_worker import make_model  # a small CNN with BatchNorm: stem, block, pool, head
+from helpers.paths import WORKERS
+from helpers.processes import run_distributed
+from helpers.tiny import small_bn_cnn as make_model  # a small CNN with BatchNorm: stem, block, pool, head
 from torch import nn
 from torch.optim import lr_scheduler as sched
 from torch.utils.data import DataLoader, TensorDataset
@@ -210,7 +211,7 @@ def test_unknown_architecture_needs_named_modules():
 
 @pytest.mark.slow
 def test_freeze_then_unfreeze_under_ddp_in_two_gloo_processes():
-    out = run_distributed(REPO / "tests" / "dist_freeze_worker.py", "after", "before").stdout
+    out = run_distributed(WORKERS / "dist_freeze_worker.py", "after", "before").stdout
     for mode in ("after", "before"):
         assert f"rank 0 mode {mode}: OK" in out and f"rank 1 mode {mode}: OK" in out
 

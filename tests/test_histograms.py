@@ -5,13 +5,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch.utils.data import DataLoader
 
 from callbacks_kit.callbacks.base import Callback
-from callbacks_kit.callbacks.histograms import WeightHistograms, compute_histograms
-from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
-from callbacks_kit.inspect_run import load
+from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
+from callbacks_kit.callbacks.weight_histograms import WeightHistograms, compute_histograms
+from callbacks_kit.inspection.event_report import load
 from callbacks_kit.trainer import Trainer
 
 
@@ -29,9 +29,9 @@ def test_counts_match_histc_and_fields_are_right():
 
 
 def test_tensors_longer_than_a_chunk_count_every_value(monkeypatch):
-    from callbacks_kit.callbacks import histograms
+    from callbacks_kit.inspection import histogram
 
-    monkeypatch.setattr(histograms._Binner, "CHUNK", 1000)  # 10,500 values: ten full chunks and a short one
+    monkeypatch.setattr(histogram._Binner, "CHUNK", 1000)  # 10,500 values: ten full chunks and a short one
     x = torch.randn(10_500, generator=torch.Generator().manual_seed(1))
     small = torch.randn(300, generator=torch.Generator().manual_seed(2))
     big, little = compute_histograms([x, small], bins=30)

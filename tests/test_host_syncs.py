@@ -1,25 +1,19 @@
 """No host-device syncs on non-logging steps: the loop reads the device only when it logs.
 
 On a CPU nothing waits, so the reads that would make a GPU wait are counted instead
-(`HostSyncCounter` in scripts/benchmark.py, which the benchmark also reports).
+(`HostSyncCounter` in benchmarks/sync_counter.py, which the benchmark also reports).
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchmarks.sync_counter import HostSyncCounter, syncs_per_step
 from callbacks_kit import Callback, TensorBoardLogger, TerminateOnNaN, Trainer
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("callbacks_kit_benchmark", REPO / "scripts" / "benchmark.py")
-benchmark = sys.modules.setdefault("callbacks_kit_benchmark", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(benchmark)
 
 
 def make_trainer(callbacks=(), **kwargs) -> Trainer:
@@ -60,7 +54,7 @@ def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options:
     options = dict(options)
     callbacks = [TensorBoardLogger(str(tmp_path))] if options.pop("tensorboard", False) else []
     callbacks += [TerminateOnNaN()] if options.pop("terminate_on_nan", False) else []
-    steps = benchmark.syncs_per_step(make_trainer(callbacks, **options), loader(), epochs=2)
+    steps = syncs_per_step(make_trainer(callbacks, **options), loader(), epochs=2)
     quiet, logged = split(steps)
     assert len(quiet) >= 8 and logged
     assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
@@ -75,14 +69,14 @@ def test_a_sync_in_a_callback_is_caught_where_it_happens():
         def on_train_batch_end(self, trainer: Trainer) -> None:
             self.shown = f"{trainer.last_loss:.3f}"  # formatting a tensor reads it: a sync on a GPU
 
-    quiet, _ = split(benchmark.syncs_per_step(make_trainer([ReadsTheLoss()]), loader()))
+    quiet, _ = split(syncs_per_step(make_trainer([ReadsTheLoss()]), loader()))
     assert quiet and all(len(events) == 1 for events in quiet)
     assert {events[0].rsplit(":", 1)[0] for events in quiet} == {"__format__ at tests/test_host_syncs.py"}
 
 
 def test_each_kind_of_read_is_counted_and_torch_internals_are_not():
     x, scalar = torch.ones(3), torch.tensor(2.0)
-    with benchmark.HostSyncCounter() as counter:
+    with HostSyncCounter() as counter:
         scalar.item(), x.tolist(), x.cpu(), x.numpy(), float(scalar), int(scalar), bool(scalar), f"{scalar}"
         x.nonzero()
         [0, 1, 2][torch.tensor(1)]

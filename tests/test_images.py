@@ -6,14 +6,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from callbacks_kit.callbacks.base import Callback
-from callbacks_kit.callbacks.gradcam import GradCAM
-from callbacks_kit.callbacks.images import FeatureMaps, KernelGrid
-from callbacks_kit.callbacks.probe import probe_batch
-from callbacks_kit.callbacks.render import jet
-from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
+from callbacks_kit.callbacks.feature_maps import FeatureMaps
+from callbacks_kit.callbacks.grad_cam import GradCAM
+from callbacks_kit.callbacks.kernel_grid import KernelGrid
+from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.hooks import hooked_modules
-from callbacks_kit.inspect_run import load
+from callbacks_kit.inspection.event_report import load
+from callbacks_kit.inspection.probe import probe_batch
+from callbacks_kit.inspection.render import jet
 from callbacks_kit.layers import LayerNotFoundError
 from callbacks_kit.trainer import Trainer
 
@@ -150,6 +151,10 @@ def test_gradcam_heatmap_points_at_the_evidence():
         unwrapped_model = Mean()
         device = torch.device("cpu")
         loss_fn = nn.CrossEntropyLoss()
+
+        def forward(self, inputs, targets, model=None):
+            outputs = model(inputs)
+            return outputs.sum(), outputs
 
     image = torch.zeros(1, 1, 8, 8)
     image[:, :, :4, :4] = 1

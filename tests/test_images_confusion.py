@@ -1,13 +1,13 @@
 """The confusion-matrix image: device counts equal a by-hand count; rendering with class names."""
 
 import torch
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch.utils.data import DataLoader
 
 from callbacks_kit.callbacks.base import Callback
-from callbacks_kit.callbacks.confusion import ConfusionMatrix
-from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
-from callbacks_kit.inspect_run import load
+from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
+from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
+from callbacks_kit.inspection.event_report import load
 from callbacks_kit.trainer import Trainer
 
 

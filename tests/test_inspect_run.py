@@ -5,8 +5,7 @@ import json
 import pytest
 
 from callbacks_kit import cli
-from callbacks_kit.inspect_run import format_report, inspect_run
-from callbacks_kit.inspect_run import main as inspect_main
+from callbacks_kit.inspection.event_report import format_report, inspect_run
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_text_report_and_cli(main_job_run, capsys):
     assert "kernels/conv1: 2 steps [0, 2], 242x242" in report
     assert cli.main(["inspect", str(main_job_run)]) == 0
     assert "gradcam/layer4" in capsys.readouterr().out
-    assert inspect_main([str(main_job_run), "--json"]) == 0
+    assert cli.main(["inspect", str(main_job_run), "--json"]) == 0
     parsed = json.loads(capsys.readouterr().out)
     assert parsed["runs"]["."]["images"]["gradcam/layer4"]["height"] > 128
 

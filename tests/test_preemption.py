@@ -9,7 +9,7 @@ import time
 
 import pytest
 import safetensors.torch
-from ckpt_common import (
+from helpers.checkpoints import (
     assert_identical,
     loaders,
     make_trainer,
@@ -115,5 +115,5 @@ def test_second_ctrl_c_aborts_without_saving():
 def test_needs_a_model_checkpoint_and_known_signals():
     with pytest.raises(TrainerError, match="unknown signals"):
         PreemptionHandler(("SIGNOPE",))
-    with pytest.raises(TrainerError, match="needs a ModelCheckpoint"):
+    with pytest.raises(TrainerError, match="PreemptionHandler saves through a ModelCheckpoint and the trainer has 0"):
         make_trainer([PreemptionHandler()]).fit(*loaders())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from ckpt_common import StepLRCallback, StopAtStep, assert_identical, loaders, make_trainer, weights
+from helpers.checkpoints import StepLRCallback, StopAtStep, assert_identical, loaders, make_trainer, weights
 
 from callbacks_kit import EarlyStopping, ModelCheckpoint, Trainer
 
@@ -84,7 +84,7 @@ def test_resume_restores_trainer_and_callback_states(tmp_path):
     assert second.optimizer.param_groups[0]["lr"] == first.optimizer.param_groups[0]["lr"]
     for key in ("global_step", "samples_seen", "metrics"):
         assert second.state.state_dict()[key] == saved_state[key]
-    assert (second.state.epoch, second._resume_batches) == (2, 3)
+    assert (second.state.epoch, second.state.batch_idx) == (2, 3)
     assert checkpoint.best_k == first.callbacks.find(ModelCheckpoint)[0].best_k
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import safetensors.torch
-from ckpt_common import assert_identical, reference_weights, run_worker, worker_command
+from helpers.checkpoints import assert_identical, reference_weights, run_worker, worker_command
 
 
 @pytest.mark.slow

@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.optim import lr_scheduler as sched
 from torch.utils.data import DataLoader
 
 from callbacks_kit import Callback, LRScheduler, TensorBoardLogger, Trainer
-from callbacks_kit.callbacks.scheduling import ScheduleError, from_json, to_json
+from callbacks_kit.checkpoint.codec import tag_json, untag_json
+from callbacks_kit.errors import ScheduleError
 
 EPOCHS, BATCHES = 3, 8  # 64 samples in batches of 8
 
@@ -288,12 +289,12 @@ def test_state_round_trips_through_json_and_continues_the_curve(name):
 
 def test_json_encoding_of_awkward_values():
     state = {"best": math.inf, "worse": -math.inf, "t": torch.tensor([1.5, 2.0]), "pair": (0.9, 0.999), "fn": print}
-    encoded = json.loads(json.dumps(to_json(state), allow_nan=False))
-    decoded = from_json(encoded)
+    encoded = json.loads(json.dumps(tag_json(state), allow_nan=False))
+    decoded = untag_json(encoded)
     assert decoded["best"] == math.inf and decoded["worse"] == -math.inf and decoded["pair"] == (0.9, 0.999)
     assert torch.equal(decoded["t"], torch.tensor([1.5, 2.0])) and "fn" not in decoded
     plateau = sched.ReduceLROnPlateau(two_groups())
-    assert json.dumps(to_json(plateau.state_dict()), allow_nan=False)
+    assert json.dumps(tag_json(plateau.state_dict()), allow_nan=False)
 
 
 def test_bad_configurations_are_clear_errors():

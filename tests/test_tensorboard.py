@@ -6,15 +6,15 @@ import warnings
 
 import pytest
 import torch
-from conftest import run_distributed
+from helpers.processes import run_distributed
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from callbacks_kit.callbacks.base import Callback
-from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
+from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.data import ShapesDataset
-from callbacks_kit.inspect_run import event_files, inspect_run
+from callbacks_kit.inspection.event_report import event_files, inspect_run
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.trainer import Trainer
 
@@ -155,11 +155,12 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import sys, torch
     from torch import nn
     from torch.utils.data import DataLoader
-    from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
-    from callbacks_kit.callbacks.histograms import WeightHistograms
-    from callbacks_kit.callbacks.images import FeatureMaps, KernelGrid
-    from callbacks_kit.callbacks.gradcam import GradCAM
-    from callbacks_kit.callbacks.confusion import ConfusionMatrix
+    from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
+    from callbacks_kit.callbacks.weight_histograms import WeightHistograms
+    from callbacks_kit.callbacks.feature_maps import FeatureMaps
+    from callbacks_kit.callbacks.kernel_grid import KernelGrid
+    from callbacks_kit.callbacks.grad_cam import GradCAM
+    from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
     from callbacks_kit.data import ShapesDataset
     from callbacks_kit.hooks import hooked_modules
     from callbacks_kit.metrics import accuracy
@@ -196,7 +197,7 @@ def test_two_processes_write_exactly_one_event_file(tmp_path):
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from callbacks_kit.callbacks.tensorboard import default_log_dir
+    from callbacks_kit.callbacks.tensorboard_logger import default_log_dir
 
     folders = [default_log_dir(str(tmp_path)) for _ in range(3)]
     assert len(set(folders)) == 3 and all(os.path.isdir(f) for f in folders)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_classification_data, tiny_mlp
+from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -62,7 +62,7 @@ def expected_events(epochs: int, train_batches: int, val_batches: int, steps_on:
             events.append("on_train_batch_end")
         events += ["on_validation_start", *["on_validation_batch_end"] * val_batches, "on_validation_end"]
         events.append("on_epoch_end")
-    return [*events, "on_fit_end"]
+    return [*events, "on_fit_end", "on_teardown"]
 
 
 def test_events_fire_in_order_and_number():
@@ -144,7 +144,7 @@ def test_should_stop_mid_epoch_stops_at_the_batch_boundary():
     state = make_trainer([StopAt(), recorder]).fit(train, val, epochs=5)
     assert state.global_step == 3 and state.epoch == 0
     assert "on_validation_start" not in recorder.events and "on_epoch_end" not in recorder.events
-    assert recorder.events[-1] == "on_fit_end"
+    assert recorder.events[-2:] == ["on_fit_end", "on_teardown"]
 
 
 def test_should_stop_at_epoch_end_stops_after_that_epoch():

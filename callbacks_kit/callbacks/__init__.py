@@ -1,17 +1,20 @@
-"""Built-in callbacks."""
+"""Built-in callbacks, one per module named for its class."""
 
-from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList
-from callbacks_kit.callbacks.checkpoint import ModelCheckpoint
-from callbacks_kit.callbacks.confusion import ConfusionMatrix
-from callbacks_kit.callbacks.early_stopping import EarlyStopping, NonFiniteError, TerminateOnNaN
-from callbacks_kit.callbacks.finetuning import FreezeUnfreeze
-from callbacks_kit.callbacks.gradcam import GradCAM
-from callbacks_kit.callbacks.histograms import WeightHistograms
-from callbacks_kit.callbacks.images import FeatureMaps, KernelGrid
-from callbacks_kit.callbacks.preemption import PreemptionHandler
-from callbacks_kit.callbacks.progress import ProgressBar
-from callbacks_kit.callbacks.scheduling import LRScheduler, ScheduleError
-from callbacks_kit.callbacks.tensorboard import TensorBoardLogger
+from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
+from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
+from callbacks_kit.callbacks.early_stopping import EarlyStopping
+from callbacks_kit.callbacks.feature_maps import FeatureMaps
+from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
+from callbacks_kit.callbacks.grad_cam import GradCAM
+from callbacks_kit.callbacks.kernel_grid import KernelGrid
+from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
+from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
+from callbacks_kit.callbacks.progress_bar import ProgressBar
+from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
+from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
+from callbacks_kit.callbacks.weight_histograms import WeightHistograms
+from callbacks_kit.errors import NonFiniteError, ScheduleError
 
 __all__ = [
     "EVENTS",
@@ -26,6 +29,7 @@ __all__ = [
     "LRScheduler",
     "ModelCheckpoint",
     "NonFiniteError",
+    "Order",
     "PreemptionHandler",
     "ProgressBar",
     "ScheduleError",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from callbacks_kit.errors import CallbackError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
+
+C = TypeVar("C", bound="Callback")
 
 EVENTS: tuple[str, ...] = (
     "on_fit_start",
@@ -21,7 +25,28 @@ EVENTS: tuple[str, ...] = (
     "on_epoch_end",
     "on_fit_end",
     "on_exception",
+    "on_save_checkpoint",
+    "on_teardown",
 )
+
+
+class Order:
+    """Named values for `Callback.order`: callbacks run in ascending order at every event.
+
+    The phases say why a callback needs its place; a custom callback picks the phase whose
+    results it reads, e.g. `order = Order.INSPECT` to see the writer and this step's LR.
+    """
+
+    FREEZE = -110  # FreezeUnfreeze: what is trainable is set before anyone looks at the model or the LRs
+    WRITER = -100  # TensorBoardLogger: creates the SummaryWriter the other loggers write through
+    GUARD = -10  # TerminateOnNaN: checks gradients before callbacks read them in on_after_backward
+    SCHEDULE = 0  # LRScheduler: sets the LR before loggers read it
+    DEFAULT = 50  # a Callback that does not say
+    PROGRESS = 90  # ProgressBar: shows what the earlier callbacks updated
+    INSPECT = 110  # histograms, kernels, feature maps, Grad-CAM, confusion matrix
+    STOP = 150  # EarlyStopping: decides to stop before the checkpoint records it
+    SAVE = 200  # ModelCheckpoint: saves what every earlier callback updated
+    EXIT = 1000  # PreemptionHandler: its on_fit_end may exit the process, after everyone else
 
 
 class Callback:
@@ -31,13 +56,11 @@ class Callback:
     `trainer.state`, `trainer.model`, `trainer.optimizer` and `trainer.accelerator`.
 
     Attributes:
-        order: Callbacks run in ascending `order` (ties keep the order given); default 50.
-            `TensorBoardLogger` uses -100 (it creates the writer the others use), `LRScheduler`
-            0, the image and histogram loggers 110 to 150, `ModelCheckpoint` 200 (it saves what
-            the others updated).
+        order: Callbacks run in ascending `order` (ties keep the order given); default
+            `Order.DEFAULT` (50). `Order` names the phases the built-in callbacks use.
     """
 
-    order: int = 50
+    order: int = Order.DEFAULT
 
     @property
     def state_key(self) -> str:
@@ -90,6 +113,19 @@ class Callback:
         run that has already finished.
         """
 
+    def on_save_checkpoint(self, trainer: Trainer) -> None:
+        """Fired by `ModelCheckpoint` on every process right before it collects the state to save.
+
+        Raise here to refuse the save (`TerminateOnNaN` does when a step went non-finite);
+        the earlier checkpoints stay as they were.
+        """
+
+    def on_teardown(self, trainer: Trainer) -> None:
+        """Always the last event of `fit`, after `on_fit_end` or `on_exception`, even when those raised.
+
+        Release what the callback holds: writers, hooks, signal handlers, progress bars.
+        """
+
 
 class CallbackList:
     """Callbacks sorted by `order`, with their event names checked up front."""
@@ -102,13 +138,13 @@ class CallbackList:
     def append(self, callback: Callback) -> None:
         """Add a callback, keeping the list sorted by `order`."""
         if not isinstance(callback, Callback):
-            raise TypeError(
+            raise CallbackError(
                 f"{callback!r} is not a Callback; subclass callbacks_kit.Callback and override its on_* methods"
             )
         _check_event_names(callback)
         keys = {c.state_key for c in self._callbacks}
-        if callback.state_key in keys and type(callback).state_dict is not Callback.state_dict:
-            raise ValueError(
+        if callback.state_key in keys and is_stateful(callback):
+            raise CallbackError(
                 f"two stateful callbacks share the state_key {callback.state_key!r}; "
                 "override `state_key` so that their checkpointed state does not collide"
             )
@@ -120,9 +156,24 @@ class CallbackList:
         for callback in self._callbacks:
             getattr(callback, event)(trainer)
 
-    def find(self, kind: type[Callback]) -> list[Callback]:
-        """Every callback that is an instance of `kind`."""
+    def fire_all(self, event: str, trainer: Trainer) -> None:
+        """Call `event` on every callback even if some raise; then raise the first error."""
+        first: BaseException | None = None
+        for callback in self._callbacks:
+            try:
+                getattr(callback, event)(trainer)
+            except BaseException as exc:  # every callback must get to release its resources
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def find(self, kind: type[C]) -> list[C]:
+        """Every callback that is an instance of `kind`: the documented way for one callback to find another."""
         return [c for c in self._callbacks if isinstance(c, kind)]
+
+    def stateful(self) -> list[Callback]:
+        """The callbacks whose `state_dict()` goes into checkpoints (those that override it)."""
+        return [c for c in self._callbacks if is_stateful(c)]
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self._callbacks)
@@ -131,10 +182,15 @@ class CallbackList:
         return len(self._callbacks)
 
 
+def is_stateful(callback: Callback) -> bool:
+    """True when the callback overrides `state_dict` (its state goes into checkpoints)."""
+    return type(callback).state_dict is not Callback.state_dict
+
+
 def _check_event_names(callback: Callback) -> None:
     """Reject `on_*` methods that are not events (a typo would silently never run)."""
     for name in dir(type(callback)):
         if name.startswith("on_") and name not in EVENTS and callable(getattr(callback, name)):
             close = difflib.get_close_matches(name, EVENTS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"events are: {', '.join(EVENTS)}"
-            raise TypeError(f"{type(callback).__name__}.{name} is not a callback event; {hint}")
+            raise CallbackError(f"{type(callback).__name__}.{name} is not a callback event; {hint}")

@@ -6,7 +6,7 @@ import difflib
 import math
 from typing import TYPE_CHECKING
 
-from callbacks_kit.trainer import TrainerError
+from callbacks_kit.errors import TrainerError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer

@@ -1,0 +1,30 @@
+"""The performance benchmark of callbacks_kit: prints tables, writes JSON, enforces the budgets.
+
+    python scripts/benchmark.py [--quick] [--json results.json] [--repeats N] [--threads N]
+
+Sections (docs/performance.md shows a full run and explains the method):
+  1. loop        time per optimizer step of the Trainer with its default callbacks, and of
+                 PyTorch Lightning and pytorch-accelerated when installed, against a
+                 hand-written Accelerate loop run in lockstep with each (same model, data
+                 pre-generated on the device, optimizer); median of the runs; a tiny MLP
+                 and a small CNN. CPU time on a CPU, wall time on a GPU.
+  2. callbacks   every callback of the main job (`callbacks-kit train` with its default
+                 options, one epoch of ResNet-18): time per call and share of the epoch.
+  3. input       whether the main job waits for its data (built-in shapes; ImageFolder JPEGs).
+  4. histograms  the device histograms against SummaryWriter.add_histogram (ResNet-18, -50).
+  5. syncs       host-device syncs on non-logging steps.
+  6. throughput  on a GPU (or with --throughput): ResNet-50 images/s, bf16 and fp16, of the
+                 Trainer with the main job's inspection callbacks against the hand loop.
+Budgets: Trainer <= 1.05x the hand loop on the MLP and <= 1.02x on the CNN; each inspection
+callback <= 5% of an epoch; device histograms >= 4x faster on a CPU; zero syncs on a
+non-logging step with the default callbacks and the TensorBoardLogger. Exit status 1 when
+one is missed. --quick is a smoke run: its timing budgets are shown, not enforced.
+
+One module per section (`loop`, `callbacks`, `inputs`, `histograms`, `syncs`, `throughput`),
+each with a `run(bench)` that measures, prints its table and checks its budgets; `suite`
+parses the options and runs them in order; `common` holds what they share, `workloads` the
+models and the hand-written loop, `lockstep` and `peers` the method and the other
+frameworks of section 1, `sync_counter` the host-sync counter that the tests also use. It
+is not part of the installed package: run it from a checkout, as `python scripts/benchmark.py`
+or `python -m benchmarks`.
+"""

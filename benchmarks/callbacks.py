@@ -1,0 +1,210 @@
+"""Section 2, callbacks: what each callback of the main job costs, per call and as a share of an epoch.
+
+Runs `callbacks-kit train` in-process (`callbacks_kit.cli.train.train`) with its default
+options for one epoch of ResNet-18 and times every event of every callback through the
+`customize` hook. The inspection callbacks (the five classes in `INSPECTION`, plus
+`TensorBoardLogger`) have a budget; the others are shown without one.
+
+`event_report` is the standalone per-event view (`python scripts/bench_inspection.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks.common import CALLBACK_SHARE_BUDGET, Bench, main_job_argv, print_table, quiet
+from callbacks_kit import (
+    Callback,
+    CallbacksKitError,
+    ConfusionMatrix,
+    FeatureMaps,
+    GradCAM,
+    KernelGrid,
+    TensorBoardLogger,
+    Trainer,
+    WeightHistograms,
+)
+from callbacks_kit.callbacks.base import EVENTS
+from callbacks_kit.cli import build_parser
+from callbacks_kit.cli.train import train
+
+# The main job's inspection callbacks (`callbacks_kit.cli.options.inspection_callbacks`).
+INSPECTION: tuple[type[Callback], ...] = (WeightHistograms, KernelGrid, FeatureMaps, GradCAM, ConfusionMatrix)
+# The events `CallbackList.fire` dispatches; `on_teardown` (fire_all, after the run) is not timed.
+TIMED_EVENTS = tuple(event for event in EVENTS if event != "on_teardown")
+
+
+class EventTimer:
+    """Times every call of every callback of one run, and notes when each event starts and ends.
+
+    Pass `instrument` as the main job's `customize`: it wraps the event methods of each
+    callback it is given (on that instance; the class and its type stay as they are) and
+    adds two callbacks that run first and last at every event.
+
+    Attributes:
+        records: Per callback (by id, in the order of their first call): its class name
+            and every call as `(event, start, seconds)`.
+        timeline: Per event, when each firing started; per `"<event>/done"`, when it ended.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, Any]] = {}
+        self.timeline: dict[str, list[float]] = {}
+
+    def instrument(self, callbacks: list[Callback]) -> list[Callback]:
+        """Time each of `callbacks`; the list to train with."""
+        for callback in callbacks:
+            for event in TIMED_EVENTS:
+                setattr(callback, event, self._timed(callback, event, getattr(callback, event)))
+        return [_EventEdge(self.timeline, first=True), *callbacks, _EventEdge(self.timeline, first=False)]
+
+    def _timed(self, callback: Callback, event: str, method: Callable[[Trainer], None]) -> Callable[[Trainer], None]:
+        def timed(trainer: Trainer) -> None:
+            start = time.perf_counter()
+            method(trainer)
+            record = self.records.setdefault(id(callback), {"callback": type(callback).__name__, "calls": []})
+            record["calls"].append((event, start, time.perf_counter() - start))
+
+        return timed
+
+
+class _EventEdge(Callback):
+    """Notes the time at every event, before all other callbacks (`first`) or after them."""
+
+    def __init__(self, timeline: dict[str, list[float]], first: bool) -> None:
+        self.order = -(10**9) if first else 10**9
+        for event in TIMED_EVENTS:
+            times = timeline.setdefault(event if first else f"{event}/done", [])
+            setattr(self, event, lambda trainer, times=times: times.append(time.perf_counter()))
+
+
+def bench_callbacks(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Run the main job for one epoch and time each of its callbacks."""
+    timer = EventTimer()
+    inspection: set[int] = set()
+
+    def customize(callbacks: list[Callback]) -> list[Callback]:
+        inspection.update(id(c) for c in callbacks if isinstance(c, (*INSPECTION, TensorBoardLogger)))
+        return timer.instrument(callbacks)
+
+    argv = main_job_argv(args)
+    with tempfile.TemporaryDirectory() as log_dir:
+        ns = build_parser().parse_args([*argv, "--log-dir", log_dir])
+        with quiet():
+            train(ns, customize=customize)
+    timeline = timer.timeline
+    start, end = timeline["on_epoch_start"][0], timeline["on_epoch_end/done"][0]
+    rows = []
+    for key, record in timer.records.items():
+        in_epoch = [s for _, t, s in record["calls"] if start <= t <= end]
+        working = [s for s in in_epoch if s > 1e-3]  # calls that did something (a no-op takes microseconds)
+        rows.append(
+            {
+                "callback": record["callback"],
+                "inspection": key in inspection,
+                "epoch_s": sum(in_epoch),
+                "calls_doing_work": len(working),
+                "s_per_working_call": statistics.mean(working) if working else 0.0,
+                "fit_start_end_s": sum(s for _, t, s in record["calls"] if not start <= t <= end),
+            }
+        )
+    # The share of what the epoch takes without any inspection callback: the slowdown each one causes.
+    bare = (end - start) - sum(r["epoch_s"] for r in rows if r["inspection"])
+    for row in rows:
+        row["share_of_epoch"] = row["epoch_s"] / bare
+    return {
+        "argv": argv,
+        "image_size": ns.image_size or 64,
+        "epoch_s": end - start,
+        "epoch_without_inspection_s": bare,
+        "batches": len(timeline.get("on_train_batch_start", [])),
+        "rows": sorted(rows, key=lambda r: -r["epoch_s"]),
+        "inspection_found": sorted(r["callback"] for r in rows if r["inspection"]),
+    }, timeline
+
+
+def run(bench: Bench) -> dict[str, list[float]]:
+    """Measure, print the table, check each inspection callback's budget; the epoch's timeline."""
+    callbacks, timeline = bench_callbacks(bench.args)
+    bench.results["callbacks"] = callbacks
+    print_table(
+        f"2. Callbacks of the main job (callbacks-kit {' '.join(callbacks['argv'])}: ResNet-18, "
+        f"{callbacks['batches']} batches + validation): epoch {callbacks['epoch_s']:.1f} s, "
+        f"{callbacks['epoch_without_inspection_s']:.1f} s without the inspection callbacks",
+        ["callback", "inspection", "calls doing work", "ms/call", "s in epoch", "share of epoch", "fit start/end s"],
+        [
+            [
+                r["callback"],
+                "yes" if r["inspection"] else "no",
+                r["calls_doing_work"],
+                f"{r['s_per_working_call'] * 1e3:.1f}",
+                f"{r['epoch_s']:.3f}",
+                f"{r['share_of_epoch']:.2%}",
+                f"{r['fit_start_end_s']:.3f}",
+            ]
+            for r in callbacks["rows"]
+        ],
+    )
+    print("  share: seconds in the epoch / the epoch without inspection callbacks; a call 'does work' above 1 ms")
+    for row in callbacks["rows"]:
+        if row["inspection"]:
+            bench.check(
+                f"{row['callback']}, share of an epoch",
+                row["share_of_epoch"],
+                CALLBACK_SHARE_BUDGET,
+                enforced=bench.enforce,
+            )
+    return timeline
+
+
+def event_report(argv: Sequence[str]) -> int:
+    """Time every callback of `callbacks-kit train <argv>` per event, against the epoch time.
+
+    Prints, per callback: seconds at fit start (one-off), seconds per epoch afterwards, and
+    that as a share of an epoch without the callbacks; then ms per call x calls, per event.
+    The default run is the main job for 2 epochs.
+    """
+    argv = list(argv) or ["--epochs", "2"]
+    timer = EventTimer()
+    with tempfile.TemporaryDirectory() as run_dir:
+        if "--log-dir" not in argv:
+            argv += ["--log-dir", run_dir]
+        args = build_parser().parse_args(["train", "--no-progress", *argv])
+        try:
+            train(args, customize=timer.instrument)
+        except CallbacksKitError as exc:
+            print(f"callbacks-kit train: error: {exc}", file=sys.stderr)
+            return 2
+    timings: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for record in timer.records.values():
+        for event, _, seconds in record["calls"]:
+            timings[(record["callback"], event)].append(seconds)
+    epochs = len(timer.timeline["on_epoch_end"]) or 1
+    epoch = (timer.timeline["on_epoch_end/done"][-1] - timer.timeline["on_epoch_start"][0]) / epochs
+    per_epoch: dict[str, float] = defaultdict(float)
+    at_start: dict[str, float] = defaultdict(float)
+    for (name, event), values in timings.items():
+        if event == "on_fit_start":
+            at_start[name] += sum(values)
+        else:
+            per_epoch[name] += sum(values) / epochs
+    bare = epoch - sum(per_epoch.values())
+    print(f"\n{epochs} epochs: {epoch:.2f} s per epoch, {bare:.2f} s of it outside callbacks (the base of the %)")
+    header = f"{'callback':20s} {'fit start s':>11s} {'per epoch s':>11s} {'% of epoch':>10s}"
+    print(f"{header}   ms per call x calls, per event")
+    for name in sorted(per_epoch, key=lambda n: -per_epoch[n]):
+        events = ", ".join(
+            f"{event.removeprefix('on_')} {1000 * sum(v) / len(v):.1f}x{len(v)}"
+            for (cb, event), v in sorted(timings.items())
+            if cb == name and sum(v) > 1e-3
+        )
+        share = 100 * per_epoch[name] / bare
+        print(f"{name:20s} {at_start[name]:11.2f} {per_epoch[name]:11.3f} {share:9.1f}%   {events}")
+    return 0

@@ -1,0 +1,113 @@
+"""Section 3, input: whether the main job waits for its data (built-in shapes; ImageFolder JPEGs)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import LR, Bench, print_table
+
+
+def bench_input(
+    args: argparse.Namespace, callbacks: dict[str, Any], timeline: dict[str, list[float]]
+) -> dict[str, Any]:
+    """Time waiting for data against time computing, for the main job's two data paths.
+
+    `callbacks` and `timeline` are section 2's results and the timeline of its epoch.
+    """
+    from callbacks_kit.data import default_workers
+
+    # In the main job's epoch, between a step's end and the next step's start the loop only
+    # fetches the next batch (workers: 0 for the built-in shapes).
+    waits = [
+        s - e for e, s in zip(timeline["on_train_batch_end/done"], timeline["on_train_batch_start"][1:], strict=False)
+    ]
+    steps = [e - s for s, e in zip(timeline["on_train_batch_start"], timeline["on_train_batch_end/done"], strict=False)]
+    wait, step = statistics.median(waits), statistics.median(steps)
+    shapes = {
+        "image_size": callbacks["image_size"],
+        "workers": 0,
+        "data_s_per_batch": wait,
+        "step_s": step,
+        "input_share": wait / (wait + step),
+    }
+    return {"shapes": shapes, "image_folder": bench_image_folder(args, default_workers())}
+
+
+def bench_image_folder(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """JPEGs through the main job's ImageFolder loader (default workers) against ResNet-18 steps."""
+    import torchvision
+    from PIL import Image
+
+    from callbacks_kit.data import image_folder_datasets, make_loader
+
+    n, batch, size = (24, 8, 112) if args.quick else (192, 32, 224)
+    with tempfile.TemporaryDirectory() as root:
+        g = torch.Generator().manual_seed(0)
+        for i in range(n):
+            folder = Path(root, "val" if i % 4 == 0 else "train", f"class{i % 3}")
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (torch.rand(size * 8 // 7, size * 8 // 7, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+        train_set, _, classes = image_folder_datasets(root, size)
+        loader = make_loader(train_set, batch, shuffle=True, workers=workers)
+        epoch_s = []
+        for _ in range(2):  # the second epoch reuses the persistent workers
+            start = time.perf_counter()
+            count = sum(images.shape[0] for images, _ in loader)
+            epoch_s.append(time.perf_counter() - start)
+        del loader
+    model = torchvision.models.resnet18(num_classes=len(classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    images, targets = torch.randn(batch, 3, size, size), torch.randint(len(classes), (batch,))
+    step_s = []
+    for _ in range(3):
+        start = time.perf_counter()
+        nn.functional.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        step_s.append(time.perf_counter() - start)
+    load_rate, train_rate = count / epoch_s[-1], batch / statistics.median(step_s[1:])
+    return {
+        "image_size": size,
+        "workers": workers,
+        "images": count,
+        "batch_size": batch,
+        "load_images_per_s": load_rate,
+        "first_epoch_s": epoch_s[0],
+        "train_images_per_s": train_rate,
+        "input_bound": load_rate < train_rate,
+    }
+
+
+def run(bench: Bench, timeline: dict[str, list[float]]) -> None:
+    """Measure (from section 2's epoch and an ImageFolder of JPEGs) and print the table."""
+    inputs = bench.results["input"] = bench_input(bench.args, bench.results["callbacks"], timeline)
+    s, f = inputs["shapes"], inputs["image_folder"]
+    print_table(
+        "3. Input: waiting for data against computing (ResNet-18)",
+        ["data", "workers", "loading", "training", "verdict"],
+        [
+            [
+                f"main job, built-in shapes {s['image_size']} px",
+                s["workers"],
+                f"{s['data_s_per_batch'] * 1e3:.1f} ms/batch",
+                f"{s['step_s'] * 1e3:.1f} ms/step",
+                f"{s['input_share']:.1%} of the loop waits for data",
+            ],
+            [
+                f"--data ImageFolder {f['image_size']} px, batch {f['batch_size']}",
+                f["workers"],
+                f"{f['load_images_per_s']:.0f} images/s",
+                f"{f['train_images_per_s']:.0f} images/s",
+                "input-bound" if f["input_bound"] else "not input-bound",
+            ],
+        ],
+    )

@@ -1,0 +1,146 @@
+"""A confusion-matrix image at each validation, counted on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image, ImageDraw
+
+from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.errors import TrainerError
+from callbacks_kit.inspection.probe import class_names_of, logits_of, warn_once
+from callbacks_kit.inspection.render import BLACK, WHITE, blues, font, from_pil, text_size
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+
+class ConfusionMatrix(Callback):
+    """Confusion matrix of a classifier at each validation (`confusion_matrix/val`).
+
+    Counts are kept on the device from the gathered outputs and targets of every
+    validation batch (each sample counted once across processes) and read once at the
+    end. Rows are true classes, columns predictions; cells are coloured by the row-
+    normalised value (recall) and show the counts.
+
+    Args:
+        class_names: Axis labels; default: the dataset's `classes`, else indices.
+        every_n_validations: Validations between images.
+        max_text_classes: Above this many classes, cells show colour only.
+    """
+
+    order = Order.INSPECT
+
+    def __init__(
+        self, class_names: Sequence[str] | None = None, every_n_validations: int = 1, max_text_classes: int = 30
+    ) -> None:
+        if every_n_validations < 1:
+            raise TrainerError(f"every_n_validations must be at least 1, got {every_n_validations}")
+        self.class_names = list(class_names) if class_names is not None else None
+        self.every_n_validations = every_n_validations
+        self.max_text_classes = max_text_classes
+        self.counts: torch.Tensor | None = None
+        self._validations = 0
+        self._disabled = False
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.class_names = self.class_names or class_names_of(trainer)
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        self.counts = None
+
+    def on_validation_batch_end(self, trainer: Trainer) -> None:
+        outputs, targets = logits_of(trainer.last_outputs), trainer.last_targets
+        if self._disabled or outputs is None or not isinstance(targets, torch.Tensor):
+            return
+        # Decided from shapes alone, so that every process decides alike before a gather.
+        if targets.ndim != 1 or outputs.ndim > 2 or outputs.shape[0] != targets.shape[0]:
+            self._disabled = True
+            if trainer.is_main_process:
+                warn_once(
+                    self,
+                    "shape",
+                    f"ConfusionMatrix: needs (N, classes) outputs and (N,) targets, got "
+                    f"{tuple(outputs.shape)} and {tuple(targets.shape)}; disabled",
+                )
+            return
+        if trainer.loss_fn is None and trainer.accelerator.num_processes > 1:
+            # The trainer gathers outputs only for its own loss_fn; every process takes part here.
+            outputs, targets = trainer.accelerator.gather_for_metrics((outputs, targets))
+        if not trainer.is_main_process:
+            return
+        if outputs.ndim == 1 or outputs.shape[1] == 1:  # one logit: binary, threshold at 0
+            classes, predicted = 2, (outputs.reshape(-1) > 0).long()
+        else:
+            classes, predicted = outputs.shape[1], outputs.argmax(dim=1)
+        if self.counts is None:
+            self.counts = torch.zeros(classes * classes + 1, dtype=torch.long, device=outputs.device)
+        truth = targets.long()
+        valid = (truth >= 0) & (truth < classes)
+        # Out-of-range targets go to a spare last slot: no boolean mask, so no device sync.
+        index = torch.where(valid, truth * classes + predicted, classes * classes)
+        self.counts.index_add_(0, index, torch.ones_like(index))
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        self._validations += 1
+        if trainer.tb_writer is None or self.counts is None or self._validations % self.every_n_validations:
+            return
+        classes = int(round((self.counts.numel() - 1) ** 0.5))
+        matrix = self.counts[:-1].view(classes, classes).cpu()
+        image = self.render(matrix, f"step {trainer.state.global_step}")
+        trainer.tb_writer.add_image("confusion_matrix/val", image, trainer.state.global_step)
+
+    def render(self, matrix: torch.Tensor, subtitle: str = "") -> torch.Tensor:
+        """A `(3, H, W)` image of a `(classes, classes)` count matrix (rows: true classes)."""
+        classes = matrix.shape[0]
+        names = [self._name(i) for i in range(classes)]
+        # About 330 px wide for a few classes: TensorBoard shows images up to that unscaled.
+        cell = max(6, min(48, 240 // classes))
+        with_text = classes <= self.max_text_classes
+        size = max(9, min(13, cell // 3))
+        label_w = max(text_size(n, size)[0] for n in names) + 8 if with_text else 8
+        total = int(matrix.sum())
+        accuracy = matrix.diag().sum().item() / max(total, 1)
+        summary = f"accuracy {accuracy:.3f} on {total} samples"
+        titles = ["confusion matrix (colour: share of the row)", f"{subtitle}, {summary}" if subtitle else summary]
+        top = 62 + (label_w if with_text else 8)
+        left = 22 + label_w
+        side = cell * classes
+        width = max(left + side + 10, *(text_size(t, 12)[0] + 16 for t in titles))
+        canvas = Image.new("RGB", (width, top + side + 10), WHITE)
+        draw = ImageDraw.Draw(canvas)
+        for i, title in enumerate(titles):
+            draw.text((8, 4 + 16 * i), title, fill=BLACK, font=font(12))
+        draw.text((left, 42), "predicted class", fill=BLACK, font=font(11))
+        _vertical_text(canvas, "true class", (4, top), 11)
+        rows = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1).double()
+        for r in range(classes):
+            for c in range(classes):
+                x, y = left + c * cell, top + r * cell
+                value = float(rows[r, c])
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=blues(value), outline=(200, 200, 200))
+                if with_text and cell >= 14:
+                    text = str(int(matrix[r, c]))
+                    w, h = text_size(text, size)
+                    colour = WHITE if value > 0.5 else BLACK
+                    draw.text((x + (cell - w) / 2, y + (cell - h) / 2 - 1), text, fill=colour, font=font(size))
+        if with_text:
+            for i, name in enumerate(names):
+                w, h = text_size(name, size)
+                draw.text((left - w - 4, top + i * cell + (cell - h) / 2 - 1), name, fill=BLACK, font=font(size))
+                _vertical_text(canvas, name, (left + i * cell + (cell - h) // 2, top - 4 - w), size)
+        return from_pil(canvas)
+
+    def _name(self, index: int) -> str:
+        names = self.class_names
+        return names[index] if names is not None and index < len(names) else str(index)
+
+
+def _vertical_text(canvas: Image.Image, text: str, at: tuple[int, int], size: int) -> None:
+    """Draw `text` rotated to read bottom-up with its top-left corner at `at`."""
+    w, h = text_size(text, size)
+    strip = Image.new("RGB", (w + 2, h + 4), WHITE)
+    ImageDraw.Draw(strip).text((1, 1), text, fill=BLACK, font=font(size))
+    canvas.paste(strip.rotate(90, expand=True), at)

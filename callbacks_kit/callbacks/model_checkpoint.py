@@ -1,0 +1,229 @@
+"""ModelCheckpoint: crash-safe full-state checkpoints, the best `k` by a metric, and the last."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from accelerate.utils import broadcast_object_list
+
+from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.checkpoint.layout import MODEL, Position
+from callbacks_kit.checkpoint.store import (
+    CheckpointError,
+    check_writable,
+    clean_leftovers,
+    remove_folder,
+    save_checkpoint,
+    write_atomic,
+    write_pointer,
+)
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+BEST_WEIGHTS = "best.safetensors"
+
+
+class ModelCheckpoint(Callback):
+    """Saves the full training state (the layout: `callbacks_kit.checkpoint.layout`).
+
+    Saves at the end of every `every_n_epochs`-th epoch, of the last epoch and of an
+    early-stopped one; every `every_n_steps` optimizer steps if given; and when `fit` ends
+    elsewhere (a stop mid-epoch, a preemption). Only epoch-end saves, with fresh
+    validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
+    `last.json` always names the newest checkpoint; other folders are pruned once the new
+    one is committed. The best model's weights are also exported to `best.safetensors`
+    (load them with `callbacks_kit.finetune.load_weights`).
+
+    Args:
+        dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
+        monitor: Metric ranking the checkpoints, e.g. "val/accuracy"; None keeps only the last.
+        mode: "min" or "max": which direction of `monitor` is better.
+        save_top_k: Best checkpoints to keep; 0 none, -1 all.
+        save_last: Keep the newest checkpoint too, even when it is not among the best.
+        every_n_epochs: Save every this many epochs (None: only at the last epoch and stops).
+        every_n_steps: Also save every this many optimizer steps (mid-epoch; exact resume).
+    """
+
+    order = Order.SAVE
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool = True,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
+        self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise CheckpointError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise CheckpointError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
+        self.dirpath = Path(dirpath)
+        self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.best_k: dict[str, float] = {}  # folder name -> monitored score
+        self.last_name: str | None = None
+        self._position: Position | None = None  # after the latest optimizer step or epoch end
+        self._saved_at: Position | None = None
+        self._considered: Position | None = None  # an epoch end that was due but not worth keeping
+        self._fitting = False
+        self._checked = False
+
+    # ---------------------------------------------------------------------------------- state
+    @property
+    def best_name(self) -> str | None:
+        """Folder of the best checkpoint so far, or None."""
+        if not self.best_k or self.monitor is None:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(self.best_k, key=self.best_k.__getitem__)
+
+    @property
+    def best_model_path(self) -> Path | None:
+        """The best checkpoint folder, or None."""
+        return self.dirpath / self.best_name if self.best_name else None
+
+    @property
+    def last_path(self) -> Path | None:
+        """The newest checkpoint folder, or None."""
+        return self.dirpath / self.last_name if self.last_name else None
+
+    @property
+    def position(self) -> Position | None:
+        """Where a resume from a checkpoint saved now would continue (None before any step)."""
+        return self._position
+
+    @property
+    def state_key(self) -> str:
+        """Unique per configuration, so several ModelCheckpoints can be used together."""
+        monitor = self.monitor.key if self.monitor else None
+        return f"ModelCheckpoint[{monitor},{self.mode},{self.every_n_epochs},{self.every_n_steps}]"
+
+    def state_dict(self) -> dict[str, Any]:
+        position = [self._saved_at.epoch, self._saved_at.batch] if self._saved_at else None
+        monitor = self.monitor.key if self.monitor else None
+        return {"monitor": monitor, "mode": self.mode, "best_k": dict(self.best_k), "last": self.last_name,
+                "position": position}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        same = state.get("monitor") == (self.monitor.key if self.monitor else None) and state.get("mode") == self.mode
+        # Only folders of this dirpath: a run resumed from another folder never prunes that one.
+        best_k = state.get("best_k", {}) if same else {}
+        self.best_k = {k: float(v) for k, v in best_k.items() if (self.dirpath / k).is_dir()}
+        last = state.get("last")
+        self.last_name = last if last and (self.dirpath / last).is_dir() else None
+        self._position = Position(*state["position"]) if state.get("position") else None
+        self._saved_at = self._position if self.last_name else None  # else: not saved in this folder yet
+
+    # ---------------------------------------------------------------------------------- events
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._fitting, self._checked = True, False
+        error = None
+        if trainer.is_main_process:
+            error = check_writable(self.dirpath)
+            if error is None:
+                clean_leftovers(self.dirpath)
+        if trainer.accelerator.num_processes > 1:
+            box = [error]
+            broadcast_object_list(box, from_process=0)
+            error = box[0]
+        if error:
+            raise CheckpointError(error)
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        state = trainer.state
+        if not state.optimizer_stepped:
+            return  # mid-accumulation: gradients in flight are not part of a checkpoint
+        self._position = Position(state.epoch, state.batch_idx + 1)
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+            self._save(trainer, rank=False, should_stop=False)
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        if self._fitting and self.monitor is not None and not self._checked:
+            self.monitor.read(trainer)  # a missing key fails at the first validation
+            self._checked = True
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        state = trainer.state
+        self._position = Position(state.epoch + 1, 0)
+        done = state.epoch + 1
+        due = (self.every_n_epochs is not None and done % self.every_n_epochs == 0) or done >= state.max_epochs
+        if due or state.should_stop:
+            # A stop requested by now (early stopping) is part of the run: a resume stops too.
+            self._save(trainer, rank=True, should_stop=state.should_stop)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._fitting = False
+        if self._position is not None and self._position not in (self._saved_at, self._considered):
+            self._save(trainer, rank=False, should_stop=False, force=True)  # stopped mid-epoch, preempted
+
+    def on_exception(self, trainer: Trainer) -> None:
+        self._fitting = False  # nothing is saved: the state may be what failed (NaN, OOM...)
+
+    # ---------------------------------------------------------------------------------- saving
+    def save_now(self, trainer: Trainer) -> Path | None:
+        """Save the position of the latest optimizer step or epoch end, unless already saved.
+
+        Every process must call it. Returns the newest checkpoint folder (None: nothing yet).
+        """
+        if self._position is not None and self._position != self._saved_at:
+            self._save(trainer, rank=False, should_stop=False, force=True)
+        return self.last_path
+
+    def _save(self, trainer: Trainer, rank: bool, should_stop: bool, force: bool = False) -> None:
+        state, position = trainer.state, self._position
+        assert position is not None
+        self._considered = position
+        score = None
+        if rank and self.monitor is not None:
+            score = self.monitor.read(trainer)
+        ranked = score is not None and not math.isnan(score) and self.save_top_k != 0 and self._qualifies(score)
+        if not (ranked or self.save_last or force):
+            return
+        trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
+        name = f"epoch={position.epoch:04d}-step={state.global_step:08d}"  # epochs done
+        if position.batch:
+            name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"
+        old_best, old_last, old_saved = dict(self.best_k), self.last_name, self._saved_at
+
+        def on_name(final: str) -> None:
+            if ranked:
+                self.best_k[final] = score
+                if self.save_top_k > 0 and len(self.best_k) > self.save_top_k:
+                    worst = (max if self.mode == "min" else min)(self.best_k, key=self.best_k.__getitem__)
+                    del self.best_k[worst]
+            self.last_name, self._saved_at = final, position
+
+        def after_commit(folder: Path) -> None:
+            write_pointer(self.dirpath, folder.name)
+            if self.best_name == folder.name:
+                write_atomic(self.dirpath / BEST_WEIGHTS, (folder / MODEL).read_bytes())
+            keep = set(self.best_k) | {folder.name}
+            for stale in ({old_last} | set(old_best)) - keep - {None}:
+                remove_folder(self.dirpath / str(stale))
+
+        meta = {"monitor": self.monitor.key, "score": repr(score)} if self.monitor and score is not None else {}
+        try:
+            save_checkpoint(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
+                            on_name=on_name, after_commit=after_commit)  # fmt: skip
+        except BaseException:
+            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+            raise
+
+    def _qualifies(self, score: float) -> bool:
+        assert self.monitor is not None
+        if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
+            return True
+        worst = (max if self.mode == "min" else min)(self.best_k.values())
+        return self.monitor.is_better(score, worst)

@@ -1,0 +1,265 @@
+"""TensorBoardLogger: the run's one SummaryWriter (main process only), scalars, layout, hparams, graph, summary."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from callbacks_kit.batches import side_forward
+from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.errors import TrainerError
+from callbacks_kit.inspection.hparams import HParamValue, collect_hparams, group_names, hparam_value, hparams_summaries
+from callbacks_kit.inspection.probe import probe_batch
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+
+def default_log_dir(root: str = "runs") -> str:
+    """A new, created folder `runs/<date>-<time>` (e.g. `runs/20250101-120000`), sortable.
+
+    A run that starts in the same second as another gets `-2`, `-3`...: each run has its own
+    folder, never a second event file in someone else's.
+    """
+    base = os.path.join(root, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)  # atomic: two runs cannot both claim it
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
+
+class TensorBoardLogger(Callback):
+    """Creates the run's SummaryWriter on the main process and logs what every run needs.
+
+    Other TensorBoard callbacks write through `trainer.tb_writer`, which stays None on
+    the other processes; this callback flushes and closes it in `on_teardown`, when `fit` ends or fails.
+
+    - Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
+      `val/<metric>` every validation with their best so far (`best/val/<metric>`),
+      `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
+    - A custom-scalars layout: train and validation loss in one chart, each metric with
+      its best, the learning rates together.
+    - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
+      the model graph (a warning, not a crash, when tracing fails).
+    - Hparams at the end (also after a failure): the given and collected
+      hyperparameters, with the final and best metrics, in the run's one event file.
+
+    Args:
+        log_dir: Folder of the run; default `runs/<date>-<time>`.
+        flush_secs: How often the writer's thread flushes to disk.
+        hparams: Hyperparameters to show in the hparams dashboard, on top of those read
+            from the trainer (model, optimizer, lr, batch size, epochs, ...).
+        graph: Log the model graph (traced with `torch.jit.trace` on one probe sample).
+        summary: Log and print the torchinfo summary.
+        summary_depth: Nesting depth of the torchinfo table.
+        modes: Which direction is better for a metric, by tag: `{"val/top5_error": "min"}`.
+            It decides the `best/<tag>` series and the hparams columns. Tags not given:
+            "min" when the name holds "loss" or "err", else "max".
+    """
+
+    order = Order.WRITER
+
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        flush_secs: int = 30,
+        hparams: Mapping[str, Any] | None = None,
+        graph: bool = True,
+        summary: bool = True,
+        summary_depth: int = 3,
+        modes: Mapping[str, str] | None = None,
+    ) -> None:
+        bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in ("min", "max")}
+        if bad:
+            raise TrainerError(f"TensorBoardLogger: modes {bad}: each mode must be 'min' or 'max'")
+        self.modes = dict(modes or {})
+        self.log_dir = log_dir
+        self.flush_secs = flush_secs
+        self.hparams = dict(hparams or {})
+        self.graph = graph
+        self.summary = summary
+        self.summary_depth = summary_depth
+        self.best: dict[str, float] = {}
+        self._lrs: list[float] = []
+        self._lr_logged_at: int | None = None
+        self._collected: dict[str, HParamValue] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = {str(k): float(v) for k, v in state.get("best", {}).items()}
+
+    # ------------------------------------------------------------------------------ events
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._collected = collect_hparams(trainer)
+        if not trainer.is_main_process:
+            return
+        if self.log_dir is None:
+            self.log_dir = default_log_dir()
+        if trainer.tb_writer is None or trainer.tb_writer.log_dir != self.log_dir:
+            # On resume, events past the restored step (from the interrupted run) are dropped.
+            purge = trainer.state.global_step or None
+            trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
+        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics)))
+        if self.summary or self.graph:
+            example = probe_batch(trainer, 1)
+            if example is None:
+                warnings.warn(
+                    "TensorBoardLogger: no indexable dataset for an example input; no model summary or graph",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            else:
+                self._log_model(trainer, example[0])
+
+    def on_train_batch_start(self, trainer: Trainer) -> None:
+        # The LR this batch trains with, before any scheduler moves it at batch end.
+        self._lrs = [group["lr"] for group in trainer.optimizer.param_groups]
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        writer, state = trainer.tb_writer, trainer.state
+        if writer is None or not state.is_log_step:
+            return
+        step = state.global_step
+        writer.add_scalar("train/loss", state.metrics["train/loss"], step)
+        writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
+        self._log_lrs(trainer, step)
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        state = trainer.state
+        if state.stage != "validate":
+            return
+        for tag, value in state.metrics.items():
+            if tag.startswith("val/") and math.isfinite(value):
+                old = self.best.get(tag)
+                better = old is None or (value < old if self.lower_is_better(tag) else value > old)
+                self.best[tag] = value if better else old  # type: ignore[assignment]
+        writer = trainer.tb_writer
+        if writer is None:
+            return
+        for tag, value in state.metrics.items():
+            if tag.startswith("val/"):
+                writer.add_scalar(tag, value, state.global_step)
+                if tag in self.best:
+                    writer.add_scalar(f"best/{tag}", self.best[tag], state.global_step)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        writer, state = trainer.tb_writer, trainer.state
+        if writer is None:
+            return
+        for tag in ("train/epoch_loss", "perf/epoch_time_s"):
+            if tag in state.metrics:
+                writer.add_scalar(tag, state.metrics[tag], state.global_step)
+        if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
+            self._log_lrs(trainer, state.global_step)
+
+    def _log_lrs(self, trainer: Trainer, step: int) -> None:
+        """One point per group and step: the LR the step trained with (not the next one a scheduler set)."""
+        assert trainer.tb_writer is not None
+        for name, lr in zip(group_names(trainer), self._lrs, strict=False):
+            trainer.tb_writer.add_scalar(f"lr/{name}", lr, step)
+        self._lr_logged_at = step
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.write_hparams(trainer, success=True)
+
+    def on_exception(self, trainer: Trainer) -> None:
+        self.write_hparams(trainer, success=False)
+
+    def on_teardown(self, trainer: Trainer) -> None:
+        if trainer.tb_writer is not None:
+            trainer.tb_writer.flush()
+            trainer.tb_writer.close()
+            trainer.tb_writer = None
+
+    # ------------------------------------------------------------------------------ pieces
+    def lower_is_better(self, tag: str) -> bool:
+        """Whether the best value of `tag` is its minimum: `modes[tag]`, else losses and errors."""
+        if tag in self.modes:
+            return self.modes[tag] == "min"
+        return "loss" in tag or "err" in tag
+
+    def final_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """The metrics of the hparams dashboard, in its column order: final `val/*`, the best, final `train/*`."""
+        metrics = trainer.state.metrics
+        final = {tag: v for tag, v in metrics.items() if tag.startswith("val/") and not self.lower_is_better(tag)}
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith("val/")})
+        final.update({f"best/{tag}": value for tag, value in self.best.items()})
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith("train/")})
+        return final
+
+    def write_hparams(self, trainer: Trainer, success: bool = True) -> None:
+        """Write hyperparameters and metric names into the run's own event file.
+
+        `SummaryWriter.add_hparams` would open a second event file in a subfolder;
+        TensorBoard reads each metric's value from the run's latest scalar of that tag,
+        which this logger has already written, so the dashboard shows the real values.
+        """
+        writer = trainer.tb_writer
+        if writer is None:
+            return
+        values = {**self._collected, **{k: hparam_value(v) for k, v in self.hparams.items()}}
+        values = {k: v for k, v in values.items() if v is not None}
+        summaries = hparams_summaries(values, self.final_metrics(trainer), success)
+        step = trainer.state.global_step
+        for summary in summaries:
+            writer.file_writer.add_summary(summary, step)  # type: ignore[union-attr]
+        writer.flush()
+
+    def _log_model(self, trainer: Trainer, example: Any) -> None:
+        writer, model = trainer.tb_writer, trainer.unwrapped_model
+        assert writer is not None
+        if self.summary:
+            try:
+                import torchinfo
+
+                data = example if isinstance(example, Mapping) else [example]
+                with side_forward(model, trainer.device):
+                    table = str(torchinfo.summary(model, input_data=data, depth=self.summary_depth, verbose=0))
+                trainer.print(table)
+                writer.add_text("model/summary", "    " + table.replace("\n", "\n    "), trainer.state.global_step)
+            except Exception as exc:  # a summary is a convenience: never stop training for it
+                warnings.warn(f"TensorBoardLogger: torchinfo summary failed: {exc}", RuntimeWarning, stacklevel=2)
+        if self.graph:
+            output = io.StringIO()  # add_graph prints the tracing error; it goes into the warning instead
+            try:
+                with side_forward(model, trainer.device), contextlib.redirect_stdout(output), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer warnings about Python control flow
+                    writer.add_graph(model, example)
+            except Exception as exc:
+                warnings.warn(
+                    f"TensorBoardLogger: the model graph could not be traced, so it is not logged "
+                    f"({type(exc).__name__}: {str(exc).strip()[:300]})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+def scalars_layout(metric_names: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: train and val loss together, each metric with its best, LRs."""
+    metrics = {
+        name: ["Multiline", [rf"^val/{re.escape(name)}$", rf"^best/val/{re.escape(name)}$"]] for name in metric_names
+    }
+    layout = {
+        "losses": {"loss: train vs validation": ["Multiline", [r"^train/loss$", r"^train/epoch_loss$", r"^val/loss$"]]},
+        "metrics": metrics,
+        "optimisation": {
+            "learning rate": ["Multiline", [r"^lr/"]],
+            "samples per second": ["Multiline", [r"^perf/samples_per_sec$"]],
+        },
+    }
+    return {category: charts for category, charts in layout.items() if charts}

@@ -1,0 +1,184 @@
+"""Training state as JSON + safetensors (never pickle), the RNG states of a process, and tagged JSON for LR schedules.
+
+`split_tensors` turns a nested state (an optimizer's `state_dict()`, a scaler's, a callback's)
+into a JSON-able tree whose tensors are replaced by references into a flat `{key: tensor}`
+dict that safetensors can store; `join_tensors` undoes it. Tuples and non-string dict keys
+(the optimizer's integer parameter ids) survive the round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import numbers
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from callbacks_kit.errors import StateFormatError
+
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+_MARKERS = (_TENSOR, _TUPLE, _ITEMS)
+
+
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """A JSON-able copy of `obj`; its tensors are moved into `tensors` under dotted keys.
+
+    Raises:
+        StateFormatError: `obj` holds something else (an arbitrary object, a function...).
+    """
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach()  # made host-ready by `host_tensors` when serialised
+        return {_TENSOR: prefix}
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) and k not in _MARKERS for k in obj):
+            return {k: split_tensors(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
+        return {
+            _ITEMS: [
+                [split_tensors(k, tensors, f"{prefix}.key{i}"), split_tensors(v, tensors, f"{prefix}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {_TUPLE: [split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    raise StateFormatError(
+        f"{prefix} is a {type(obj).__name__}; checkpoint state must be JSON values (dict, list, str, "
+        "number, bool, None), tuples or tensors"
+    )
+
+
+def host_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors for safetensors, copied only when needed.
+
+    Tensors on an accelerator are copied to the host; a CPU tensor is copied only if it is
+    not contiguous or shares its storage with one already kept (tied weights), which
+    safetensors refuses. The save is synchronous, so no snapshot is needed.
+    """
+    kept: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, tensor in tensors.items():
+        host = tensor.detach().to("cpu").contiguous()
+        pointer = host.untyped_storage().data_ptr()
+        if pointer in storages:
+            host = host.clone()
+        storages.add(host.untyped_storage().data_ptr())
+        kept[key] = host
+    return kept
+
+
+def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Rebuild what `split_tensors` took apart."""
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if _TENSOR in obj:
+        return tensors[obj[_TENSOR]]
+    if _TUPLE in obj:
+        return tuple(join_tensors(v, tensors) for v in obj[_TUPLE])
+    if _ITEMS in obj:
+        return {join_tensors(k, tensors): join_tensors(v, tensors) for k, v in obj[_ITEMS]}
+    return {k: join_tensors(v, tensors) for k, v in obj.items()}
+
+
+def _b64(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """The global RNG states of this process (Python, NumPy, torch CPU and CUDA) as JSON."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    states: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def apply_rng_states(states: Mapping[str, Any]) -> None:
+    """Set this process's global RNG states from `capture_rng_states()`."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(states["torch"]))
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+
+
+# ------------------------------------------------------------------------------ tagged JSON (LR schedules)
+_SKIPPED = "__not_json__"
+
+
+def tag_json(value: Any) -> Any:
+    """A JSON-safe copy of an LR scheduler's state: non-finite floats, tuples and tensors are tagged.
+
+    `LRScheduler` stores its state this way (small values, inside state.json) while
+    `split_tensors` moves bulk tensors to safetensors. The two encodings are separate and
+    both are part of checkpoint format 1; their markers never meet, because `split_tensors`
+    wraps any dict holding a marker-named key in an `__items__` list.
+
+    Values JSON cannot hold (functions, arbitrary objects) are replaced by a marker and
+    left as the scheduler built them when loading; PyTorch already drops LambdaLR's
+    functions the same way.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, tuple):
+        return {"__tuple__": [tag_json(v) for v in value]}
+    if isinstance(value, list):
+        return [tag_json(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: tag_json(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {"__items__": [[tag_json(k), tag_json(v)] for k, v in value.items()]}
+    return {_SKIPPED: type(value).__name__}
+
+
+def untag_json(value: Any) -> Any:
+    """Undo `tag_json`; dict entries that could not be saved are left out."""
+    if isinstance(value, list):
+        return [None if _skipped(v) else untag_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__tensor__" in value:
+        return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]))
+    if "__tuple__" in value:
+        return tuple(untag_json(value["__tuple__"]))
+    if "__items__" in value:
+        return {untag_json(k): untag_json(v) for k, v in value["__items__"]}
+    return {k: untag_json(v) for k, v in value.items() if not _skipped(v)}
+
+
+def _skipped(value: Any) -> bool:
+    return isinstance(value, dict) and _SKIPPED in value

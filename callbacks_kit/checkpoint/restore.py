@@ -1,0 +1,261 @@
+"""Resume: find a checkpoint, verify every byte of it, restore the training state, and say where to go on.
+
+Exactness (docs/design.md, "Exact resume"): the shuffle order comes from the seedable
+sampler, whose seed is restored and whose epoch the trainer sets at every epoch; the global
+RNG states are put back after the resumed epoch's DataLoader iterator is created (creating
+it draws a base seed), or right before the epoch when the checkpoint is at an epoch
+boundary. `restore_training` returns that as a `ResumePoint`, which the loop consumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors.torch
+import torch
+from accelerate.utils import set_seed
+
+from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
+from callbacks_kit.checkpoint.codec import apply_rng_states, join_tensors
+from callbacks_kit.checkpoint.layout import FORMAT, META, MODEL, STATE_JSON, STATE_TENSORS, VERSION, rank_file
+from callbacks_kit.checkpoint.store import POINTER, TMP_PREFIX, describe, list_checkpoints, read_pointer
+from callbacks_kit.errors import CheckpointError
+from callbacks_kit.state import ResumePoint
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A verified checkpoint folder: its meta and the bytes of its files."""
+
+    path: Path
+    meta: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def json(self, name: str) -> Any:
+        """A JSON file of the checkpoint, parsed."""
+        return json.loads(self.files[name])
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the checkpoint, loaded on the CPU."""
+        return safetensors.torch.load(self.files[name])
+
+
+def checkpoint_dir_of(trainer: Trainer) -> Path | None:
+    """The folder of the trainer's `ModelCheckpoint`, where `resume_from="last"` looks."""
+    found = trainer.callbacks.find(ModelCheckpoint)
+    return Path(found[0].dirpath) if found else None
+
+
+def resolve_checkpoint(resume_from: str | os.PathLike[str], directory: Path | None) -> Path | None:
+    """The checkpoint folder `resume_from` names; None for "last" when nothing was saved yet.
+
+    Accepts "last" (in `directory`), a checkpoint folder, a folder holding `last.json`, or
+    `last.json` itself.
+    """
+    if str(resume_from) == "last":
+        if directory is None:
+            raise CheckpointError(
+                "resume_from='last' looks in the ModelCheckpoint's folder, and this trainer has no "
+                "ModelCheckpoint; add one, or pass the path of a checkpoint folder"
+            )
+        return _last_in(directory)
+    path = Path(resume_from)
+    if not path.exists():
+        near = describe(path.parent) if path.parent.is_dir() else f"{path.parent} does not exist either"
+        raise CheckpointError(f"resume_from={str(resume_from)!r} does not exist ({near}); check the path")
+    if path.is_file() and path.name == POINTER:
+        path = path.parent
+    if path.is_dir() and not (path / META).exists() and (path / POINTER).exists():
+        return _last_in(path)
+    if path.is_file():
+        raise CheckpointError(
+            f"resume_from={str(resume_from)!r} is a file; it takes a checkpoint folder written by ModelCheckpoint, "
+            "its parent folder, or 'last'. Weights-only files such as best.safetensors load with "
+            "callbacks_kit.finetune.load_weights(model, path)"
+        )
+    if path.name.startswith(TMP_PREFIX):
+        raise CheckpointError(f"{path} is an unfinished save (it was interrupted); {describe(path.parent)}")
+    if not (path / META).exists():
+        raise CheckpointError(
+            f"{path} is not a checkpoint folder (it has no {META}); {describe(path)}. Pass a folder that "
+            "ModelCheckpoint wrote, or the folder holding its last.json"
+        )
+    return path
+
+
+def _last_in(directory: Path) -> Path | None:
+    name = read_pointer(directory)
+    if name is not None:
+        if not (directory / name).is_dir():
+            raise CheckpointError(
+                f"{directory / POINTER} points to {name!r}, which is gone (deleted by hand?); {describe(directory)}. "
+                "Pass one of those as resume_from"
+            )
+        return directory / name
+    found = list_checkpoints(directory)  # a kill between the very first commit and its pointer
+    return directory / found[-1][0] if found else None
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
+    """Read a checkpoint folder and check the size and sha256 of every file against meta.json.
+
+    Raises:
+        CheckpointError: missing, corrupt, truncated, or of another format version.
+    """
+    path = Path(path)
+    advice = f"pick another checkpoint ({describe(path.parent)}) or start over without resume_from"
+    try:
+        meta = json.loads((path / META).read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a checkpoint folder (no {META}); {advice}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / META} is corrupt ({exc}); {advice}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} was not written by callbacks_kit's ModelCheckpoint; {advice}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} has format version {meta['version']}; upgrade callbacks_kit to read it")
+    loaded = LoadedCheckpoint(path, meta)
+    for name, expected in meta["files"].items():
+        try:
+            data = (path / name).read_bytes()
+        except OSError as exc:
+            reason = f"cannot be read ({exc.strerror}); the checkpoint is incomplete"
+            raise CheckpointError(f"{path / name} {reason}; {advice}") from None
+        if len(data) != expected["bytes"]:
+            raise CheckpointError(
+                f"{path / name} is truncated or altered: {len(data)} bytes where {expected['bytes']} were "
+                f"written; {advice}"
+            )
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise CheckpointError(f"{path / name} is corrupt (its sha256 differs from the one saved); {advice}")
+        loaded.files[name] = data
+    return loaded
+
+
+def _check_model(weights: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+    own = model.state_dict()
+    only_ckpt = [k for k in weights if k not in own]
+    only_model = [k for k in own if k not in weights]
+    shapes = [
+        f"{k}: {list(weights[k].shape)} in the checkpoint, {list(own[k].shape)} here"
+        for k in weights
+        if k in own and weights[k].shape != own[k].shape
+    ]
+    if only_ckpt or only_model or shapes:
+        parts = [
+            f"{len(only_ckpt)} keys only in the checkpoint ({', '.join(only_ckpt[:3])})" if only_ckpt else "",
+            f"{len(only_model)} only in this model ({', '.join(only_model[:3])})" if only_model else "",
+            f"{len(shapes)} of another shape ({'; '.join(shapes[:3])})" if shapes else "",
+        ]
+        raise CheckpointError(
+            f"{path} was saved from a different model: {', '.join(p for p in parts if p)}. Resume with the model "
+            "it was trained with; to start a new run from its weights, use callbacks_kit.finetune.load_weights"
+        )
+
+
+def _check_optimizer(saved: dict[str, Any], optimizer: torch.optim.Optimizer, path: Path) -> None:
+    ours = [len(g["params"]) for g in optimizer.param_groups]
+    theirs = [len(g["params"]) for g in saved["param_groups"]]
+    if ours != theirs:
+        raise CheckpointError(
+            f"{path} holds an optimizer with parameter groups of sizes {theirs}, this one has {ours}; resume with "
+            "the same optimizer setup (param groups, frozen layers) as the saved run"
+        )
+
+
+def restore_training(trainer: Trainer, resume_from: str | os.PathLike[str]) -> ResumePoint | None:
+    """Restore model, optimizer, scaler, callbacks and `trainer.state` from a checkpoint.
+
+    Called by `Trainer.fit` after the loaders are prepared and before `on_fit_start`. Every
+    check runs before the first thing is changed, except the optimizer's group sizes,
+    which are compared after the callbacks' states (a freeze callback may add groups).
+
+    Returns:
+        Where the loop goes on (batches to skip, RNG states, loss sums), or None when
+        `resume_from="last"` found nothing yet (the run starts from scratch).
+    """
+    path = resolve_checkpoint(resume_from, checkpoint_dir_of(trainer))
+    if path is None:
+        trainer.print(f"resume: no checkpoint yet in {checkpoint_dir_of(trainer)}; starting from scratch")
+        return None
+    ckpt = read_checkpoint(path)
+    try:
+        weights, doc, tensors = ckpt.tensors(MODEL), ckpt.json(STATE_JSON), ckpt.tensors(STATE_TENSORS)
+    except (ValueError, KeyError, safetensors.SafetensorError) as exc:
+        raise CheckpointError(f"{path} cannot be parsed ({exc}); pick another checkpoint") from None
+    _check_model(weights, trainer.unwrapped_model, path)
+    accelerator, state = trainer.accelerator, trainer.state
+    trainer.unwrapped_model.load_state_dict(weights, strict=True)
+    saved_callbacks = doc["callbacks"]
+    stateful = trainer.callbacks.stateful()
+    for callback in stateful:
+        if callback.state_key in saved_callbacks:
+            callback.load_state_dict(join_tensors(saved_callbacks[callback.state_key], tensors))
+    missing = [c.state_key for c in stateful if c.state_key not in saved_callbacks]
+    extra = sorted(set(saved_callbacks) - {c.state_key for c in trainer.callbacks})
+    if missing or extra:
+        trainer.print(f"resume: callback states not in the checkpoint: {missing}; saved but unused: {extra}")
+    optimizer_state = join_tensors(doc["optimizer"], tensors)
+    _check_optimizer(optimizer_state, trainer.optimizer, path)
+    trainer.optimizer.load_state_dict(optimizer_state)
+    if accelerator.scaler is not None and doc.get("scaler") is not None:
+        accelerator.scaler.load_state_dict(join_tensors(doc["scaler"], tensors))
+    resume = _restore_position(trainer, ckpt, doc)
+    trainer.print(
+        f"resume: from {path} at epoch {state.epoch + 1}, batch {resume.batches_to_skip} (step {state.global_step})"
+    )
+    if state.should_stop:
+        trainer.print("resume: the checkpoint was saved when training was stopped (early stopping): nothing to do")
+    elif state.epoch >= state.max_epochs:
+        trainer.print(f"resume: the checkpoint already has {state.epoch} epochs; pass a larger `epochs` to go on")
+    return resume
+
+
+def _restore_position(trainer: Trainer, ckpt: LoadedCheckpoint, doc: dict[str, Any]) -> ResumePoint:
+    """Epoch, batch and step into `trainer.state`; the sampler's seed; the rest for the loop."""
+    accelerator, state = trainer.accelerator, trainer.state
+    max_epochs, batches_per_epoch = state.max_epochs, state.batches_per_epoch
+    try:
+        state.load_state_dict(doc["trainer"])
+    except KeyError as exc:
+        raise CheckpointError(f"{ckpt.path} holds a trainer state this version cannot read: {exc}") from None
+    saved_batches = state.batches_per_epoch
+    state.max_epochs, state.batches_per_epoch = max_epochs, batches_per_epoch
+    accelerator.step = int(doc.get("accelerator_step", 0))
+    batch, rank, world = state.batch_idx, accelerator.process_index, int(ckpt.meta["world_size"])
+    old_size, new_size = doc.get("global_batch_size"), getattr(trainer.train_loader, "total_batch_size", None)
+    exact = world == accelerator.num_processes and old_size == new_size and saved_batches == batches_per_epoch
+    if not exact:
+        if batch and old_size and new_size:  # same samples consumed, counted in the new batches
+            batch = math.ceil(batch * old_size / new_size)
+        if batches_per_epoch is not None:
+            batch = min(batch, batches_per_epoch)
+        trainer.print(
+            f"resume: the checkpoint was saved by {world} process(es) with {old_size} samples per step and "
+            f"{saved_batches} batches per epoch; this run has {accelerator.num_processes}, {new_size} and "
+            f"{batches_per_epoch}. Weights, optimizer, callbacks and epoch are restored and the position in the "
+            f"epoch is converted by samples (batch {batch}); the random streams cannot match, so the run goes on "
+            "soundly but not bit-identically. A different global batch size may want another learning rate."
+        )
+    state.batch_idx = batch
+    mine = rank_file(rank) if rank < world else None
+    rng_doc = json.loads(ckpt.files[mine]) if mine and exact else None
+    seed_doc = json.loads(ckpt.files[mine or rank_file(0)])
+    sampler = trainer.train_loader.get_sampler() if hasattr(trainer.train_loader, "get_sampler") else None
+    if sampler is not None and hasattr(sampler, "initial_seed") and seed_doc.get("sampler_seed") is not None:
+        sampler.initial_seed = int(seed_doc["sampler_seed"])
+    if rng_doc is None:
+        base = trainer.seed if trainer.seed is not None else 0
+        seed = (base + 1_000_003 * (rank + 1) + state.global_step) % 2**32
+        return ResumePoint(batch, lambda: set_seed(seed))
+    sums = rng_doc.get("loss_sums") if batch else None
+    return ResumePoint(batch, lambda: apply_rng_states(rng_doc["rng"]), list(sums) if sums else None)

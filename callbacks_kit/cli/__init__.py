@@ -1,0 +1,31 @@
+"""The `callbacks-kit` console script: one module per command (`train`, `inspect`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from callbacks_kit.cli import inspect, train
+from callbacks_kit.errors import CallbacksKitError
+
+COMMANDS = {"train": train, "inspect": inspect}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `callbacks-kit`, with every command's options."""
+    parser = argparse.ArgumentParser(prog="callbacks-kit", description="TensorBoard-integrated callback toolkit.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `callbacks-kit` console script: 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except CallbacksKitError as exc:
+        print(f"callbacks-kit {args.command}: error: {exc}", file=sys.stderr)
+        return 2

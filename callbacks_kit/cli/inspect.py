@@ -1,0 +1,33 @@
+"""`callbacks-kit inspect RUN`: print what a TensorBoard run holds, per plugin, read with TensorBoard's loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from callbacks_kit.inspection.event_report import format_report, inspect_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `inspect`."""
+    parser.add_argument("run", help="a run folder (or a folder of runs, or one event file)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def add_parser(commands: Any) -> None:
+    """Add the `inspect` command and its options to `commands` (what `add_subparsers()` returned)."""
+    add_arguments(commands.add_parser("inspect", help="print what a TensorBoard run contains, per plugin"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report for `args.run`; 2 when there is nothing to read."""
+    try:
+        report = inspect_run(args.run)
+    except FileNotFoundError as exc:
+        print(f"callbacks-kit inspect: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,124 @@
+"""Processes and devices: building the Accelerator, agreeing to stop on the host, re-wrapping DDP, clean exit.
+
+The loop in `trainer.py` calls these; they hold what Accelerate and `torch.distributed`
+need and nothing of the loop's own state.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from callbacks_kit.compat import compiled_inner, detach_ddp_reducer, reset_accelerator_singletons, swap_prepared_model
+from callbacks_kit.errors import TrainerError
+
+
+def use_cpu(requested: bool) -> bool:
+    """Whether to train on the CPU: when asked, and always for a multi-process launch without a GPU.
+
+    Without the CPU flag Accelerate sees one process in each launched one, every one of
+    them "main"; with it, the processes form one gloo group.
+    """
+    return requested or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+
+def build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Accelerator:
+    """The Accelerator a Trainer owns: seedable samplers (exact resume) and non-blocking copies.
+
+    One Trainer owns this process's Accelerator settings: those of an earlier one are
+    forgotten (Accelerate refuses a second, different mixed_precision otherwise); the
+    process group is kept.
+    """
+    reset_accelerator_singletons()
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=accumulation,
+        cpu=use_cpu(cpu),
+        # Seedable samplers make the shuffle order a function of (seed, epoch): exact resume.
+        # Non-blocking copies let pinned batches (make_loader pins them on a GPU) reach the
+        # device while the host goes on; from unpinned memory they are ordinary copies.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    )
+
+
+def destroy_process_group_at_exit(accelerator: Accelerator) -> None:
+    """With several processes, end the process group at interpreter exit (see `destroy_process_group`)."""
+    if accelerator.num_processes > 1:
+        atexit.unregister(destroy_process_group)  # once, however many trainers a script builds
+        atexit.register(destroy_process_group)
+
+
+def destroy_process_group() -> None:
+    """At exit, while the interpreter is whole: gloo threads left to finalization can SIGABRT.
+
+    A process that ends without `destroy_process_group()` sometimes dies with "terminate
+    called without an active exception" after all its work is done (seen here: 1 run in ~30).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class HostAgreement:
+    """A flag raised on any process is seen by every process, without waiting for the GPU.
+
+    The flags meet in a host-side all-reduce on a gloo group: a network round trip per
+    call, but never a device sync (Accelerate's `check_trigger` reads a device tensor).
+    The group is the default one when it is gloo already, else one made on first use,
+    which every process reaches at the same point.
+    """
+
+    def __init__(self, num_processes: int) -> None:
+        self.num_processes = num_processes
+        self._group: Any = None
+
+    def any(self, flag: bool) -> bool:
+        """True when `flag` is True on at least one process. Every process must call it."""
+        if self.num_processes == 1:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        torch.distributed.all_reduce(value, group=self._host_group())
+        return bool(value[0])
+
+    def _host_group(self) -> Any:
+        if self._group is None:
+            dist = torch.distributed
+            default_is_gloo = dist.get_backend() == dist.Backend.GLOO
+            self._group = dist.group.WORLD if default_is_gloo else dist.new_group(backend="gloo")
+        return self._group
+
+
+def rewrap_ddp(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """`model` re-wrapped so DDP reduces exactly the parameters that now require grad.
+
+    DDP fixes that set when it wraps the model: a parameter frozen later crashes the next
+    backward ("Expected to have finished reduction"), and one unfrozen later is never
+    reduced, so the replicas drift apart. The same module is wrapped again with the same
+    settings (parameters are broadcast from process 0). Returns `model` itself when it is
+    not DDP.
+    """
+    if not isinstance(model, DistributedDataParallel):
+        if isinstance(compiled_inner(model), DistributedDataParallel):
+            raise TrainerError("freezing or unfreezing under DDP with torch.compile is not supported")
+        return model
+    if not any(p.requires_grad for p in model.module.parameters()):
+        raise TrainerError("every parameter is frozen: nothing left to train; unfreeze at least the head")
+    handler = accelerator.ddp_handler
+    detach_ddp_reducer(model)  # the old reducer must not see the next backward
+    new = DistributedDataParallel(
+        model.module,
+        device_ids=model.device_ids,
+        output_device=model.output_device,
+        **(handler.to_kwargs() if handler is not None else {}),
+    )
+    if handler is not None:
+        handler.register_comm_hook(new)
+    new.train(model.training)
+    swap_prepared_model(accelerator, model, new)
+    return new

@@ -1,0 +1,27 @@
+"""Fine-tuning helpers: freezing, param groups by module name, torchvision heads, models and local weights.
+
+`callbacks_kit.finetune.<name>` keeps working for every name below, wherever it lives.
+"""
+
+from callbacks_kit.errors import FinetuneError
+from callbacks_kit.finetune.freezing import freeze, unfreeze
+from callbacks_kit.finetune.heads import SUPPORTED_FAMILIES, backbone_blocks, head_name, replace_head
+from callbacks_kit.finetune.models import build_classifier, idx_to_class
+from callbacks_kit.finetune.param_groups import param_groups, select_parameters
+from callbacks_kit.finetune.weights import LoadReport, load_weights
+
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "FinetuneError",
+    "LoadReport",
+    "backbone_blocks",
+    "build_classifier",
+    "freeze",
+    "head_name",
+    "idx_to_class",
+    "load_weights",
+    "param_groups",
+    "replace_head",
+    "select_parameters",
+    "unfreeze",
+]

@@ -1,0 +1,53 @@
+"""Building a torchvision classifier for a number of classes, and naming its classes."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torchvision
+from torch import nn
+
+from callbacks_kit.data import base_dataset
+from callbacks_kit.errors import FinetuneError
+from callbacks_kit.finetune.heads import replace_head
+from callbacks_kit.finetune.weights import load_weights
+
+
+def build_classifier(name: str, num_classes: int, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """A torchvision classifier by name with its head replaced for `num_classes`.
+
+    Args:
+        name: Any name from `torchvision.models.list_models(module=torchvision.models)`.
+        num_classes: Outputs of the new head.
+        weights: A local state_dict file (ImageNet or your own) loaded before the head is
+            replaced, so its backbone is kept whatever head it was saved with.
+    """
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        raise FinetuneError(
+            f"unknown torchvision model {name!r}; closest: {', '.join(close) or 'none'} "
+            f"(all: torchvision.models.list_models())"
+        )
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    if name == "inception_v3":
+        kwargs["aux_logits"] = True  # torchvision requires it; the aux head is only used in training
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    replace_head(model, num_classes)
+    return model
+
+
+def idx_to_class(dataset: Any) -> dict[int, str]:
+    """`{index: class name}` of an ImageFolder (or a Subset of one), to print predictions by name."""
+    dataset = base_dataset(dataset)
+    mapping = getattr(dataset, "class_to_idx", None)
+    if not isinstance(mapping, Mapping):
+        raise FinetuneError(
+            f"{type(dataset).__name__} has no class_to_idx; pass a torchvision ImageFolder (or a Subset of one)"
+        )
+    return {int(index): str(name) for name, index in mapping.items()}

@@ -1,0 +1,95 @@
+"""Loading a local weights file safely (safetensors or `weights_only` torch files) and reporting what matched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from callbacks_kit.errors import FinetuneError
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did: keys loaded, missing from the file, unexpected, or skipped."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+                parts.append(f"{label}: {shown}")
+        return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = False) -> LoadReport:
+    """Load a local weights file into `model` safely and say what matched.
+
+    Reads `.safetensors`, or a torch file with `weights_only=True` (no code runs). A dict
+    holding `state_dict` or `model` is unwrapped, and a DDP `module.` prefix stripped.
+    Tensors whose shape differs (such as an old head) are skipped and reported.
+
+    Raises:
+        FinetuneError: the file is missing or unreadable, nothing in it matches the model,
+            or `strict` and some key is missing, unexpected or mismatched.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FinetuneError(f"weights file {path} does not exist; give the path of a local .pth/.pt/.safetensors file")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    report = LoadReport()
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            report.mismatched.append(f"{key} {tuple(value.shape)}->{tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+            report.loaded.append(key)
+    report.missing = [
+        key for key in own if key not in usable and not any(m.startswith(key + " ") for m in report.mismatched)
+    ]
+    if not usable:
+        raise FinetuneError(
+            f"no tensor in {path} matches {type(model).__name__} ({len(state)} keys in the file, e.g. "
+            f"{', '.join(list(state)[:3])}); is it the weights of another architecture?"
+        )
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise FinetuneError(f"{path} does not fit {type(model).__name__} exactly: {report}")
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FinetuneError(
+            f"cannot read weights from {path}: {type(exc).__name__}: {exc}. Expected a state_dict saved with "
+            "torch.save(model.state_dict(), path) or a .safetensors file"
+        ) from exc
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FinetuneError(f"{path} does not hold a state_dict (a dict of tensors)")
+    return {key.removeprefix("module.").removeprefix("_orig_mod."): value for key, value in state.items()}

@@ -1,0 +1,35 @@
+"""Tiny models and data that train in a few steps."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def tiny_classification_data(n: int = 64, features: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
+    """A linearly separable dataset that a small MLP learns in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    w = torch.randn(features, classes, generator=g)
+    return TensorDataset(x, (x @ w).argmax(1))
+
+
+def tiny_mlp(features: int = 8, classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+def small_bn_cnn() -> nn.Module:
+    """A small CNN with BatchNorm, in named blocks: stem, block, pool, head (3 classes, 3-channel input)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+            block=nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+            pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            head=nn.Linear(4, 3),
+        )
+    )
