@@ -142,7 +142,8 @@ class _SyncWarnings(Callback):
     def on_train_batch_end(self, trainer: Trainer) -> None:
         if not self.first and torch.cuda.get_sync_debug_mode() != 0:
             torch.cuda.set_sync_debug_mode("default")
-            events = [str(w.message).splitlines()[0] for w in self.log[self.partner.mark :]]
+            messages = [str(w.message) for w in self.log[self.partner.mark :]]
+            events = [m.splitlines()[0] for m in messages if "synchroniz" in m]
             self.steps.append((trainer.state.is_log_step, events))
 
     partner: _SyncWarnings
@@ -151,14 +152,14 @@ class _SyncWarnings(Callback):
 def main_job_cuda_syncs(mixed_precision: str) -> dict[str, Any]:
     """Syncs of the main job's non-logging steps on a GPU, counted from CUDA's sync warnings."""
     steps: list[tuple[bool, list[str]]] = []
-    with warnings.catch_warnings(record=True) as log:
+    argv = [*MAIN_JOB_ARGV, "--mixed-precision", mixed_precision]
+    # quiet() hides warnings: the recording filter must be the inner one.
+    with tempfile.TemporaryDirectory() as log_dir, quiet(), warnings.catch_warnings(record=True) as log:
         warnings.simplefilter("always")
         first, last = _SyncWarnings(log, steps, True), _SyncWarnings(log, steps, False)
         last.partner = first
-        argv = [*MAIN_JOB_ARGV, "--mixed-precision", mixed_precision]
         try:
-            with tempfile.TemporaryDirectory() as log_dir, quiet():
-                train(build_parser().parse_args([*argv, "--log-dir", log_dir]), customize=lambda c: [first, *c, last])
+            train(build_parser().parse_args([*argv, "--log-dir", log_dir]), customize=lambda c: [first, *c, last])
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return {**summarize_syncs(steps), "method": 'torch.cuda.set_sync_debug_mode("warn")', "argv": argv}

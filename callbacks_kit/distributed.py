@@ -69,17 +69,19 @@ def check_strategy(accelerator: Accelerator) -> None:
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def make_deterministic() -> None:
+def make_deterministic(warn_only: bool = False) -> None:
     """Deterministic kernels for this process: PyTorch's algorithms, cuDNN and cuBLAS.
 
     `torch.use_deterministic_algorithms(True)` (an operation without a deterministic kernel
-    raises instead of running), `cudnn.deterministic=True`, `cudnn.benchmark=False`, and
+    raises instead of running, or only warns with `warn_only`; on CUDA that includes the
+    backward of `AdaptiveAvgPool2d`, which torchvision's ResNets use),
+    `cudnn.deterministic=True`, `cudnn.benchmark=False`, and
     `CUBLAS_WORKSPACE_CONFIG` (set when unset; cuBLAS reads it when its first handle is
     made, so it must be set before the first CUDA matmul of the process). Process-wide
     settings, left as they are after `fit`.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 

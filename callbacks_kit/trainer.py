@@ -80,8 +80,9 @@ class Trainer:
         deterministic: Deterministic kernels for the whole process (`torch.use_deterministic_algorithms`,
             cuDNN's deterministic mode without benchmarking, `CUBLAS_WORKSPACE_CONFIG`), so
             that a resumed run on a GPU repeats an uninterrupted one bit for bit. Slower on a
-            GPU; an operation with no deterministic kernel raises. On a CPU resume is exact
-            without it.
+            GPU; an operation with no deterministic kernel raises (on CUDA, e.g. the backward
+            of `AdaptiveAvgPool2d` in torchvision's ResNets). `"warn"` warns instead, and such
+            an operation stays non-deterministic. On a CPU resume is exact without it.
 
     Supported strategies: one process, or several with DDP. FSDP, DeepSpeed and Megatron-LM
     Accelerators are refused with a `TrainerError`.
@@ -113,12 +114,16 @@ class Trainer:
         accelerator: Accelerator | None = None,
         progress_bar: bool = True,
         compile: bool | Mapping[str, Any] = False,
-        deterministic: bool = False,
+        deterministic: bool | str = False,
     ) -> None:
         check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
         check_model_and_optimizer(model, optimizer)
+        if deterministic not in (False, True, "warn"):
+            raise TrainerError(f"deterministic must be False, True or 'warn', got {deterministic!r}")
         if deterministic:
-            make_deterministic()  # before the first CUDA matmul: cuBLAS reads its workspace setting once
+            make_deterministic(
+                warn_only=deterministic == "warn"
+            )  # before the first CUDA matmul: cuBLAS reads its workspace setting once
         if seed is not None:
             set_seed(seed)
         if accelerator is None:

@@ -251,6 +251,21 @@ def test_deterministic_option_configures_torch_cudnn_and_cublas(monkeypatch):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
+def test_deterministic_warn_only_and_bad_values():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        model = tiny_mlp()
+        Trainer(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), cpu=True, deterministic="warn"
+        )
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        with pytest.raises(TrainerError, match="deterministic must be"):
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), deterministic="yes")
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 # ----------------------------------------------------------------------------- 10: workers, pinning, tensor LRs
 def test_default_workers_share_the_cores_among_local_processes(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
