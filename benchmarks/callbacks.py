@@ -14,12 +14,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks.common import CALLBACK_SHARE_BUDGET, Bench, main_job_argv, print_table, quiet
+import torch
+
+from benchmarks.common import CALLBACK_SHARE_BUDGET, Bench, main_job_argv, print_table, quiet, synced_time
 from callbacks_kit import (
     Callback,
     CallbacksKitError,
@@ -48,29 +49,42 @@ class EventTimer:
     callback it is given (on that instance; the class and its type stay as they are) and
     adds two callbacks that run first and last at every event.
 
+    On a GPU every clock reading waits for the device's queued work (`synced_time`): a
+    callback that syncs would otherwise be charged for the backward pass still running when
+    it is called, and one that only queues kernels would look free.
+
     Attributes:
         records: Per callback (by id, in the order of their first call): its class name
             and every call as `(event, start, seconds)`.
         timeline: Per event, when each firing started; per `"<event>/done"`, when it ended.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.records: dict[int, dict[str, Any]] = {}
         self.timeline: dict[str, list[float]] = {}
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def clock(self) -> float:
+        """Seconds, once the device is idle."""
+        return synced_time(self.device)
 
     def instrument(self, callbacks: list[Callback]) -> list[Callback]:
         """Time each of `callbacks`; the list to train with."""
         for callback in callbacks:
             for event in TIMED_EVENTS:
                 setattr(callback, event, self._timed(callback, event, getattr(callback, event)))
-        return [_EventEdge(self.timeline, first=True), *callbacks, _EventEdge(self.timeline, first=False)]
+        return [
+            _EventEdge(self.timeline, self.clock, first=True),
+            *callbacks,
+            _EventEdge(self.timeline, self.clock, first=False),
+        ]
 
     def _timed(self, callback: Callback, event: str, method: Callable[[Trainer], None]) -> Callable[[Trainer], None]:
         def timed(trainer: Trainer) -> None:
-            start = time.perf_counter()
+            start = self.clock()
             method(trainer)
             record = self.records.setdefault(id(callback), {"callback": type(callback).__name__, "calls": []})
-            record["calls"].append((event, start, time.perf_counter() - start))
+            record["calls"].append((event, start, self.clock() - start))
 
         return timed
 
@@ -78,11 +92,11 @@ class EventTimer:
 class _EventEdge(Callback):
     """Notes the time at every event, before all other callbacks (`first`) or after them."""
 
-    def __init__(self, timeline: dict[str, list[float]], first: bool) -> None:
+    def __init__(self, timeline: dict[str, list[float]], clock: Callable[[], float], first: bool) -> None:
         self.order = -(10**9) if first else 10**9
         for event in TIMED_EVENTS:
             times = timeline.setdefault(event if first else f"{event}/done", [])
-            setattr(self, event, lambda trainer, times=times: times.append(time.perf_counter()))
+            setattr(self, event, lambda trainer, times=times: times.append(clock()))
 
 
 def bench_callbacks(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[float]]]:

@@ -12,11 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import LR, Bench, print_table
+from benchmarks.common import LR, Bench, print_table, synced_time
 
 
 def bench_input(
-    args: argparse.Namespace, callbacks: dict[str, Any], timeline: dict[str, list[float]]
+    args: argparse.Namespace,
+    callbacks: dict[str, Any],
+    timeline: dict[str, list[float]],
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Time waiting for data against time computing, for the main job's two data paths.
 
@@ -38,11 +41,12 @@ def bench_input(
         "step_s": step,
         "input_share": wait / (wait + step),
     }
-    return {"shapes": shapes, "image_folder": bench_image_folder(args, default_workers())}
+    device = device or torch.device("cpu")
+    return {"shapes": shapes, "image_folder": bench_image_folder(args, default_workers(), device)}
 
 
-def bench_image_folder(args: argparse.Namespace, workers: int) -> dict[str, Any]:
-    """JPEGs through the main job's ImageFolder loader (default workers) against ResNet-18 steps."""
+def bench_image_folder(args: argparse.Namespace, workers: int, device: torch.device) -> dict[str, Any]:
+    """JPEGs through the main job's ImageFolder loader (default workers) against ResNet-18 steps on `device`."""
     import torchvision
     from PIL import Image
 
@@ -64,19 +68,21 @@ def bench_image_folder(args: argparse.Namespace, workers: int) -> dict[str, Any]
             count = sum(images.shape[0] for images, _ in loader)
             epoch_s.append(time.perf_counter() - start)
         del loader
-    model = torchvision.models.resnet18(num_classes=len(classes))
+    model = torchvision.models.resnet18(num_classes=len(classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    images, targets = torch.randn(batch, 3, size, size), torch.randint(len(classes), (batch,))
+    images = torch.randn(batch, 3, size, size).to(device)
+    targets = torch.randint(len(classes), (batch,)).to(device)
     step_s = []
     for _ in range(3):
-        start = time.perf_counter()
+        start = synced_time(device)
         nn.functional.cross_entropy(model(images), targets).backward()
         optimizer.step()
         optimizer.zero_grad()
-        step_s.append(time.perf_counter() - start)
+        step_s.append(synced_time(device) - start)
     load_rate, train_rate = count / epoch_s[-1], batch / statistics.median(step_s[1:])
     return {
         "image_size": size,
+        "device": device.type,
         "workers": workers,
         "images": count,
         "batch_size": batch,
@@ -89,7 +95,7 @@ def bench_image_folder(args: argparse.Namespace, workers: int) -> dict[str, Any]
 
 def run(bench: Bench, timeline: dict[str, list[float]]) -> None:
     """Measure (from section 2's epoch and an ImageFolder of JPEGs) and print the table."""
-    inputs = bench.results["input"] = bench_input(bench.args, bench.results["callbacks"], timeline)
+    inputs = bench.results["input"] = bench_input(bench.args, bench.results["callbacks"], timeline, bench.device)
     s, f = inputs["shapes"], inputs["image_folder"]
     print_table(
         "3. Input: waiting for data against computing (ResNet-18)",

@@ -226,14 +226,24 @@ def class_names(dataset: Any) -> list[str] | None:
 
 
 def default_workers() -> int:
-    """Data-loading workers for the cores this process may use (a container's or taskset's limit).
+    """Data-loading workers per process, for the cores this process may use (a container's or taskset's limit).
 
-    Half of them on a CPU-only machine (the other half runs the model); all but one with a
-    GPU, which runs the model while the main process only feeds it. At most 8: more
-    rarely help and each holds its own copy of the dataset object.
+    The cores are shared by the processes launched on this machine (`LOCAL_WORLD_SIZE`, set
+    by torchrun and `accelerate launch`): each gets its share. Of a share, half on a CPU-only
+    machine (the other half runs the model); all but one with a GPU, which runs the model
+    while the main process only feeds it. At most 8: more rarely help and each holds its own
+    copy of the dataset object.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cores - 1 if torch.cuda.is_available() else cores // 2)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    share = max(1, cores // local)
+    return min(8, share - 1 if torch.cuda.is_available() else share // 2)
+
+
+def pin_by_default() -> bool:
+    """Whether `make_loader` pins memory by default: a GPU is there and `ACCELERATE_USE_CPU` does not force the CPU."""
+    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return torch.cuda.is_available() and not forced
 
 
 def make_loader(
@@ -247,13 +257,14 @@ def make_loader(
         shuffle: Reshuffle every epoch (training).
         workers: Worker processes; 0 loads in the main process.
         pin_memory: Page-locked batches, copied to the GPU faster and without blocking; None
-            pins them when CUDA is available.
+            pins them when CUDA is available and the CPU is not forced (`ACCELERATE_USE_CPU`).
+            Pass False when training with `cpu=True`.
     """
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin_by_default() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
     )

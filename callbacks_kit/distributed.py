@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -46,6 +46,85 @@ def build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Acc
         # device while the host goes on; from unpinned memory they are ordinary copies.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
+
+
+# Strategies whose model, optimizer and gradients are sharded: the checkpoint (a full state dict
+# gathered by the main process alone, a collective) would hang, and TerminateOnNaN would decide
+# per rank on shards. Refused rather than half supported.
+SHARDED_STRATEGIES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
+def check_strategy(accelerator: Accelerator) -> None:
+    """Refuse the sharded strategies (FSDP, DeepSpeed, Megatron-LM): DDP is the supported one."""
+    kind = accelerator.distributed_type
+    if kind in SHARDED_STRATEGIES:
+        raise TrainerError(
+            f"the Accelerator uses {kind.value}, which callbacks_kit does not support: its checkpoints gather a "
+            "full state dict on the main process alone (a collective under sharding: it would hang) and "
+            "TerminateOnNaN and gradient clipping would see only this rank's shards. Launch with DDP "
+            "(`accelerate launch --multi_gpu` or torchrun), the supported multi-process strategy"
+        )
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def make_deterministic(warn_only: bool = False) -> None:
+    """Deterministic kernels for this process: PyTorch's algorithms, cuDNN and cuBLAS.
+
+    `torch.use_deterministic_algorithms(True)` (an operation without a deterministic kernel
+    raises instead of running, or only warns with `warn_only`; on CUDA that includes the
+    backward of `AdaptiveAvgPool2d`, which torchvision's ResNets use),
+    `cudnn.deterministic=True`, `cudnn.benchmark=False`, and
+    `CUBLAS_WORKSPACE_CONFIG` (set when unset; cuBLAS reads it when its first handle is
+    made, so it must be set before the first CUDA matmul of the process). Process-wide
+    settings, left as they are after `fit`.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def uses_fused_step(optimizer: torch.optim.Optimizer) -> bool:
+    """True when a param group runs a fused kernel (`fused=True`), which skips fp16 steps itself."""
+    return any(bool(group.get("fused")) for group in optimizer.param_groups)
+
+
+class SkippedSteps:
+    """Whether the fp16 loss scaler skipped the optimizer step just taken.
+
+    Without fused kernels, `GradScaler.step` skips by not calling `optimizer.step()`, which
+    Accelerate notices (`step_was_skipped`, a host bool: no extra sync). A fused optimizer
+    (`AdamW/Adam/SGD(fused=True)`) is always called and skips the update itself on the
+    device, so Accelerate always reports False; then the scaler's scale, which only drops
+    on a skipped step, is read after each step: one host sync per optimizer step, as the
+    unfused path already pays inside `GradScaler.step`.
+    """
+
+    def __init__(self, accelerator: Accelerator, optimizer: Any) -> None:
+        self.scaler = accelerator.scaler
+        self.optimizer = optimizer
+        self.fused = self.scaler is not None and uses_fused_step(optimizer)
+        self.scale: float | None = None
+
+    def reset(self) -> None:
+        """Forget the last scale read (the scaler was restored from a checkpoint)."""
+        self.scale = None
+
+    def before_step(self) -> None:
+        """Note the scale before a fused step, when it is not known yet."""
+        if self.fused and self.scale is None:
+            self.scale = float(self.scaler.get_scale())
+
+    def after_step(self) -> bool:
+        """True when the step just taken was skipped."""
+        if self.scaler is None:
+            return False
+        if not self.fused:
+            return bool(getattr(self.optimizer, "step_was_skipped", False))
+        before, self.scale = self.scale, float(self.scaler.get_scale())
+        return before is not None and self.scale < before
 
 
 def destroy_process_group_at_exit(accelerator: Accelerator) -> None:

@@ -26,6 +26,8 @@ class TrainState:
             `metrics` from the device (every `log_every_n_steps` optimizer steps).
         optimizer_stepped: True during `on_train_batch_end` when this batch ended with an
             optimizer step (False on accumulation batches).
+        step_skipped: True during `on_train_batch_end` when this batch's optimizer step was
+            skipped by the fp16 loss scaler (non-finite gradients); always False without fp16.
         stage: "train", "validate" or "idle".
     """
 
@@ -39,6 +41,7 @@ class TrainState:
     should_stop: bool = False
     is_log_step: bool = False
     optimizer_stepped: bool = False
+    step_skipped: bool = False
     stage: str = "idle"
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,7 +33,15 @@ from callbacks_kit.checks import (
     sanity_check,
 )
 from callbacks_kit.compat import compiled_inner
-from callbacks_kit.distributed import HostAgreement, build_accelerator, destroy_process_group_at_exit, rewrap_ddp
+from callbacks_kit.distributed import (
+    HostAgreement,
+    SkippedSteps,
+    build_accelerator,
+    check_strategy,
+    destroy_process_group_at_exit,
+    make_deterministic,
+    rewrap_ddp,
+)
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.state import LossSums, ResumePoint, TrainState
 
@@ -69,6 +77,15 @@ class Trainer:
             Accelerate already compiled is left alone. Only the model is compiled, not the
             loss or the loop; `unwrapped_model` stays the uncompiled module, for hooks and
             probe forwards.
+        deterministic: Deterministic kernels for the whole process (`torch.use_deterministic_algorithms`,
+            cuDNN's deterministic mode without benchmarking, `CUBLAS_WORKSPACE_CONFIG`), so
+            that a resumed run on a GPU repeats an uninterrupted one bit for bit. Slower on a
+            GPU; an operation with no deterministic kernel raises (on CUDA, e.g. the backward
+            of `AdaptiveAvgPool2d` in torchvision's ResNets). `"warn"` warns instead, and such
+            an operation stays non-deterministic. On a CPU resume is exact without it.
+
+    Supported strategies: one process, or several with DDP. FSDP, DeepSpeed and Megatron-LM
+    Accelerators are refused with a `TrainerError`.
 
     Attributes:
         state: Progress and latest metrics (`TrainState`).
@@ -97,14 +114,23 @@ class Trainer:
         accelerator: Accelerator | None = None,
         progress_bar: bool = True,
         compile: bool | Mapping[str, Any] = False,
+        deterministic: bool | str = False,
     ) -> None:
         check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
         check_model_and_optimizer(model, optimizer)
+        if deterministic not in (False, True, "warn"):
+            raise TrainerError(f"deterministic must be False, True or 'warn', got {deterministic!r}")
+        if deterministic:
+            make_deterministic(
+                warn_only=deterministic == "warn"
+            )  # before the first CUDA matmul: cuBLAS reads its workspace setting once
         if seed is not None:
             set_seed(seed)
         if accelerator is None:
             accelerator = build_accelerator(mixed_precision, gradient_accumulation_steps, cpu)
+        check_strategy(accelerator)
         destroy_process_group_at_exit(accelerator)
+        self.deterministic = deterministic
         self.accelerator = accelerator
         self.loss_fn = loss_fn
         self.metrics: dict[str, Metric] = dict(metrics or {})
@@ -131,6 +157,7 @@ class Trainer:
         # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
         self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
         self._agreement = HostAgreement(accelerator.num_processes)
+        self._skipped = SkippedSteps(accelerator, self.optimizer)
         self._checked_first_step = False
 
     # ----------------------------------------------------------------------------- properties
@@ -213,6 +240,7 @@ class Trainer:
         self.exception = None
         sanity_check(self, val_loader if val_loader is not None else train_loader)
         resume = restore_training(self, resume_from) if resume_from is not None else None
+        self._skipped.reset()  # the scaler may have been restored
         ended = False
         try:
             self.callbacks.fire("on_fit_start", self)
@@ -338,8 +366,11 @@ class Trainer:
                 accelerator.unscale_gradients()
                 self.callbacks.fire("on_after_backward", self)
                 if self.max_grad_norm is not None:
-                    self._clip_gradients()
+                    # Already unscaled above: Accelerate's clip_grad_norm_ would unscale a second time.
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                self._skipped.before_step()
             self.optimizer.step()  # Accelerate makes these no-ops on accumulation batches
+            state.step_skipped = state.optimizer_stepped and self._skipped.after_step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), outputs
 
@@ -390,13 +421,6 @@ class Trainer:
         self.state.metrics["train/loss"] = loss
         self.state.metrics["perf/samples_per_sec"] = samples * self.accelerator.num_processes / max(elapsed, 1e-9)
         self.state.is_log_step = True
-
-    def _clip_gradients(self) -> None:
-        assert self.max_grad_norm is not None
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        else:  # already unscaled above; Accelerate's helper would unscale a second time
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
 
     def _agree_to_stop(self) -> bool:
         """`state.should_stop` on any process stops every process at the same boundary."""

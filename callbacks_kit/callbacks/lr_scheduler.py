@@ -125,7 +125,8 @@ class LRScheduler(Callback):
         self._check_length(trainer)
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
-        if not trainer.state.optimizer_stepped or getattr(trainer.optimizer, "step_was_skipped", False):
+        # A step the fp16 scaler skipped does not count, fused optimizers included (`state.step_skipped`).
+        if not trainer.state.optimizer_stepped or trainer.state.step_skipped:
             return
         if self.interval == "step":
             self._step_schedule(trainer)
@@ -300,7 +301,11 @@ class LRScheduler(Callback):
                 f"{len(self._optimizer.param_groups)}; resume with the optimizer the run was saved with"
             )
         for group, saved in zip(self._optimizer.param_groups, groups, strict=True):
-            group.update(untag_json(saved))
+            for key, value in untag_json(saved).items():
+                current = group.get(key)
+                if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
+                    value = value.to(current.device)  # a tensor LR (fused, capturable) stays where it was
+                group[key] = value
         self._ticks = int(state.get("ticks", 0))
         self._base_lrs = list(state.get("base_lrs") or self._base_lrs)
         self._warmup_done = int(state.get("warmup_done", 0))

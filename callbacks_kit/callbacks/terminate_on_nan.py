@@ -28,26 +28,42 @@ class TerminateOnNaN(Callback):
     step is never applied and the error names the non-finite tensors, at one host sync per step.
 
     With fp16 loss scaling, infinite gradients are expected now and then (the scaler skips
-    those steps and lowers its scale), so the flag records a non-finite loss instead.
+    those steps and lowers its scale), so the flag records a non-finite loss instead. A finite
+    loss with NaN gradients makes the scaler skip every step while its scale decays to
+    nothing: so more than `max_skipped_steps` skipped steps in a row (counted from
+    `state.step_skipped`, a host bool: no sync) also raise `NonFiniteError`.
 
     Args:
         check_every_n_steps: Also read the flag before every n-th optimizer step (None: only at
             the points above, no extra host sync).
+        max_skipped_steps: With fp16, stop after this many consecutive optimizer steps skipped
+            by the loss scaler (None: never). A healthy run skips a few in a row at most, while
+            the scale comes down from its initial 65536.
     """
 
     order = Order.GUARD
 
-    def __init__(self, check_every_n_steps: int | None = None) -> None:
+    def __init__(self, check_every_n_steps: int | None = None, max_skipped_steps: int | None = 50) -> None:
         if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
             raise TrainerError(
                 f"TerminateOnNaN(check_every_n_steps={check_every_n_steps!r}): give a positive int, "
                 "or None to check only where the host syncs anyway"
             )
+        if max_skipped_steps is not None and (
+            isinstance(max_skipped_steps, bool) or not isinstance(max_skipped_steps, int) or max_skipped_steps < 1
+        ):
+            raise TrainerError(
+                f"TerminateOnNaN(max_skipped_steps={max_skipped_steps!r}): give a positive int, or None to never "
+                "stop on skipped fp16 steps"
+            )
         self.check_every_n_steps = check_every_n_steps
+        self.max_skipped_steps = max_skipped_steps
+        self._skipped_in_a_row = 0
         self._first_bad: torch.Tensor | None = None  # on the device: first non-finite step, or -1
         self._what = "gradients"
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self._skipped_in_a_row = 0
         self._first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
         self._what = "loss" if trainer.accelerator.scaler is not None else "gradients"
 
@@ -75,6 +91,7 @@ class TerminateOnNaN(Callback):
             )
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
+        self._count_skipped(trainer)
         loss = trainer.last_loss
         if trainer.accelerator.scaler is not None and loss is not None:
             # The scaler skips the step of a non-finite loss: the weights stay those of the last step.
@@ -118,6 +135,23 @@ class TerminateOnNaN(Callback):
             "clean: resume from it. To stop before the bad step is applied and see which tensors went non-finite, "
             "use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). " + _ADVICE
         )
+
+    def _count_skipped(self, trainer: Trainer) -> None:
+        state = trainer.state
+        if not state.optimizer_stepped:
+            return
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if state.step_skipped else 0
+        limit = self.max_skipped_steps
+        if limit is not None and self._skipped_in_a_row > limit:
+            scaler = trainer.accelerator.scaler
+            scale = f" (loss scale now {float(scaler.get_scale()):.3g})" if scaler is not None else ""
+            raise NonFiniteError(
+                f"TerminateOnNaN: the fp16 loss scaler skipped {self._skipped_in_a_row} optimizer steps in a row "
+                f"(steps {state.global_step - self._skipped_in_a_row + 1} to {state.global_step}){scale}: the "
+                "gradients are non-finite at every scale although the loss is finite, so nothing trains. Look for "
+                "NaN in the gradients with mixed_precision='bf16' or 'no' and TerminateOnNaN(check_every_n_steps=1). "
+                + _ADVICE
+            )
 
     def _record(self, bad: torch.Tensor, step: int) -> None:
         if self._first_bad is not None:

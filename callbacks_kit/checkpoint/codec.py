@@ -12,6 +12,7 @@ import base64
 import math
 import numbers
 import random
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,7 +102,13 @@ def _unb64(text: str) -> torch.Tensor:
 
 
 def capture_rng_states() -> dict[str, Any]:
-    """The global RNG states of this process (Python, NumPy, torch CPU and CUDA) as JSON."""
+    """The global RNG states of this process (Python, NumPy, torch CPU and its own CUDA device) as JSON.
+
+    Only the CUDA device this process trains on (`torch.cuda.current_device()`, which
+    Accelerate sets to the local rank's) is saved, under `cuda_device`: the other visible
+    devices belong to other processes. Checkpoints before this saved every visible device
+    under `cuda`; that key stays, empty, so older readers see no CUDA state.
+    """
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
     states: dict[str, Any] = {
@@ -111,20 +118,48 @@ def capture_rng_states() -> dict[str, Any]:
         "cuda": [],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+        device = torch.cuda.current_device()
+        states["cuda_device"] = {"index": device, "state": _b64(torch.cuda.get_rng_state(device))}
     return states
 
 
 def apply_rng_states(states: Mapping[str, Any]) -> None:
-    """Set this process's global RNG states from `capture_rng_states()`."""
+    """Set this process's global RNG states from `capture_rng_states()`.
+
+    The saved CUDA state goes to this process's own device. When it cannot be restored (no
+    CUDA here, or an old checkpoint that saved fewer devices than this process's index) a
+    `RuntimeWarning` says so: the CUDA random streams (dropout on the GPU) then differ from
+    an uninterrupted run's.
+    """
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(_unb64(states["torch"]))
-    cuda = states.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+    own = states.get("cuda_device")
+    every = states.get("cuda") or []  # written by 0.1.0: every visible device's state
+    if not own and not every:
+        return
+    if not torch.cuda.is_available():
+        warnings.warn(
+            "the checkpoint holds a CUDA RNG state but CUDA is not available here: it is not restored, so "
+            "random draws on a GPU would not repeat the saved run's",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    device = torch.cuda.current_device()
+    if own:
+        torch.cuda.set_rng_state(_unb64(own["state"]), device)
+    elif device < len(every):
+        torch.cuda.set_rng_state(_unb64(every[device]), device)
+    else:
+        warnings.warn(
+            f"the checkpoint holds the CUDA RNG states of {len(every)} device(s), none for this process's "
+            f"cuda:{device}: its CUDA random draws (dropout on the GPU) will differ from the saved run's",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 # ------------------------------------------------------------------------------ tagged JSON (LR schedules)

@@ -73,6 +73,7 @@ def main_files(trainer: Trainer, position: Position, should_stop: bool, tag: dic
         "stage": "idle",
         "is_log_step": False,
         "optimizer_stepped": False,
+        "step_skipped": False,
     }
     doc = {
         "trainer": trainer_state,

@@ -103,7 +103,7 @@ def train(
         val_set = ShapesDataset(args.val_samples, size, seed=args.seed + 10_000)
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
-    pin = torch.cuda.is_available() and not args.cpu
+    pin = torch.cuda.is_available() and not cpu_only  # pinned pages only help copies to a GPU
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin)
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
     model = build_classifier(args.model, len(classes), args.weights)

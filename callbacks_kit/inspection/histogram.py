@@ -36,7 +36,7 @@ class Histogram:
 
 
 def compute_histograms(tensors: Sequence[torch.Tensor], bins: int = 30) -> list[Histogram | None]:
-    """Equal-width histograms of `tensors`, binned on their device (`torch.histc` or `bincount`).
+    """Equal-width histograms of `tensors`, binned on their device with `bincount` (deterministic).
 
     The statistics of all tensors cross to the host in one transfer, then the bins in a
     second one: two device syncs per call however many tensors there are. A constant
@@ -112,7 +112,7 @@ class _Binner:
 
     def __call__(self, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
         if x.device.type != "cpu" or self.bins > 255:
-            return torch.histc(x, self.bins, low, high)
+            return bincount_bins(x, self.bins, low, high)
         size = min(self.largest, self.CHUNK)
         if _Binner._scaled.numel() < size:
             _Binner._scaled = torch.empty(size)
@@ -132,6 +132,18 @@ class _Binner:
         counts = counts.float()
         counts[self.bins - 1] += counts[self.bins]
         return counts[: self.bins]
+
+
+def bincount_bins(x: torch.Tensor, bins: int, low: float, high: float) -> torch.Tensor:
+    """`torch.histc(x, bins, low, high)` for `low <= x <= high`, through `bincount`, on `x`'s device.
+
+    `histc` on CUDA has no deterministic kernel: it raises under
+    `torch.use_deterministic_algorithms(True)` (`Trainer(deterministic=True)`), while
+    `bincount` without weights is deterministic. Bucket k holds `low + k * width <= x <
+    low + (k + 1) * width`; the last one also holds `high`, as in `histc`.
+    """
+    index = ((x - low) * bins / (high - low)).long().clamp_(0, bins - 1)
+    return torch.bincount(index, minlength=bins).float()
 
 
 def write_histogram(writer: SummaryWriter, tag: str, histogram: Histogram, step: int) -> None:
