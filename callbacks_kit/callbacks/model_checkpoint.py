@@ -12,6 +12,7 @@ from accelerate.utils import broadcast_object_list
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.monitor import Monitor
 from callbacks_kit.checkpoint.layout import MODEL, Position
+from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import (
     CheckpointError,
     check_writable,
@@ -21,6 +22,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
+from callbacks_kit.errors import FolderInUseError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -79,6 +81,12 @@ class ModelCheckpoint(Callback):
         self._considered: Position | None = None  # an epoch end that was due but not worth keeping
         self._fitting = False
         self._checked = False
+        self._lock = FolderLock(
+            self.dirpath,
+            "the checkpoint folder",
+            "Wait for it to end, or give this run its own folder (ModelCheckpoint(dirpath=...), --checkpoint-dir "
+            "or --log-dir).",
+        )
 
     # ---------------------------------------------------------------------------------- state
     @property
@@ -129,17 +137,23 @@ class ModelCheckpoint(Callback):
     # ---------------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
         self._fitting, self._checked = True, False
-        error = None
+        error, in_use = None, False
         if trainer.is_main_process:
             error = check_writable(self.dirpath)
             if error is None:
+                # One writer per folder: the main process holds the lock for the whole launch.
+                try:
+                    self._lock.acquire()
+                except FolderInUseError as exc:
+                    error, in_use = str(exc), True
+            if error is None:
                 clean_leftovers(self.dirpath)
         if trainer.accelerator.num_processes > 1:
-            box = [error]
+            box = [error, in_use]
             broadcast_object_list(box, from_process=0)
-            error = box[0]
+            error, in_use = box
         if error:
-            raise CheckpointError(error)
+            raise (FolderInUseError if in_use else CheckpointError)(error)
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         state = trainer.state
@@ -170,6 +184,9 @@ class ModelCheckpoint(Callback):
 
     def on_exception(self, trainer: Trainer) -> None:
         self._fitting = False  # nothing is saved: the state may be what failed (NaN, OOM...)
+
+    def on_teardown(self, trainer: Trainer) -> None:
+        self._lock.release()
 
     # ---------------------------------------------------------------------------------- saving
     def save_now(self, trainer: Trainer) -> Path | None:

@@ -15,10 +15,11 @@ from accelerate.utils import broadcast_object_list
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger, default_log_dir
+from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.cli import options
 from callbacks_kit.data import ShapesDataset, default_workers, image_folder_datasets, make_loader
 from callbacks_kit.distributed import use_cpu
-from callbacks_kit.errors import CLIError
+from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, param_groups
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.trainer import Trainer
@@ -72,6 +73,29 @@ def _run_dir(requested: str | None) -> str:
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return chosen[0]
+
+
+def _lock_run(run_dir: str) -> FolderLock:
+    """The run folder's lock, taken by the main process; every process raises if it is refused."""
+    state = PartialState()
+    lock = FolderLock(run_dir, "the run folder", "Wait for that run to end, or pass another --log-dir.")
+    box: list[tuple[bool, str] | None] = [None]
+    if state.is_main_process:
+        try:
+            lock.acquire()
+        except CallbacksKitError as exc:
+            box[0] = (True, str(exc))
+        except OSError as exc:
+            box[0] = (
+                False,
+                f"--log-dir {run_dir} cannot hold a run ({exc.strerror or exc}); pick a folder you can write to",
+            )
+    if state.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    if box[0]:
+        in_use, message = box[0]
+        raise FolderInUseError(message) if in_use else CLIError(message)
+    return lock
 
 
 def train(
@@ -139,7 +163,8 @@ def train(
         f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
     )
     start = time.perf_counter()
-    trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
+    with _lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+        trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
     metrics = dict(trainer.state.metrics)
     trainer.print(
         f"done in {time.perf_counter() - start:.0f} s: val/accuracy {metrics.get('val/accuracy', float('nan')):.4f}, "
