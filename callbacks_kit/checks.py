@@ -12,6 +12,7 @@ import torch
 from accelerate.utils import send_to_device
 
 from callbacks_kit.batches import len_or_none, side_forward
+from callbacks_kit.compat import BATCH_NORMS
 from callbacks_kit.errors import TrainerError
 
 if TYPE_CHECKING:
@@ -61,6 +62,29 @@ def check_loader(loader: Any, name: str) -> None:
         raise TrainerError(
             f"{name} is empty (0 batches); check the dataset path and that batch_size <= dataset size "
             "when drop_last=True"
+        )
+
+
+def check_last_batch(loader: Any, model: torch.nn.Module, num_processes: int) -> None:
+    """A training DataLoader whose last batch holds one sample, which a BatchNorm in training cannot use.
+
+    Without this check, such a run fails at the end of its first epoch ("Expected more than 1
+    value per channel") and saves nothing. Checked for one process, where the batches are the
+    DataLoader's own.
+    """
+    if num_processes != 1 or not isinstance(loader, torch.utils.data.DataLoader) or loader.drop_last:
+        return
+    size, dataset = loader.batch_size, loader.dataset
+    try:
+        samples = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if not size or samples <= size or samples % size != 1:
+        return
+    if any(isinstance(m, BATCH_NORMS) and m.training for m in model.modules()):
+        raise TrainerError(
+            f"train_loader's last batch holds 1 sample ({samples} samples, batch_size {size}), and BatchNorm "
+            "cannot train on one sample; pass drop_last=True to the DataLoader, or change the batch size"
         )
 
 

@@ -25,6 +25,7 @@ from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.checkpoint.restore import restore_training
 from callbacks_kit.checks import (
     check_epochs,
+    check_last_batch,
     check_loader,
     check_loss,
     check_model_and_optimizer,
@@ -205,6 +206,7 @@ class Trainer:
         """
         check_epochs(epochs)
         check_loader(train_loader, "train_loader")
+        check_last_batch(train_loader, self.unwrapped_model, self.accelerator.num_processes)
         if val_loader is not None:
             check_loader(val_loader, "val_loader")
         self.train_loader = self._prepare_loader(train_loader)

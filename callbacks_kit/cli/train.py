@@ -128,7 +128,11 @@ def train(
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
     pin = torch.cuda.is_available() and not args.cpu
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin)
+    # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
+    drop_last = len(train_set) > args.batch_size * state.num_processes
+    train_loader = make_loader(
+        train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
+    )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
     model = build_classifier(args.model, len(classes), args.weights)
     # One param group per block, named for TensorBoard, so each can get its own LR when unfrozen.
