@@ -48,6 +48,11 @@ def add_parser(commands: Any) -> None:
     model = train.add_argument_group("model and optimisation")
     model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
     model.add_argument("--weights", metavar="PATH", help="local state_dict to start from (head is replaced)")
+    model.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load the matching part of --weights that only partly fit the model (refused by default)",
+    )
     model.add_argument("--epochs", type=int, default=5)
     model.add_argument("--batch-size", type=int, default=64, help="per process")
     model.add_argument("--lr", type=float, default=2e-3)
@@ -134,7 +139,9 @@ def train(
         train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
     )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
-    model = build_classifier(args.model, len(classes), args.weights)
+    model = build_classifier(
+        args.model, len(classes), args.weights, allow_partial=args.allow_partial_weights, report=state.print
+    )
     # One param group per block, named for TensorBoard, so each can get its own LR when unfrozen.
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, args.lr))
