@@ -184,6 +184,8 @@ def image_folder_datasets(
         train = _image_folder(train_dir, train_transform(image_size))
         val = _image_folder(val_dir, eval_transform(image_size))
         drop_unreadable(train, val)
+        if val_split is not None:
+            warnings.warn(f"--val-split {val_split} is ignored: {root} has its own val/ folder", stacklevel=2)
         if train.classes != val.classes:
             raise DataError(
                 f"{train_dir} and {val_dir} have different classes: {train.classes} vs {val.classes}; "

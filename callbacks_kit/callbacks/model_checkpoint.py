@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
@@ -22,7 +24,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
-from callbacks_kit.errors import FolderInUseError
+from callbacks_kit.errors import FolderInUseError, NonFiniteError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -205,10 +207,12 @@ class ModelCheckpoint(Callback):
         score = None
         if rank and self.monitor is not None:
             score = self.monitor.read(trainer)
-        ranked = score is not None and not math.isnan(score) and self.save_top_k != 0 and self._qualifies(score)
+        ranked = score is not None and math.isfinite(score) and self.save_top_k != 0 and self._qualifies(score)
         if not (ranked or self.save_last or force):
             return
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
+        if not self._finite(trainer, score):  # with or without the guard, never replace a clean checkpoint
+            return
         name = f"epoch={position.epoch:04d}-step={state.global_step:08d}"  # epochs done
         if position.batch:
             name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"
@@ -237,6 +241,36 @@ class ModelCheckpoint(Callback):
         except BaseException:
             self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
             raise
+
+    def _finite(self, trainer: Trainer, score: float | None) -> bool:
+        """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
+
+        One host sync, at saves only. Every process gets the same answer (the weights are
+        replicated, the metrics reduced), so all of them raise or skip together.
+        """
+        state = trainer.unwrapped_model.state_dict()
+        floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
+        bad: list[str] = []
+        if floats:
+            finite = torch.stack([v.isfinite().all() for _, v in floats]).tolist()
+            bad = [k for (k, _), ok in zip(floats, finite, strict=True) if not ok]
+        kept = f"the last checkpoint, {self.last_name}, is kept" if self.last_name else "no checkpoint was saved"
+        where = f"epoch {trainer.state.epoch + 1}, optimizer step {trainer.state.global_step}"
+        if bad:
+            raise NonFiniteError(
+                f"ModelCheckpoint: non-finite weights in {len(bad)} tensor(s) ({', '.join(bad[:5])}) at {where}: "
+                f"training diverged, so this state was not saved and {kept}. Lower the learning rate (--lr), "
+                "clip gradients (max_grad_norm / --max-grad-norm) or use bf16 instead of fp16; add "
+                "TerminateOnNaN to stop at the first bad step"
+            )
+        if score is not None and not math.isfinite(score):
+            assert self.monitor is not None
+            warnings.warn(
+                f"ModelCheckpoint: {self.monitor.key} is {score} at {where}; this state was not saved and {kept}",
+                stacklevel=2,
+            )
+            return False
+        return True
 
     def _qualifies(self, score: float) -> bool:
         assert self.monitor is not None
