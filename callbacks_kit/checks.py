@@ -5,14 +5,16 @@ Each failure is a `TrainerError` that names the problem and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import send_to_device
 
 from callbacks_kit.batches import len_or_none, side_forward
-from callbacks_kit.errors import TrainerError
+from callbacks_kit.compat import BATCH_NORMS
+from callbacks_kit.errors import CallbacksKitError, TrainerError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -45,6 +47,22 @@ def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
         raise TrainerError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TrainerError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    left_out = [name for name, p in trainable if id(p) not in in_optimizer]
+    if trainable and len(left_out) == len(trainable):
+        raise TrainerError(
+            f"the optimizer holds none of the model's {len(trainable)} trainable parameters, so training would "
+            "change nothing; build it from this model: e.g. AdamW(model.parameters()), after any "
+            "replace_head or change of the model"
+        )
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f", ... ({len(left_out)} in all)" if len(left_out) > 5 else "")
+        warnings.warn(
+            f"{len(left_out)} of the model's {len(trainable)} trainable parameters are not in the optimizer and "
+            f"will not train: {shown}; add them, or set requires_grad=False on those meant to stay fixed",
+            stacklevel=3,
+        )
 
 
 def check_epochs(epochs: Any) -> None:
@@ -53,14 +71,43 @@ def check_epochs(epochs: Any) -> None:
         raise TrainerError(f"epochs must be a positive int, got {epochs!r}")
 
 
-def check_loader(loader: Any, name: str) -> None:
-    """An iterable of batches that is not known to be empty."""
+def check_loader(loader: Any, name: str, reiterable: bool = False) -> None:
+    """An iterable of batches that is not known to be empty; with `reiterable`, not a one-shot iterator."""
     if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
         raise TrainerError(f"{name} must be an iterable of batches such as a DataLoader, got {type(loader).__name__}")
+    if reiterable and isinstance(loader, Iterator):
+        raise TrainerError(
+            f"{name} is a one-shot iterator ({type(loader).__name__}): fit reads the loaders once before training "
+            "and again every epoch, and an iterator is empty after one pass. Pass a DataLoader, a list of "
+            "batches, or an object whose __iter__ returns a fresh iterator each time"
+        )
     if len_or_none(loader) == 0:
         raise TrainerError(
             f"{name} is empty (0 batches); check the dataset path and that batch_size <= dataset size "
             "when drop_last=True"
+        )
+
+
+def check_last_batch(loader: Any, model: torch.nn.Module, num_processes: int) -> None:
+    """A training DataLoader whose last batch holds one sample, which a BatchNorm in training cannot use.
+
+    Without this check, such a run fails at the end of its first epoch ("Expected more than 1
+    value per channel") and saves nothing. Checked for one process, where the batches are the
+    DataLoader's own.
+    """
+    if num_processes != 1 or not isinstance(loader, torch.utils.data.DataLoader) or loader.drop_last:
+        return
+    size, dataset = loader.batch_size, loader.dataset
+    try:
+        samples = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if not size or samples <= size or samples % size != 1:
+        return
+    if any(isinstance(m, BATCH_NORMS) and m.training for m in model.modules()):
+        raise TrainerError(
+            f"train_loader's last batch holds 1 sample ({samples} samples, batch_size {size}), and BatchNorm "
+            "cannot train on one sample; pass drop_last=True to the DataLoader, or change the batch size"
         )
 
 
@@ -95,6 +142,48 @@ def extract_loss(raw: Any) -> torch.Tensor:
     )
 
 
+def describe(value: Any) -> str:
+    """A short description of a batch part: shape and dtype of tensors, types of containers."""
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in list(value.items())[:4]) + "}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _hint(exc: BaseException, trainer: Trainer, inputs: Any) -> str:
+    """What usually causes such an error, for the messages users met (issue 11)."""
+    text = str(exc)
+    if trainer.loss_fn is not None and not isinstance(inputs, Mapping):
+        try:  # the error path only: did the model work, and return something loss_fn cannot take?
+            outputs = trainer.model(inputs)
+        except Exception:
+            outputs = None
+        if isinstance(outputs, (tuple, list, Mapping)):
+            return (
+                f"The model returns {describe(outputs)}, not a tensor, and loss_fn gets it as is: give the "
+                "model's logits to the loss (e.g. loss_fn=lambda out, y: F.cross_entropy(out['logits'], y)) "
+                "or override Trainer.forward"
+            )
+    if "out of bounds" in text or isinstance(exc, IndexError) or "device-side assert" in text:
+        return "Targets must be class indices from 0 to the number of outputs - 1; check the labels and the head size"
+    if "dtype" in text or "Double" in text or "scalar type" in text:
+        return "The inputs' dtype must match the model's (usually float32): convert them, e.g. x.float()"
+    if any(word in text.lower() for word in ("size", "shape", "height", "width")):
+        return (
+            "Check that the input size is one the model accepts (--image-size; ViTs need their "
+            "training size, e.g. 224 for vit_b_16)"
+        )
+    return "Run one batch through the model and the loss by hand to see where it fails"
+
+
 @torch.no_grad()
 def sanity_check(trainer: Trainer, loader: Any) -> None:
     """Unpack one batch and run the forward, loss and metrics before any training.
@@ -109,7 +198,15 @@ def sanity_check(trainer: Trainer, loader: Any) -> None:
         if batch is None:
             raise TrainerError("the loader yielded no batches; check the dataset and batch size (drop_last?)")
         inputs, targets = trainer.unpack_batch(send_to_device(batch, trainer.device))
-        loss, outputs = trainer.forward(inputs, targets)
+        try:
+            loss, outputs = trainer.forward(inputs, targets)
+        except CallbacksKitError:
+            raise
+        except Exception as exc:  # the model or the loss cannot take this batch: say so in one line
+            raise TrainerError(
+                f"the first batch fails in the model or the loss: {type(exc).__name__}: {_first_line(exc)}. "
+                f"The batch: inputs {describe(inputs)}, targets {describe(targets)}. {_hint(exc, trainer, inputs)}"
+            ) from exc
         check_loss(loss, need_grad=False)
         for name, fn in trainer.metrics.items():
             value = fn(outputs, targets)

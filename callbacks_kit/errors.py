@@ -31,6 +31,10 @@ class CheckpointError(TrainerError):
     """A checkpoint cannot be written or read; the message names the problem and the fix."""
 
 
+class FolderInUseError(CheckpointError):
+    """A run or checkpoint folder that another live writer (process or `ModelCheckpoint`) holds."""
+
+
 class StateFormatError(CheckpointError):
     """A value in a state dict is neither JSON-able nor a tensor, so it cannot be checkpointed."""
 
@@ -66,6 +70,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "FinetuneError",
+    "FolderInUseError",
     "LayerNotFoundError",
     "LossInputError",
     "NonFiniteError",

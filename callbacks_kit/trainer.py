@@ -25,6 +25,7 @@ from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.checkpoint.restore import restore_training
 from callbacks_kit.checks import (
     check_epochs,
+    check_last_batch,
     check_loader,
     check_loss,
     check_model_and_optimizer,
@@ -231,9 +232,10 @@ class Trainer:
             The final `TrainState`.
         """
         check_epochs(epochs)
-        check_loader(train_loader, "train_loader")
+        check_loader(train_loader, "train_loader", reiterable=True)
+        check_last_batch(train_loader, self.unwrapped_model, self.accelerator.num_processes)
         if val_loader is not None:
-            check_loader(val_loader, "val_loader")
+            check_loader(val_loader, "val_loader", reiterable=True)
         self.train_loader = self._prepare_loader(train_loader)
         self.val_loader = self._prepare_loader(val_loader) if val_loader is not None else None
         self.state = TrainState(max_epochs=epochs, batches_per_epoch=len_or_none(self.train_loader))

@@ -137,6 +137,10 @@ class CallbackList:
 
     def append(self, callback: Callback) -> None:
         """Add a callback, keeping the list sorted by `order`."""
+        if isinstance(callback, type) and issubclass(callback, Callback):
+            raise CallbackError(
+                f"{callback.__name__} is a Callback class, not a callback; pass an instance: {callback.__name__}(...)"
+            )
         if not isinstance(callback, Callback):
             raise CallbackError(
                 f"{callback!r} is not a Callback; subclass callbacks_kit.Callback and override its on_* methods"

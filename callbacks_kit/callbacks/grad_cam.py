@@ -90,6 +90,8 @@ class GradCAM(Callback):
         if self._probe is None or not is_image_batch(self._probe[0]):
             self._probe = None
             warn_once(self, "probe", "GradCAM: needs an indexable validation dataset of (N, C, H, W) images")
+            return
+        self.heatmaps(trainer, *self._probe)  # a layer or model that cannot work warns now, not after an epoch
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if due(trainer.state.epoch, self.every_n_epochs):

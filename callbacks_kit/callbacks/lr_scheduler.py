@@ -217,8 +217,9 @@ class LRScheduler(Callback):
                 f"{type(self.scheduler).__name__} was built for {total} optimizer steps, but fit() runs {needed} "
                 f"({trainer.state.max_epochs} epochs of {steps}): it would fail at step {total + 1}. Build it with "
                 f"epochs={trainer.state.max_epochs} (a factory with a steps_per_epoch parameter gets {steps}). A "
-                "resumed run keeps the schedule it was saved with: resume with the epochs it was started with, or "
-                "start a new run from its weights"
+                "resumed run keeps the schedule it was saved with, whose length the epochs, batch size, gradient "
+                "accumulation and dataset size fixed: resume with those it was started with, or start a new run "
+                "from its weights (callbacks-kit train --init-from)"
             )
 
     def _build(self, trainer: Trainer) -> Scheduler:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.monitor import Monitor
 from callbacks_kit.checkpoint.layout import MODEL, Position
+from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import (
     CheckpointError,
     check_writable,
@@ -21,6 +24,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
+from callbacks_kit.errors import FolderInUseError, NonFiniteError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -79,6 +83,12 @@ class ModelCheckpoint(Callback):
         self._considered: Position | None = None  # an epoch end that was due but not worth keeping
         self._fitting = False
         self._checked = False
+        self._lock = FolderLock(
+            self.dirpath,
+            "the checkpoint folder",
+            "Wait for it to end, or give this run its own folder (ModelCheckpoint(dirpath=...), --checkpoint-dir "
+            "or --log-dir).",
+        )
 
     # ---------------------------------------------------------------------------------- state
     @property
@@ -129,17 +139,23 @@ class ModelCheckpoint(Callback):
     # ---------------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
         self._fitting, self._checked = True, False
-        error = None
+        error, in_use = None, False
         if trainer.is_main_process:
             error = check_writable(self.dirpath)
             if error is None:
+                # One writer per folder: the main process holds the lock for the whole launch.
+                try:
+                    self._lock.acquire()
+                except FolderInUseError as exc:
+                    error, in_use = str(exc), True
+            if error is None:
                 clean_leftovers(self.dirpath)
         if trainer.accelerator.num_processes > 1:
-            box = [error]
+            box = [error, in_use]
             broadcast_object_list(box, from_process=0)
-            error = box[0]
+            error, in_use = box
         if error:
-            raise CheckpointError(error)
+            raise (FolderInUseError if in_use else CheckpointError)(error)
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         state = trainer.state
@@ -171,6 +187,9 @@ class ModelCheckpoint(Callback):
     def on_exception(self, trainer: Trainer) -> None:
         self._fitting = False  # nothing is saved: the state may be what failed (NaN, OOM...)
 
+    def on_teardown(self, trainer: Trainer) -> None:
+        self._lock.release()
+
     # ---------------------------------------------------------------------------------- saving
     def save_now(self, trainer: Trainer) -> Path | None:
         """Save the position of the latest optimizer step or epoch end, unless already saved.
@@ -188,10 +207,12 @@ class ModelCheckpoint(Callback):
         score = None
         if rank and self.monitor is not None:
             score = self.monitor.read(trainer)
-        ranked = score is not None and not math.isnan(score) and self.save_top_k != 0 and self._qualifies(score)
+        ranked = score is not None and math.isfinite(score) and self.save_top_k != 0 and self._qualifies(score)
         if not (ranked or self.save_last or force):
             return
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
+        if not self._finite(trainer, score):  # with or without the guard, never replace a clean checkpoint
+            return
         name = f"epoch={position.epoch:04d}-step={state.global_step:08d}"  # epochs done
         if position.batch:
             name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"
@@ -220,6 +241,36 @@ class ModelCheckpoint(Callback):
         except BaseException:
             self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
             raise
+
+    def _finite(self, trainer: Trainer, score: float | None) -> bool:
+        """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
+
+        One host sync, at saves only. Every process gets the same answer (the weights are
+        replicated, the metrics reduced), so all of them raise or skip together.
+        """
+        state = trainer.unwrapped_model.state_dict()
+        floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
+        bad: list[str] = []
+        if floats:
+            finite = torch.stack([v.isfinite().all() for _, v in floats]).tolist()
+            bad = [k for (k, _), ok in zip(floats, finite, strict=True) if not ok]
+        kept = f"the last checkpoint, {self.last_name}, is kept" if self.last_name else "no checkpoint was saved"
+        where = f"epoch {trainer.state.epoch + 1}, optimizer step {trainer.state.global_step}"
+        if bad:
+            raise NonFiniteError(
+                f"ModelCheckpoint: non-finite weights in {len(bad)} tensor(s) ({', '.join(bad[:5])}) at {where}: "
+                f"training diverged, so this state was not saved and {kept}. Lower the learning rate (--lr), "
+                "clip gradients (max_grad_norm / --max-grad-norm) or use bf16 instead of fp16; add "
+                "TerminateOnNaN to stop at the first bad step"
+            )
+        if score is not None and not math.isfinite(score):
+            assert self.monitor is not None
+            warnings.warn(
+                f"ModelCheckpoint: {self.monitor.key} is {score} at {where}; this state was not saved and {kept}",
+                stacklevel=2,
+            )
+            return False
+        return True
 
     def _qualifies(self, score: float) -> bool:
         assert self.monitor is not None

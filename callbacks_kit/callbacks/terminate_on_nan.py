@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.compat import grad_norms
 from callbacks_kit.errors import NonFiniteError, TrainerError
 
@@ -87,7 +88,7 @@ class TerminateOnNaN(Callback):
                 f"TerminateOnNaN: non-finite gradients in {len(bad)} tensor(s): {', '.join(bad[:5])} at epoch "
                 f"{state.epoch + 1}, batch {state.batch_idx + 1}, optimizer step {state.global_step + 1}. Training "
                 f"stopped before the weights took it in: they and the checkpoints are those of step "
-                f"{state.global_step}. {_ADVICE}"
+                f"{state.global_step}. {_advice(trainer)}"
             )
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
@@ -131,9 +132,9 @@ class TerminateOnNaN(Callback):
         state = trainer.state
         raise NonFiniteError(
             f"TerminateOnNaN: non-finite {self._what} at optimizer step {first} (found at step {state.global_step}, "
-            f"epoch {state.epoch + 1}). No checkpoint from step {first} on was saved; the latest one before it is "
-            "clean: resume from it. To stop before the bad step is applied and see which tensors went non-finite, "
-            "use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). " + _ADVICE
+            f"epoch {state.epoch + 1}). {_saved(trainer, first)} To stop before the bad step is applied and see "
+            "which tensors went non-finite, use TerminateOnNaN(check_every_n_steps=1) (one host sync per step). "
+            + _advice(trainer)
         )
 
     def _count_skipped(self, trainer: Trainer) -> None:
@@ -150,7 +151,7 @@ class TerminateOnNaN(Callback):
                 f"(steps {state.global_step - self._skipped_in_a_row + 1} to {state.global_step}){scale}: the "
                 "gradients are non-finite at every scale although the loss is finite, so nothing trains. Look for "
                 "NaN in the gradients with mixed_precision='bf16' or 'no' and TerminateOnNaN(check_every_n_steps=1). "
-                + _ADVICE
+                + _advice(trainer)
             )
 
     def _record(self, bad: torch.Tensor, step: int) -> None:
@@ -158,7 +159,21 @@ class TerminateOnNaN(Callback):
             self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
 
 
-_ADVICE = "Check the inputs of this batch, lower the learning rate or clip gradients (max_grad_norm)."
+def _advice(trainer: Trainer) -> str:
+    lrs = sorted({float(group["lr"]) for group in trainer.optimizer.param_groups})
+    lr = ", ".join(f"{v:g}" for v in lrs[:4])
+    return (
+        f"Lower the learning rate (now {lr}; --lr), clip gradients (max_grad_norm, --max-grad-norm) "
+        "or check the inputs of this batch."
+    )
+
+
+def _saved(trainer: Trainer, first: int) -> str:
+    """Where a clean checkpoint is, if the run has one: the message must not promise one that does not exist."""
+    names = [c.last_name for c in trainer.callbacks.find(ModelCheckpoint) if c.last_name]
+    if names:
+        return f"No checkpoint from step {first} on was saved; the latest, {names[0]}, is clean: resume from it."
+    return "No checkpoint was saved (none is kept with non-finite weights): start again with the changes below."
 
 
 def _kind(tensor: torch.Tensor) -> str:

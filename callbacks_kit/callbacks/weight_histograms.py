@@ -62,13 +62,30 @@ class WeightHistograms(Callback):
         self.every_n_epochs = every_n_epochs
         self.weights = weights
         self.grads = grads
-        self.include = re.compile(include) if isinstance(include, str) else include
+        if isinstance(include, str):
+            try:
+                include = re.compile(include)
+            except re.error as exc:
+                raise TrainerError(
+                    f"WeightHistograms: include={include!r} is not a valid regular expression ({exc}); "
+                    "e.g. 'conv|fc' (--hist-include)"
+                ) from exc
+        self.include = include
         self.bins = bins
         self.log_at_start = log_at_start
         self._warned: set[str] = set()
         self._grads_epoch = -1
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if self.include is not None:
+            named = list(trainer.unwrapped_model.named_parameters())
+            if not any(self._selected(name, p) for name, p in named):
+                shown = ", ".join(name for name, _ in named[:6])
+                raise TrainerError(
+                    f"WeightHistograms: include={getattr(self.include, 'pattern', self.include)!r} matches none "
+                    f"of the model's {len(named)} parameters (e.g. {shown}); no histogram would be written. "
+                    "Fix the pattern (--hist-include), searched in these names"
+                )
         if self.weights and self.log_at_start and trainer.tb_writer is not None:
             self.log(trainer, "weights", trainer.state.global_step)
 

@@ -146,6 +146,13 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "of --log-dir; starts fresh when there is none yet) or the path of a checkpoint folder",
     )
     group.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new run from the weights of a checkpoint (a checkpoint folder, a checkpoint directory "
+        "holding last.json, or a .safetensors file), with a fresh optimizer and schedule; for other settings "
+        "than --resume allows",
+    )
+    group.add_argument(
         "--early-stop-patience",
         type=int,
         metavar="N",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,11 +17,14 @@ from accelerate.utils import broadcast_object_list
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger, default_log_dir
+from callbacks_kit.checkpoint.layout import MODEL
+from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
 from callbacks_kit.data import ShapesDataset, default_workers, image_folder_datasets, make_loader
 from callbacks_kit.distributed import use_cpu
-from callbacks_kit.errors import CLIError
-from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, param_groups
+from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
+from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.trainer import Trainer
 
@@ -47,6 +52,11 @@ def add_parser(commands: Any) -> None:
     model = train.add_argument_group("model and optimisation")
     model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
     model.add_argument("--weights", metavar="PATH", help="local state_dict to start from (head is replaced)")
+    model.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load the matching part of --weights that only partly fit the model (refused by default)",
+    )
     model.add_argument("--epochs", type=int, default=5)
     model.add_argument("--batch-size", type=int, default=64, help="per process")
     model.add_argument("--lr", type=float, default=2e-3)
@@ -65,6 +75,76 @@ def add_parser(commands: Any) -> None:
     options.add_checkpoint_args(train)
 
 
+# Each numeric option's range: (lowest, lowest allowed?, highest or None, highest allowed?).
+NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
+    "epochs": (1, True, None, False),
+    "batch_size": (1, True, None, False),
+    "train_samples": (1, True, None, False),
+    "val_samples": (1, True, None, False),
+    "log_every": (1, True, None, False),
+    "grad_accum": (1, True, None, False),
+    "image_size": (16, True, None, False),
+    "workers": (0, True, None, False),
+    "seed": (0, True, 2**32 - 1, True),
+    "lr": (0, False, None, False),
+    "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, False, None, False),
+    "val_split": (0, False, 1, False),
+    "backbone_lr_factor": (0, False, None, False),
+}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse NaN, infinities and out-of-range values of the numeric options, naming the flag."""
+    for name, (low, low_ok, high, high_ok) in NUMBERS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if not math.isfinite(value):
+            raise CLIError(f"{flag} must be a finite number, got {value}")
+        too_low = value < low or (value == low and not low_ok)
+        too_high = high is not None and (value > high or (value == high and not high_ok))
+        if too_low or too_high:
+            if high is not None:
+                wanted = f"between {low} and {high}" + ("" if high_ok and low_ok else " (exclusive)")
+            else:
+                wanted = f"at least {low}" if low_ok else f"greater than {low}"
+            unit = " pixels" if name == "image_size" else ""
+            raise CLIError(f"{flag} must be {wanted}{unit}, got {value}")
+    if args.val_split is not None and not args.data:
+        raise CLIError("--val-split sets the share of --data held out for validation; it needs --data DIR")
+
+
+def checkpoint_weights(path: str) -> Path:
+    """The weights file of `--init-from`: a checkpoint folder's, the newest of a checkpoint directory, or a file."""
+    where = Path(path)
+    if where.is_dir() and not (where / MODEL).is_file():
+        newest = read_pointer(where)
+        if newest is None:
+            raise CLIError(
+                f"--init-from {where}: neither a checkpoint folder (no {MODEL}) nor a directory with last.json"
+            )
+        where = where / newest
+    if where.is_dir():
+        where = where / MODEL
+    if not where.is_file():
+        raise CLIError(f"--init-from {path}: no such checkpoint or weights file")
+    return where
+
+
+def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -> str:
+    """What a CLI user can run when the saved LR schedule does not fit the new settings."""
+    source = args.resume if args.resume != "last" else (args.checkpoint_dir or os.path.join(run_dir, "checkpoints"))
+    first = str(exc).split(": it would fail")[0]
+    return (
+        f"cannot resume {source} with these settings: the saved --scheduler {args.scheduler} schedule has a fixed "
+        f"length ({first}). Either resume with the --epochs, --batch-size, --grad-accum and --train-samples the "
+        f"run was started with, or start a new run from its weights: add --init-from {source} with a new "
+        "--log-dir instead of --resume"
+    )
+
+
 def _run_dir(requested: str | None) -> str:
     """One run folder for all processes: the main process picks it, the others receive it."""
     state = PartialState()
@@ -72,6 +152,29 @@ def _run_dir(requested: str | None) -> str:
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return chosen[0]
+
+
+def _lock_run(run_dir: str) -> FolderLock:
+    """The run folder's lock, taken by the main process; every process raises if it is refused."""
+    state = PartialState()
+    lock = FolderLock(run_dir, "the run folder", "Wait for that run to end, or pass another --log-dir.")
+    box: list[tuple[bool, str] | None] = [None]
+    if state.is_main_process:
+        try:
+            lock.acquire()
+        except CallbacksKitError as exc:
+            box[0] = (True, str(exc))
+        except OSError as exc:
+            box[0] = (
+                False,
+                f"--log-dir {run_dir} cannot hold a run ({exc.strerror or exc}); pick a folder you can write to",
+            )
+    if state.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    if box[0]:
+        in_use, message = box[0]
+        raise FolderInUseError(message) if in_use else CLIError(message)
+    return lock
 
 
 def train(
@@ -84,11 +187,7 @@ def train(
         customize: Sees (and may change) the main job's callbacks before the Trainer is
             built; the benchmark uses it to time them.
     """
-    for name in ("epochs", "batch_size", "train_samples", "val_samples", "log_every", "grad_accum"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise CLIError(f"--lr must be positive, got {args.lr}")
+    check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu_only)
@@ -104,9 +203,20 @@ def train(
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
     pin = torch.cuda.is_available() and not cpu_only  # pinned pages only help copies to a GPU
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin)
+    # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
+    drop_last = len(train_set) > args.batch_size * state.num_processes
+    train_loader = make_loader(
+        train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
+    )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
-    model = build_classifier(args.model, len(classes), args.weights)
+    model = build_classifier(
+        args.model, len(classes), args.weights, allow_partial=args.allow_partial_weights, report=state.print
+    )
+    if args.init_from:
+        if args.resume:
+            raise CLIError("--init-from starts a new run and --resume continues one: pass only one of them")
+        source = checkpoint_weights(args.init_from)
+        state.print(f"initialised from {source}: {load_weights(model, source, strict=True)}")
     # One param group per block, named for TensorBoard, so each can get its own LR when unfrozen.
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, args.lr))
@@ -139,7 +249,13 @@ def train(
         f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
     )
     start = time.perf_counter()
-    trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
+    with _lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+        try:
+            trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
+        except ScheduleError as exc:
+            if not args.resume:
+                raise
+            raise CLIError(_resume_advice(args, run_dir, exc)) from exc
     metrics = dict(trainer.state.metrics)
     trainer.print(
         f"done in {time.perf_counter() - start:.0f} s: val/accuracy {metrics.get('val/accuracy', float('nan')):.4f}, "

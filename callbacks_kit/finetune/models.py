@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torchvision
@@ -16,7 +16,13 @@ from callbacks_kit.finetune.heads import replace_head
 from callbacks_kit.finetune.weights import load_weights
 
 
-def build_classifier(name: str, num_classes: int, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+def build_classifier(
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike[str] | None = None,
+    allow_partial: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> nn.Module:
     """A torchvision classifier by name with its head replaced for `num_classes`.
 
     Args:
@@ -24,6 +30,9 @@ def build_classifier(name: str, num_classes: int, weights: str | os.PathLike[str
         num_classes: Outputs of the new head.
         weights: A local state_dict file (ImageNet or your own) loaded before the head is
             replaced, so its backbone is kept whatever head it was saved with.
+        allow_partial: Load the matching part of weights that only partly fit the model
+            (see `load_weights`); by default such a file is refused.
+        report: Called with one line saying what the weights load matched (e.g. `print`).
     """
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
@@ -37,7 +46,9 @@ def build_classifier(name: str, num_classes: int, weights: str | os.PathLike[str
         kwargs["aux_logits"] = True  # torchvision requires it; the aux head is only used in training
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None:
-        load_weights(model, weights)
+        loaded = load_weights(model, weights, allow_partial=allow_partial)
+        if report is not None:
+            report(f"weights {weights}: {loaded}")
     replace_head(model, num_classes)
     return model
 

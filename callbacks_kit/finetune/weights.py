@@ -34,18 +34,37 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = False) -> LoadReport:
+PARTIAL_LIMIT = 0.25  # a larger share of unused file tensors or missing model tensors is another architecture
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike[str], strict: bool = False, allow_partial: bool = True
+) -> LoadReport:
     """Load a local weights file into `model` safely and say what matched.
 
     Reads `.safetensors`, or a torch file with `weights_only=True` (no code runs). A dict
     holding `state_dict` or `model` is unwrapped, and a DDP `module.` prefix stripped.
     Tensors whose shape differs (such as an old head) are skipped and reported.
 
+    Args:
+        model: The model to load into.
+        path: The weights file.
+        strict: Refuse any missing, unexpected or mismatched key.
+        allow_partial: When False, refuse a file of which more than a quarter of the tensors
+            is unused, or that misses more than a quarter of the model's (the weights of
+            another architecture, such as ResNet-34 weights for a ResNet-18).
+
     Raises:
         FinetuneError: the file is missing or unreadable, nothing in it matches the model,
-            or `strict` and some key is missing, unexpected or mismatched.
+            `strict` and some key is missing, unexpected or mismatched, or the load is
+            partial and `allow_partial` is False.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FinetuneError(
+            f"weights path {path} is a folder, not a file; give a .pth/.pt/.safetensors file (for a checkpoint "
+            "folder: its model.safetensors, or best.safetensors next to it)"
+        )
     if not path.is_file():
         raise FinetuneError(f"weights file {path} does not exist; give the path of a local .pth/.pt/.safetensors file")
     state = _read_state_dict(path)
@@ -70,6 +89,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
         )
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise FinetuneError(f"{path} does not fit {type(model).__name__} exactly: {report}")
+    unused = len(report.unexpected) + len(report.mismatched)
+    if not allow_partial and (unused > PARTIAL_LIMIT * len(state) or len(report.missing) > PARTIAL_LIMIT * len(own)):
+        raise FinetuneError(
+            f"{path} only partly fits {type(model).__name__}: {unused} of its {len(state)} tensors are unused and "
+            f"{len(report.missing)} of the model's {len(own)} are missing ({report}); are these the weights of "
+            "another architecture? To load the matching part anyway, pass --allow-partial-weights "
+            "(allow_partial=True)"
+        )
     model.load_state_dict(usable, strict=False)
     return report
 
