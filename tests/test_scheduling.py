@@ -138,9 +138,10 @@ def test_reduce_on_plateau_reads_the_monitored_metric():
 
 
 def test_plateau_without_validation_data_fails_before_training():
-    optimizer = two_groups()
+    model = tiny_mlp()
+    optimizer = two_groups(model)
     with pytest.raises(ScheduleError, match="monitors 'val/loss' but fit\\(\\) got no val_loader"):
-        train(LRScheduler(lambda opt: sched.ReduceLROnPlateau(opt)), val=False, optimizer=optimizer)
+        train(LRScheduler(lambda opt: sched.ReduceLROnPlateau(opt)), val=False, optimizer=optimizer, model=model)
     assert not optimizer.state  # no optimizer step was taken
 
 
@@ -202,9 +203,10 @@ def test_lr_at_a_classic_step_decay_function():
 
 @pytest.mark.parametrize("bad", [None, "0.1", float("nan"), -1.0])
 def test_lr_at_returning_a_non_number_fails_before_training(bad):
-    optimizer = two_groups()
+    model = tiny_mlp()
+    optimizer = two_groups(model)
     with pytest.raises(ScheduleError, match=r"lr_at\(0, 0.1\) returned .*finite number"):
-        train(LRScheduler(lr_at=lambda step, lr: bad), optimizer=optimizer, val=False)
+        train(LRScheduler(lr_at=lambda step, lr: bad), optimizer=optimizer, model=model, val=False)
     assert not optimizer.state
 
 
