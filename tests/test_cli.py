@@ -28,6 +28,7 @@ TINY = [
     "32",
     "--no-progress",
 ]
+TINY_DATA = TINY[:2] + TINY[6:]  # without the shapes sizes, which --data refuses
 
 
 def write_image_folder(root: Path, per_class: int = 6, split: bool = True) -> None:
@@ -119,13 +120,14 @@ def test_image_folder_split_and_local_weights(tmp_path: Path, capsys: pytest.Cap
     ],
 )
 def test_bad_options_get_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], args, message):
-    assert main(["train", *TINY, "--log-dir", str(tmp_path / "run"), *args]) == 2
+    tiny = TINY_DATA if "--data" in args else TINY
+    assert main(["train", *tiny, "--log-dir", str(tmp_path / "run"), *args]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_empty_image_folder_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     (tmp_path / "data" / "cats").mkdir(parents=True)
-    assert main(["train", *TINY, "--data", str(tmp_path / "data"), "--log-dir", str(tmp_path / "run")]) == 2
+    assert main(["train", *TINY_DATA, "--data", str(tmp_path / "data"), "--log-dir", str(tmp_path / "run")]) == 2
     assert "not an ImageFolder tree" in capsys.readouterr().err
 
 

@@ -29,6 +29,7 @@ TINY = ["--epochs", "1", "--train-samples", "32", "--val-samples", "16", "--batc
         (["--backbone-lr-factor", "nan", "--unfreeze-at", "0"], "--backbone-lr-factor must be a finite number"),
         (["--backbone-lr-factor", "0", "--unfreeze-at", "0"], "--backbone-lr-factor must be greater than 0"),
         (["--val-split", "0.3"], "--val-split sets the share of --data held out for validation; it needs --data"),
+        (["--data", "."], "--train-samples and --val-samples size the built-in shapes dataset; with --data"),
         (["--max-grad-norm", "inf"], "--max-grad-norm must be a finite number"),
         (["--hist-include", "no_such_parameter"], "matches none of the model's 62 parameters"),
         # class 10: tracebacks before training

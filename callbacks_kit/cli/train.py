@@ -44,8 +44,12 @@ def add_parser(commands: Any) -> None:
     )
     data.add_argument("--val-split", type=float, default=None, help="fraction held out when --data has no val/ (0.2)")
     data.add_argument("--image-size", type=int, default=None, help="input size (64 for shapes, 224 for --data)")
-    data.add_argument("--train-samples", type=int, default=3000, help="size of the built-in training set")
-    data.add_argument("--val-samples", type=int, default=600, help="size of the built-in validation set")
+    data.add_argument(
+        "--train-samples", type=int, help=f"size of the built-in training set ({SHAPES_SIZES['train_samples']})"
+    )
+    data.add_argument(
+        "--val-samples", type=int, help=f"size of the built-in validation set ({SHAPES_SIZES['val_samples']})"
+    )
     data.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers (0 for shapes, else half the cores)"
     )
@@ -75,6 +79,9 @@ def add_parser(commands: Any) -> None:
     options.add_checkpoint_args(train)
 
 
+# Sizes of the built-in shapes dataset; with --data the folder decides and these flags are refused.
+SHAPES_SIZES = {"train_samples": 3000, "val_samples": 600}
+
 # Each numeric option's range: (lowest, lowest allowed?, highest or None, highest allowed?).
 NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
     "epochs": (1, True, None, False),
@@ -95,7 +102,11 @@ NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """Refuse NaN, infinities and out-of-range values of the numeric options, naming the flag."""
+    """Refuse NaN, infinities and out-of-range values of the numeric options, naming the flag.
+
+    Also refuses options that do not apply (`--val-split` without `--data`, the shapes sizes
+    with it) and fills in the shapes sizes when they were not given.
+    """
     for name, (low, low_ok, high, high_ok) in NUMBERS.items():
         value = getattr(args, name, None)
         if value is None:
@@ -114,6 +125,15 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise CLIError(f"{flag} must be {wanted}{unit}, got {value}")
     if args.val_split is not None and not args.data:
         raise CLIError("--val-split sets the share of --data held out for validation; it needs --data DIR")
+    given = [f"--{name.replace('_', '-')}" for name in SHAPES_SIZES if getattr(args, name) is not None]
+    if args.data and given:
+        raise CLIError(
+            f"{' and '.join(given)} size the built-in shapes dataset; with --data the folder decides what trains: "
+            "drop them (or use --val-split for the share held out)"
+        )
+    for name, default in SHAPES_SIZES.items():
+        if not args.data and getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def checkpoint_weights(path: str) -> Path:
