@@ -128,9 +128,10 @@ def test_untraceable_model_warns_and_trains(tmp_path):
     def loss(outputs, targets):
         return F.cross_entropy(outputs["logits"], targets)
 
+    model = DictOut()
     trainer = Trainer(
-        DictOut(),
-        torch.optim.SGD(DictOut().parameters(), lr=0.1),
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
         loss,
         callbacks=[TensorBoardLogger(str(tmp_path))],
         progress_bar=False,
