@@ -29,6 +29,8 @@ class TrainState:
         step_skipped: True during `on_train_batch_end` when this batch's optimizer step was
             skipped by the fp16 loss scaler (non-finite gradients); always False without fp16.
         stage: "train", "validate" or "idle".
+        validation_prefix: The tag prefix of the validation in progress ("val";
+            "val_ema" for the EMA weights, "test" for `evaluate(..., prefix="test")`).
     """
 
     epoch: int = 0
@@ -43,6 +45,7 @@ class TrainState:
     optimizer_stepped: bool = False
     step_skipped: bool = False
     stage: str = "idle"
+    validation_prefix: str = "val"
 
     def state_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy, for checkpoints."""

@@ -272,14 +272,20 @@ class Trainer:
         return self.state
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable[Any], prefix: str = "val") -> dict[str, float]:
+    def evaluate(self, loader: Iterable[Any], prefix: str = "val", model: nn.Module | None = None) -> dict[str, float]:
         """Loss and metrics over `loader`, each sample counted once across processes.
+
+        Args:
+            loader: The batches.
+            prefix: Tag prefix of the results (`state.validation_prefix` during the run).
+            model: The module to evaluate; None is the trained model. The EMA callback passes
+                its averaged copy.
 
         Returns:
             `{f"{prefix}/loss": ..., f"{prefix}/<metric>": ...}`; also stored in `state.metrics`.
         """
         check_loader(loader, "loader")
-        return self._validate(self._prepare_loader(loader), prefix=prefix)
+        return self._validate(self._prepare_loader(loader), prefix=prefix, model=model)
 
     def print(self, *args: Any) -> None:
         """Print once, from the main process."""
@@ -328,7 +334,9 @@ class Trainer:
                 restore_rng()  # after the resumed iterator drew its base seed (docs/design.md, "Exact resume")
                 restore_rng = None
             self.callbacks.fire("on_train_batch_start", self)
-            inputs, targets = self.unpack_batch(batch)
+            self.last_inputs, self.last_targets = self.unpack_batch(batch)
+            self.callbacks.fire("on_before_forward", self)  # may replace the batch (MixUp)
+            inputs, targets = self.last_inputs, self.last_targets
             loss, outputs = self._train_step(inputs, targets, accumulating)
             self.last_inputs, self.last_targets, self.last_outputs, self.last_loss = inputs, targets, outputs, loss
             sums.add(loss)
@@ -377,19 +385,20 @@ class Trainer:
         return loss.detach(), outputs
 
     @torch.no_grad()
-    def _validate(self, loader: Any, prefix: str) -> dict[str, float]:
+    def _validate(self, loader: Any, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
         """Loss and metrics summed on the device over gathered batches; read once at the end."""
         state, accelerator = self.state, self.accelerator
-        previous_stage, was_training = state.stage, self.model.training
-        state.stage = "validate"
-        self.model.eval()
+        model = self.model if model is None else model
+        previous = state.stage, state.validation_prefix, model.training
+        state.stage, state.validation_prefix = "validate", prefix
+        model.eval()
         self.callbacks.fire("on_validation_start", self)
         names = ["loss", *self.metrics]
         sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
         count = 0
         for batch in loader:
             inputs, targets = self.unpack_batch(batch)
-            loss, outputs = self.forward(inputs, targets)
+            loss, outputs = self.forward(inputs, targets, model)
             if self.loss_fn is None:
                 # The model made the loss: average per-process values, weighted by batch size.
                 n = batch_size(inputs, targets)
@@ -411,8 +420,8 @@ class Trainer:
         results = {f"{prefix}/{name}": value / count for name, value in zip(names, sums.tolist(), strict=True)}
         state.metrics.update(results)
         self.callbacks.fire("on_validation_end", self)
-        state.stage = previous_stage
-        self.model.train(was_training)
+        state.stage, state.validation_prefix = previous[:2]
+        model.train(previous[2])
         return results
 
     # ----------------------------------------------------------------------------- helpers

@@ -56,7 +56,7 @@ def expected_events(epochs: int, train_batches: int, val_batches: int, steps_on:
     for _ in range(epochs):
         events.append("on_epoch_start")
         for b in range(train_batches):
-            events.append("on_train_batch_start")
+            events += ["on_train_batch_start", "on_before_forward"]
             if b in steps_on:
                 events.append("on_after_backward")
             events.append("on_train_batch_end")
@@ -385,3 +385,51 @@ def test_an_exit_from_on_fit_end_does_not_also_fire_on_exception():
     with pytest.raises(SystemExit):
         trainer.fit(*loaders(), epochs=1)
     assert calls == ["fit_end"]
+
+
+class ReplaceBatch(Callback):
+    """Replaces every training batch with its own (as MixUp does) and records what the forward got."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward_inputs: list[torch.Tensor] = []
+        self.replacements: list[tuple[torch.Tensor, torch.Tensor]] = []
+        model.register_forward_pre_hook(lambda _module, args: self.forward_inputs.append(args[0]))
+
+    def on_before_forward(self, trainer: Trainer) -> None:
+        inputs = trainer.last_inputs * 0 + len(self.replacements)
+        targets = torch.nn.functional.one_hot(trainer.last_targets, 3).float()  # soft targets reach the loss
+        trainer.last_inputs, trainer.last_targets = inputs, targets
+        self.replacements.append((inputs, targets))
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        assert trainer.last_inputs is self.replacements[-1][0]
+        assert trainer.last_targets is self.replacements[-1][1]
+
+
+def test_a_callback_replaces_the_batch_before_the_forward():
+    model = tiny_mlp()
+    replace = ReplaceBatch(model)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), callbacks=[replace])
+    trainer.fit(loaders(train_n=24)[0], epochs=1)
+    assert len(replace.replacements) == 3
+    trained = replace.forward_inputs[-3:]  # before them, the sanity check's forward
+    assert [x is r[0] for x, r in zip(trained, replace.replacements, strict=True)] == [True] * 3
+
+
+def test_evaluate_another_model_names_its_prefix():
+    trainer = make_trainer()
+    other = tiny_mlp(seed=1)
+    seen: list[str] = []
+
+    class Prefix(Callback):
+        def on_validation_start(self, trainer: Trainer) -> None:
+            seen.append(trainer.state.validation_prefix)
+
+    trainer.callbacks.append(Prefix())
+    val = loaders()[1]
+    ours = trainer.evaluate(val)
+    theirs = trainer.evaluate(val, prefix="val_ema", model=other)
+    expected = sum(nn.CrossEntropyLoss(reduction="sum")(other(x), y).item() for x, y in val) / 30
+    assert theirs["val_ema/loss"] == pytest.approx(expected, rel=1e-5)
+    assert ours["val/loss"] != pytest.approx(theirs["val_ema/loss"])
+    assert seen == ["val", "val_ema"] and trainer.state.validation_prefix == "val"

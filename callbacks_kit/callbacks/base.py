@@ -17,6 +17,7 @@ EVENTS: tuple[str, ...] = (
     "on_fit_start",
     "on_epoch_start",
     "on_train_batch_start",
+    "on_before_forward",
     "on_after_backward",
     "on_train_batch_end",
     "on_validation_start",
@@ -81,7 +82,14 @@ class Callback:
         """At the start of each training epoch."""
 
     def on_train_batch_start(self, trainer: Trainer) -> None:
-        """Before the forward pass of each training batch."""
+        """Before each training batch is unpacked."""
+
+    def on_before_forward(self, trainer: Trainer) -> None:
+        """The batch is unpacked and on the device: `trainer.last_inputs`/`last_targets` hold it.
+
+        A callback may replace either (MixUp does; targets may become class probabilities);
+        the forward and everything after it see the replacement.
+        """
 
     def on_after_backward(self, trainer: Trainer) -> None:
         """Gradients are complete (all accumulated, all reduced) and unscaled, before the
@@ -92,7 +100,7 @@ class Callback:
         """After each training batch (and the optimizer step, when there was one)."""
 
     def on_validation_start(self, trainer: Trainer) -> None:
-        """Before the validation loop (also for `trainer.evaluate`)."""
+        """Before the validation loop (also for `trainer.evaluate`); `state.validation_prefix` names it."""
 
     def on_validation_batch_end(self, trainer: Trainer) -> None:
         """After each validation batch; `trainer.last_outputs`/`last_targets` hold it."""
