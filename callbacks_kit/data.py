@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ class ShapesDataset(Dataset):
             `(image, mask)` with one to three shapes per image and a `(H, W)` long mask
             holding 0 for background and `class_index + 1` for each shape's pixels.
         normalize: Standardise with the ImageNet mean and std, as pretrained models expect.
+        transform: Applied to each classification image (float, in [0, 1]) before the
+            normalisation, e.g. `v2.Compose(augmentation(64, "trivialaugment"))`. It draws
+            from torch's global RNG, so a sample then depends on more than `(seed, i)`.
     """
 
     classes: tuple[str, ...] = SHAPES
@@ -50,6 +53,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         task: str = "classification",
         normalize: bool = True,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if task not in ("classification", "segmentation"):
             raise DataError(f"task={task!r}; use 'classification' or 'segmentation'")
@@ -60,6 +64,9 @@ class ShapesDataset(Dataset):
         self.seed = seed
         self.task = task
         self.normalize = normalize
+        self.transform = transform
+        if transform is not None and task != "classification":
+            raise DataError("a transform of ShapesDataset applies to classification images; its masks would not follow")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         coords = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size
         self._yy, self._xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -86,6 +93,8 @@ class ShapesDataset(Dataset):
             image[:, inside] = _contrasting_colour(background.flatten(), g)[:, None]
             mask[inside] = label + 1
         image = (image + 0.04 * torch.randn(image.shape, generator=g)).clamp_(0, 1)
+        if self.transform is not None:
+            image = self.transform(image)
         if self.normalize:
             image = v2.functional.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD))
         return (image, label) if self.task == "classification" else (image, mask)
@@ -138,14 +147,45 @@ def denormalize(
     return (images * std_t + mean_t).clamp(0, 1)
 
 
+# ------------------------------------------------------------------------------ augmentation
+# What `--augment` may name: no random transform, today's crop and flip, or one of
+# torchvision's v2 policies after the crop and flip (as in torchvision's reference scripts).
+AUGMENTS = ("none", "basic", "trivialaugment", "randaugment", "autoaugment")
+POLICIES = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment, "autoaugment": v2.AutoAugment}
+
+
+def augmentation(image_size: int, augment: str = "basic", flip: bool = True) -> list[v2.Transform]:
+    """The random training transforms of `augment`, for images or image tensors of any size.
+
+    "none": none (the caller resizes); "basic": a random resized crop to `image_size`
+    (scale 0.5 to 1) and a horizontal flip; "trivialaugment", "randaugment", "autoaugment":
+    the crop and flip, then torchvision's policy of that name (default settings).
+    `flip=False` leaves the flip out, for data where a mirror image changes the class.
+    """
+    if augment not in AUGMENTS:
+        raise DataError(f"augment={augment!r} is not one of {', '.join(AUGMENTS)}")
+    if augment == "none":
+        return []
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment in POLICIES:
+        steps.append(POLICIES[augment]())
+    return steps
+
+
 # ------------------------------------------------------------------------------ ImageFolder
-def train_transform(image_size: int) -> v2.Compose:
-    """Random crop and flip, then ImageNet normalisation."""
+def train_transform(image_size: int, augment: str = "basic", flip: bool = True) -> v2.Compose:
+    """`augmentation(image_size, augment, flip)` on the 8-bit image, then ImageNet normalisation.
+
+    With `augment="none"` the images are resized and centre-cropped as for validation.
+    """
+    random = augmentation(image_size, augment, flip)
+    fixed = [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
+            *(random or fixed),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -166,12 +206,19 @@ def eval_transform(image_size: int) -> v2.Compose:
 
 
 def image_folder_datasets(
-    root: str | os.PathLike[str], image_size: int = 224, val_split: float | None = None, seed: int = 0
+    root: str | os.PathLike[str],
+    image_size: int = 224,
+    val_split: float | None = None,
+    seed: int = 0,
+    augment: str = "basic",
+    flip: bool = True,
 ) -> tuple[Dataset, Dataset, list[str]]:
     """Train and validation datasets from an ImageFolder tree.
 
     `root/train/<class>/*.jpg` and `root/val/<class>/*.jpg` when both exist; otherwise
     `root/<class>/*.jpg` split at random (by `seed`) with `val_split` of it for validation.
+    Training images get `train_transform(image_size, augment, flip)`; validation images
+    are only resized, centre-cropped and normalised.
 
     Returns:
         `(train_dataset, val_dataset, class_names)`.
@@ -181,7 +228,7 @@ def image_folder_datasets(
         raise DataError(f"--data {root}: no such folder; give a folder with train/ and val/ or class subfolders")
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
-        train = _image_folder(train_dir, train_transform(image_size))
+        train = _image_folder(train_dir, train_transform(image_size, augment, flip))
         val = _image_folder(val_dir, eval_transform(image_size))
         drop_unreadable(train, val)
         if val_split is not None:
@@ -202,7 +249,7 @@ def image_folder_datasets(
     split = 0.2 if val_split is None else val_split
     if not 0 < split < 1:
         raise DataError(f"--val-split {split} must be between 0 and 1 (exclusive)")
-    train_all = _image_folder(root, train_transform(image_size))
+    train_all = _image_folder(root, train_transform(image_size, augment, flip))
     val_all = _image_folder(root, eval_transform(image_size))
     _check_classes(train_all.classes, root)
     drop_unreadable(train_all, val_all)

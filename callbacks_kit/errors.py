@@ -59,11 +59,16 @@ class LossInputError(CallbacksKitError):
     """Inputs of a loss function whose shapes, dtypes or values do not fit it."""
 
 
+class AugmentationError(CallbacksKitError):
+    """A batch transform (MixUp/CutMix) or augmentation that does not fit its options, the data or the model."""
+
+
 class CLIError(CallbacksKitError):
     """A command-line option that cannot be used; printed as one line, exit status 2."""
 
 
 __all__ = [
+    "AugmentationError",
     "CLIError",
     "CallbackError",
     "CallbacksKitError",

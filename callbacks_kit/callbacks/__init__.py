@@ -8,6 +8,7 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.progress_bar import ProgressBar
@@ -27,6 +28,7 @@ __all__ = [
     "GradCAM",
     "KernelGrid",
     "LRScheduler",
+    "MixUpCutMix",
     "ModelCheckpoint",
     "NonFiniteError",
     "Order",

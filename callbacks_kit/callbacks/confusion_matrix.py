@@ -12,6 +12,7 @@ from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.probe import class_names_of, logits_of, warn_once
 from callbacks_kit.inspection.render import BLACK, WHITE, blues, font, from_pil, text_size
+from callbacks_kit.metrics import hard_labels
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -55,6 +56,7 @@ class ConfusionMatrix(Callback):
         outputs, targets = logits_of(trainer.last_outputs), trainer.last_targets
         if self._disabled or outputs is None or not isinstance(targets, torch.Tensor):
             return
+        targets = hard_labels(outputs, targets)  # class probabilities count for their most likely class
         # Decided from shapes alone, so that every process decides alike before a gather.
         if targets.ndim != 1 or outputs.ndim > 2 or outputs.shape[0] != targets.shape[0]:
             self._disabled = True

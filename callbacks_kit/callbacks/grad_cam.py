@@ -26,6 +26,7 @@ from callbacks_kit.inspection.probe import (
 )
 from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet
 from callbacks_kit.layers import last_conv_block, resolve_module
+from callbacks_kit.metrics import hard_labels
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -143,6 +144,8 @@ class GradCAM(Callback):
         overlays = F.interpolate(
             overlays, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
+        if isinstance(targets, torch.Tensor):
+            targets = hard_labels(probs, targets)  # class probabilities are titled by their most likely class
         labels = targets.tolist() if isinstance(targets, torch.Tensor) and targets.ndim == 1 else [None] * len(inputs)
         confidence, predicted = probs.max(dim=1)
         tiles = []

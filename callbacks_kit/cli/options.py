@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 
@@ -17,11 +18,13 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
-from callbacks_kit.errors import CLIError
+from callbacks_kit.data import AUGMENTS
+from callbacks_kit.errors import AugmentationError, CLIError
 
 
 # Each feature adds its options and its callbacks in its own pair of functions.
@@ -178,3 +181,84 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
     if args.early_stop_patience is not None:
         callbacks.append(EarlyStopping("val/accuracy", patience=args.early_stop_patience, mode="max"))
     return callbacks
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """Augmentation and regularisation options: --augment, --no-flip, MixUp/CutMix, label smoothing."""
+    group = parser.add_argument_group("augmentation and regularisation")
+    group.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        help="training augmentation: none; basic (random resized crop and horizontal flip); or basic followed by "
+        "torchvision's TrivialAugmentWide, RandAugment or AutoAugment. Default: basic for --data, none for the "
+        "built-in shapes (validation images are never augmented)",
+    )
+    group.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="no horizontal flip in --augment (digits, text: a mirror changes the class)",
+    )
+    group.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA), e.g. 0.2")
+    group.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0")
+    group.add_argument(
+        "--mix-prob", type=float, default=1.0, metavar="P", help="share of batches mixed by --mixup/--cutmix"
+    )
+    group.add_argument(
+        "--mix-stop-epoch",
+        type=int,
+        metavar="EPOCH",
+        help="train without MixUp/CutMix from this epoch (counted from 0) on; default: mix to the end",
+    )
+    group.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="label smoothing of the cross-entropy (training and validation loss), e.g. 0.1; composes with mixing",
+    )
+
+
+def label_smoothing(args: argparse.Namespace) -> float:
+    """`--label-smoothing`, checked: PyTorch takes values in [0, 1]; 1 would leave no label at all."""
+    eps = args.label_smoothing
+    if not (math.isfinite(eps) and 0 <= eps < 1):
+        raise CLIError(f"--label-smoothing must be at least 0 and below 1 (0.1 is common), got {eps}")
+    return eps
+
+
+def recipe_callbacks(args: argparse.Namespace) -> list[Callback]:
+    """A `MixUpCutMix` when --mixup or --cutmix is given (its own checks, as CLI errors); the flags are checked."""
+    if args.no_flip and args.augment == "none":
+        raise CLIError("--no-flip removes the flip of --augment, and --augment none has none: drop one of them")
+    label_smoothing(args)
+    mixing = args.mixup is not None or args.cutmix is not None
+    if not mixing:
+        given = [
+            flag
+            for flag, value in (("--mix-prob", args.mix_prob != 1.0), ("--mix-stop-epoch", args.mix_stop_epoch))
+            if value
+        ]
+        if given:
+            raise CLIError(f"{' and '.join(given)} set how batches are mixed: add --mixup ALPHA and/or --cutmix ALPHA")
+        return []
+    if args.mix_stop_epoch is not None and args.mix_stop_epoch >= args.epochs:
+        raise CLIError(
+            f"--mix-stop-epoch {args.mix_stop_epoch} is not before --epochs {args.epochs}: mixing would never stop; "
+            "drop it to mix to the end"
+        )
+    try:
+        return [MixUpCutMix(args.mixup, args.cutmix, p=args.mix_prob, stop_epoch=args.mix_stop_epoch)]
+    except AugmentationError as exc:
+        raise CLIError(_as_flags(str(exc))) from exc
+
+
+def _as_flags(message: str) -> str:
+    """A MixUpCutMix message in the words of the command line."""
+    for name, flag in (
+        ("mixup_alpha", "--mixup"),
+        ("cutmix_alpha", "--cutmix"),
+        ("stop_epoch", "--mix-stop-epoch"),
+        ("p is", "--mix-prob is"),
+    ):
+        message = message.replace(name, flag)
+    return message.replace("pass None to turn that transform off", "leave the flag out to turn that transform off")

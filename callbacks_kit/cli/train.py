@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from torchvision.transforms import v2
 
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.progress_bar import ProgressBar
@@ -21,7 +22,7 @@ from callbacks_kit.checkpoint.layout import MODEL
 from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
-from callbacks_kit.data import ShapesDataset, default_workers, image_folder_datasets, make_loader
+from callbacks_kit.data import ShapesDataset, augmentation, default_workers, image_folder_datasets, make_loader
 from callbacks_kit.distributed import use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
@@ -77,6 +78,7 @@ def add_parser(commands: Any) -> None:
     options.add_inspection_args(train)
     options.add_finetune_args(train)
     options.add_checkpoint_args(train)
+    options.add_recipe_args(train)
 
 
 # Sizes of the built-in shapes dataset; with --data the folder decides and these flags are refused.
@@ -212,13 +214,19 @@ def train(
     cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu_only)
     torch.manual_seed(args.seed)
+    recipe = options.recipe_callbacks(args)  # checks the recipe's flags before any data is read
     if args.data:
         size = args.image_size or 224
-        train_set, val_set, classes = image_folder_datasets(args.data, size, args.val_split, args.seed)
+        train_set, val_set, classes = image_folder_datasets(
+            args.data, size, args.val_split, args.seed, augment=args.augment or "basic", flip=not args.no_flip
+        )
         workers = default_workers() if args.workers is None else args.workers
     else:
         size = args.image_size or 64
-        train_set = ShapesDataset(args.train_samples, size, seed=args.seed)
+        steps = augmentation(size, args.augment or "none", flip=not args.no_flip)
+        train_set = ShapesDataset(
+            args.train_samples, size, seed=args.seed, transform=v2.Compose(steps) if steps else None
+        )
         val_set = ShapesDataset(args.val_samples, size, seed=args.seed + 10_000)
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
@@ -248,12 +256,13 @@ def train(
     callbacks += options.inspection_callbacks(args, classes)
     callbacks += options.finetune_callbacks(args, steps_per_epoch)
     callbacks += options.checkpoint_callbacks(args, run_dir)
+    callbacks += recipe
     if customize is not None:
         callbacks = customize(callbacks)
     trainer = Trainer(
         model,
         optimizer,
-        torch.nn.CrossEntropyLoss(),
+        torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),  # takes mixed (soft) targets too
         metrics={"accuracy": accuracy},
         callbacks=callbacks,
         mixed_precision=args.mixed_precision,
