@@ -33,3 +33,13 @@ def small_bn_cnn() -> nn.Module:
             head=nn.Linear(4, 3),
         )
     )
+
+
+def tiny_image_data(n: int = 64, size: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
+    """`(N, 3, size, size)` float images whose class is the channel with the brightest centre."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (n,), generator=g)
+    images = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    centre = slice(size // 4, size - size // 4)
+    images[torch.arange(n), labels % 3, centre, centre] += 1.0
+    return TensorDataset(images, labels)
