@@ -25,7 +25,7 @@ class MixUpCutMix(Callback):
     takes as class probabilities (label smoothing, if the loss has it, applies on top).
     Samples are paired with their neighbour in the (shuffled) batch, as torchvision does.
     With both transforms on, each batch gets one of the two (`switch_prob` is the chance of
-    CutMix), as in torchvision's reference scripts: `RandomApply(RandomChoice([MixUp, CutMix]))`.
+    CutMix), as in torchvision's reference scripts: `v2.RandomApply([v2.RandomChoice([mixup, cutmix])])`.
     Every draw (apply or not, which one, lambda, the box) comes from torch's global CPU
     generator, which checkpoints save and restore: a resumed run mixes exactly as an
     uninterrupted one. In several processes each rank mixes its own shard of the batch.
@@ -35,8 +35,10 @@ class MixUpCutMix(Callback):
     Validation is never mixed.
 
     Args:
-        mixup_alpha: Beta(alpha, alpha) of MixUp's mixing weight; None turns MixUp off.
-        cutmix_alpha: Beta(alpha, alpha) of CutMix's area; None turns CutMix off.
+        mixup_alpha: MixUp's weight `lam` is drawn from a Beta distribution with both shapes
+            `mixup_alpha`; None turns MixUp off.
+        cutmix_alpha: The same for CutMix, whose box covers `1 - lam` of the image; None turns
+            CutMix off.
         p: Probability that a batch is mixed at all.
         switch_prob: With both on, the probability that a batch gets CutMix rather than MixUp.
         stop_epoch: Mix in epochs `0 .. stop_epoch - 1` only (epochs count from 0), then

@@ -198,8 +198,18 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no horizontal flip in --augment (digits, text: a mirror changes the class)",
     )
-    group.add_argument("--mixup", type=float, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA), e.g. 0.2")
-    group.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0")
+    group.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="MixUp, its weight drawn from a Beta distribution with both shapes ALPHA, e.g. 0.2",
+    )
+    group.add_argument(
+        "--cutmix",
+        type=float,
+        metavar="ALPHA",
+        help="CutMix, its box area drawn likewise with ALPHA, e.g. 1.0; with --mixup each batch gets one",
+    )
     group.add_argument(
         "--mix-prob", type=float, default=1.0, metavar="P", help="share of batches mixed by --mixup/--cutmix"
     )
