@@ -53,7 +53,7 @@ def test_shapes_with_the_whole_recipe(tmp_path: Path):
     trainer = first.trainer
     assert isinstance(trainer.loss_fn, torch.nn.CrossEntropyLoss) and trainer.loss_fn.label_smoothing == 0.1
     (mix,) = trainer.callbacks.find(MixUpCutMix)
-    assert (mix.mixup_alpha, mix.cutmix_alpha, mix.num_classes) == (0.2, 1.0, 6)
+    assert (mix.mixup_alpha, mix.cutmix_alpha, mix.classes) == (0.2, 1.0, 6)
     assert first.targets.shape == (16, 6) and first.targets.dtype == torch.float32  # mixed, soft
     assert 0 <= trainer.state.metrics["train/accuracy"] <= 1
     train_set, val_set = base_dataset(trainer.train_loader.dataset), base_dataset(trainer.val_loader.dataset)

@@ -46,6 +46,11 @@ class MixUpCutMix(Callback):
         num_classes: Length of the soft targets; None reads it from the model's outputs on
             the first batch. Given, it must equal the model's number of outputs.
 
+    Attributes:
+        hard_targets: The current training batch's class indices, as they were before mixing.
+        classes: The length of the soft targets, settled at the first training batch.
+        transform: The torchvision transform applied (`build(classes)`).
+
     Raises:
         AugmentationError: At construction for alpha <= 0, both transforms off, p or
             switch_prob outside [0, 1], stop_epoch < 1; at the first training batch, before
@@ -86,6 +91,7 @@ class MixUpCutMix(Callback):
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.p, self.switch_prob, self.stop_epoch = p, switch_prob, stop_epoch
         self.num_classes = num_classes
+        self.classes: int | None = None  # the length of the soft targets, settled at the first batch
         self.transform: Any = None
         self.hard_targets: torch.Tensor | None = None
         self._sums: torch.Tensor | None = None  # [correct, seen] since the last log step, on the device
@@ -115,9 +121,10 @@ class MixUpCutMix(Callback):
         inputs, targets = trainer.last_inputs, trainer.last_targets
         check_batch(inputs, targets)
         if not self._checked:
-            self.num_classes = self._classes_of_model(trainer, inputs, targets)
-            self.transform = self.build(self.num_classes)
+            self.classes = self._classes_of_model(trainer, inputs, targets)
+            self.transform = self.build(self.classes)
             self._checked = True
+        targets = targets.long()  # one_hot takes int64 only; a no-op for the usual labels
         self.hard_targets = targets
         if self.active(trainer.state.epoch):
             trainer.last_inputs, trainer.last_targets = self.transform(inputs, targets)
