@@ -3,6 +3,7 @@ LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
 from callbacks_kit.callbacks import (
+    EMA,
     Callback,
     ConfusionMatrix,
     EarlyStopping,
@@ -34,6 +35,7 @@ __all__ = [
     "CallbacksKitError",
     "CheckpointError",
     "ConfusionMatrix",
+    "EMA",
     "EarlyStopping",
     "FeatureMaps",
     "FreezeUnfreeze",

@@ -8,11 +8,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.checkpoint.codec import host_tensors
 from callbacks_kit.checkpoint.layout import MODEL, Position
 from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import (
@@ -41,7 +44,8 @@ class ModelCheckpoint(Callback):
     validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
     `last.json` always names the newest checkpoint; other folders are pruned once the new
     one is committed. The best model's weights are also exported to `best.safetensors`
-    (load them with `callbacks_kit.finetune.load_weights`).
+    (load them with `callbacks_kit.finetune.load_weights`); when `monitor` is an `EMA`
+    callback's validation (`val_ema/...`), the EMA weights are the ones exported.
 
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
@@ -229,7 +233,7 @@ class ModelCheckpoint(Callback):
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
             if self.best_name == folder.name:
-                write_atomic(self.dirpath / BEST_WEIGHTS, (folder / MODEL).read_bytes())
+                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(trainer, folder))
             keep = set(self.best_k) | {folder.name}
             for stale in ({old_last} | set(old_best)) - keep - {None}:
                 remove_folder(self.dirpath / str(stale))
@@ -241,6 +245,19 @@ class ModelCheckpoint(Callback):
         except BaseException:
             self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
             raise
+
+    def _best_weights(self, trainer: Trainer, folder: Path) -> bytes:
+        """What `best.safetensors` holds: the checkpoint's weights, or the EMA's when they were ranked.
+
+        A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights
+        (its `prefix`), so those are the best model, not the trained ones.
+        """
+        prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
+        averages = [ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix]
+        if not averages:
+            return (folder / MODEL).read_bytes()
+        tag = {"format": "pt", "weights": f"EMA ({prefix})", "checkpoint": folder.name}
+        return safetensors.torch.save(host_tensors(averages[0].averaged_weights()), metadata=tag)
 
     def _finite(self, trainer: Trainer, score: float | None) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
