@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim import lr_scheduler as schedulers
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
+from callbacks_kit.callbacks.ema import BUFFER_MODES, EMA
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
@@ -22,6 +26,11 @@ from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.errors import CLIError
+from callbacks_kit.finetune import backbone_blocks, freeze, unfreeze
+from callbacks_kit.lr_finder import LRFinder, LRFinderResult
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
 
 
 # Each feature adds its options and its callbacks in its own pair of functions.
@@ -178,3 +187,108 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
     if args.early_stop_patience is not None:
         callbacks.append(EarlyStopping("val/accuracy", patience=args.early_stop_patience, mode="max"))
     return callbacks
+
+
+def add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """Weight averaging: an EMA of the weights, validated as val_ema/*."""
+    group = parser.add_argument_group("weight averaging (EMA)")
+    group.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate it "
+        "too, as val_ema/* next to val/*; its decay warms up as min(DECAY, (1+n)/(10+n)) over the updates n",
+    )
+    group.add_argument("--ema-every", type=int, default=1, metavar="N", help="optimizer steps between EMA updates")
+    group.add_argument(
+        "--ema-buffers",
+        choices=BUFFER_MODES,
+        default="average",
+        help="BatchNorm statistics of the EMA: averaged like the weights, or recomputed on 50 training batches "
+        "before each EMA validation",
+    )
+
+
+def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
+    """An `EMA` when `--ema` is given."""
+    if args.ema is None:
+        return []
+    if not 0 < args.ema < 1:  # also refuses NaN
+        raise CLIError(f"--ema DECAY must be strictly between 0 and 1, e.g. 0.999 or 0.9999; got {args.ema}")
+    if args.ema_every < 1:
+        raise CLIError(f"--ema-every must be at least 1 optimizer step, got {args.ema_every}")
+    return [EMA(args.ema, every_n_steps=args.ema_every, buffers=args.ema_buffers)]
+
+
+def add_lr_find_args(parser: argparse.ArgumentParser) -> None:
+    """The LR range test's sweep (`lr-find`, and `train --lr auto`)."""
+    group = parser.add_argument_group("LR range test (lr-find; train --lr auto)")
+    group.add_argument("--lr-find-min", type=float, default=1e-7, metavar="LR", help="first LR of the sweep")
+    group.add_argument("--lr-find-max", type=float, default=10.0, metavar="LR", help="last LR of the sweep")
+    group.add_argument(
+        "--lr-find-steps",
+        type=int,
+        default=100,
+        metavar="N",
+        help="optimizer steps of the exponential sweep (it stops earlier when the loss diverges)",
+    )
+
+
+def lr_finder(args: argparse.Namespace) -> LRFinder:
+    """The `LRFinder` of `--lr-find-*`, its range checked before any data is loaded."""
+    low, high = args.lr_find_min, args.lr_find_max
+    for flag, value in (("--lr-find-min", low), ("--lr-find-max", high)):
+        if not 0 < value < float("inf"):
+            raise CLIError(f"{flag} must be a positive finite LR, got {value}")
+    if low >= high:
+        raise CLIError(
+            f"--lr-find-min {low:g} is not below --lr-find-max {high:g}: the sweep goes from the minimum up to the "
+            "maximum; e.g. --lr-find-min 1e-7 --lr-find-max 10"
+        )
+    if args.lr_find_steps < 5:
+        raise CLIError(f"--lr-find-steps must be at least 5 (100 is usual), got {args.lr_find_steps}")
+    return LRFinder(low, high, args.lr_find_steps)
+
+
+def sweep_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log_dir: str) -> LRFinderResult:
+    """The LR range test of `--lr-find-*` on `trainer`, frozen as `--freeze-backbone` trains first.
+
+    The curve, the scalars and the suggestion go to a TensorBoard run in `log_dir` (main
+    process). The backbone is frozen for the sweep only: `FreezeUnfreeze` freezes it
+    again when training starts.
+    """
+    model = trainer.unwrapped_model
+    frozen = (
+        [model.get_submodule(name) for name in backbone_blocks(model)]
+        if args.freeze_backbone or args.unfreeze_at
+        else []
+    )
+    if frozen:
+        freeze(frozen)
+        trainer.refresh_trainable()
+    try:
+        result = lr_finder(args).run(trainer, loader)
+    finally:
+        if frozen:
+            unfreeze(frozen)
+            trainer.refresh_trainable()
+    if trainer.is_main_process:
+        writer = SummaryWriter(log_dir)
+        result.log(writer)
+        writer.close()
+    trainer.print(result.summary())
+    return result
+
+
+def auto_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log_dir: str) -> float:
+    """`--lr auto`: the LR range test's suggestion, set on every param group and printed."""
+    result = sweep_lr(args, trainer, loader, log_dir)
+    if result.suggestion is None:
+        raise CLIError(
+            f"--lr auto: the LR range test gave no suggestion ({'; '.join(result.notes)}); widen "
+            "--lr-find-min/--lr-find-max, or pass --lr explicitly"
+        )
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = result.suggestion * group["lr"] / result.base_lr
+    trainer.print(f"--lr auto: training with LR {result.suggestion:.3g} (curve in {log_dir})")
+    return result.suggestion
