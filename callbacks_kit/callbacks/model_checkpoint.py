@@ -170,6 +170,9 @@ class ModelCheckpoint(Callback):
             self._save(trainer, rank=False, should_stop=False)
 
     def on_validation_end(self, trainer: Trainer) -> None:
+        ema = self._averaging(trainer)
+        if ema is not None and trainer.state.validation_prefix != ema.prefix:
+            return  # `val_ema/...` exists only after the EMA's own validation
         if self._fitting and self.monitor is not None and not self._checked:
             self.monitor.read(trainer)  # a missing key fails at the first validation
             self._checked = True
@@ -252,12 +255,16 @@ class ModelCheckpoint(Callback):
         A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights
         (its `prefix`), so those are the best model, not the trained ones.
         """
-        prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
-        averages = [ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix]
-        if not averages:
+        ema = self._averaging(trainer)
+        if ema is None:
             return (folder / MODEL).read_bytes()
-        tag = {"format": "pt", "weights": f"EMA ({prefix})", "checkpoint": folder.name}
-        return safetensors.torch.save(host_tensors(averages[0].averaged_weights()), metadata=tag)
+        tag = {"format": "pt", "weights": f"EMA ({ema.prefix})", "checkpoint": folder.name}
+        return safetensors.torch.save(host_tensors(ema.averaged_weights()), metadata=tag)
+
+    def _averaging(self, trainer: Trainer) -> EMA | None:
+        """The `EMA` whose validation the monitor reads (`val_ema/...`), if any."""
+        prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
+        return next((ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix), None)
 
     def _finite(self, trainer: Trainer, score: float | None) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
