@@ -87,7 +87,8 @@ def test_ema_without_warmup_every_second_step():
 def test_recomputed_batchnorm_statistics_equal_swa_update_bn():
     ema = EMA(decay=0.9, buffers="recompute", recompute_batches=None)
     model = bn_mlp()
-    train, val = DataLoader(tiny_classification_data(64), batch_size=8), DataLoader(tiny_classification_data(24, seed=1))
+    train = DataLoader(tiny_classification_data(64), batch_size=8)
+    val = DataLoader(tiny_classification_data(24, seed=1))
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.2), nn.CrossEntropyLoss(),
                       metrics={"accuracy": accuracy}, callbacks=[ema], progress_bar=False, seed=0)  # fmt: skip
     trainer.fit(train, val, epochs=1)
@@ -152,6 +153,7 @@ def _ema_state(ema: EMA) -> dict[str, torch.Tensor]:
 
 def test_resume_with_ema_is_bit_identical(tmp_path):
     stop_at = 5  # mid-epoch, between two EMA updates
+
     def run(callbacks, seed=0, resume=None):
         trainer = make_trainer(callbacks, seed=seed)
         trainer.fit(*loaders(), epochs=3, resume_from=resume)
