@@ -23,6 +23,7 @@ from callbacks_kit.callbacks import (
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.layers import resolve_module
+from callbacks_kit.lr_finder import LRFinder, LRFinderResult
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.state import TrainState
 from callbacks_kit.trainer import Trainer
@@ -42,6 +43,8 @@ __all__ = [
     "GradCAM",
     "KernelGrid",
     "LayerNotFoundError",
+    "LRFinder",
+    "LRFinderResult",
     "LRScheduler",
     "ModelCheckpoint",
     "Order",
