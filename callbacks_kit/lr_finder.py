@@ -192,7 +192,8 @@ class LRFinder:
                     group["lr"] = lr * ratio
                 inputs, targets = trainer.unpack_batch(next(batches))
                 loss, _ = trainer.forward(inputs, targets)
-                accelerator.backward(loss)
+                # Accelerate divides by the accumulation steps; each sweep step is one whole batch.
+                accelerator.backward(loss * accelerator.gradient_accumulation_steps)
                 if trainer.max_grad_norm is not None:
                     accelerator.unscale_gradients()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.max_grad_norm)

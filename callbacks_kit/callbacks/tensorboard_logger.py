@@ -49,10 +49,11 @@ class TensorBoardLogger(Callback):
     the other processes; this callback flushes and closes it in `on_teardown`, when `fit` ends or fails.
 
     - Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
-      `val/<metric>` every validation with their best so far (`best/val/<metric>`),
+      `val/<metric>` every validation with their best so far (`best/val/<metric>`); the
+      same for any other validation under its prefix (`val_ema/*` of an `EMA` callback),
       `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
     - A custom-scalars layout: train and validation loss in one chart, each metric with
-      its best, the learning rates together.
+      its best (`val_ema/*` in the same charts as `val/*`), the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
       the model graph (a warning, not a crash, when tracing fails).
     - Hparams at the end (also after a failure): the given and collected
