@@ -198,10 +198,11 @@ class TensorBoardLogger(Callback):
         return "loss" in tag or "err" in tag
 
     def final_metrics(self, trainer: Trainer) -> dict[str, float]:
-        """The metrics of the hparams dashboard, in its column order: final `val/*`, the best, final `train/*`."""
+        """The hparams dashboard's metrics in column order: final `val/*` and `val_ema/*`, the best, final `train/*`."""
         metrics = trainer.state.metrics
-        final = {tag: v for tag, v in metrics.items() if tag.startswith("val/") and not self.lower_is_better(tag)}
-        final.update({tag: v for tag, v in metrics.items() if tag.startswith("val/")})
+        shown = ("val/", *(f"{ema.prefix}/" for ema in trainer.callbacks.find(EMA)))
+        final = {tag: v for tag, v in metrics.items() if tag.startswith(shown) and not self.lower_is_better(tag)}
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith(shown)})
         final.update({f"best/{tag}": value for tag, value in self.best.items()})
         final.update({tag: v for tag, v in metrics.items() if tag.startswith("train/")})
         return final
