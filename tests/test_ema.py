@@ -16,7 +16,16 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import EMA, Callback, ModelCheckpoint, TensorBoardLogger, Trainer, TrainerError, accuracy
+from callbacks_kit import (
+    EMA,
+    Callback,
+    ConfusionMatrix,
+    ModelCheckpoint,
+    TensorBoardLogger,
+    Trainer,
+    TrainerError,
+    accuracy,
+)
 
 
 def bn_mlp() -> nn.Module:
@@ -104,17 +113,19 @@ def test_recomputed_batchnorm_statistics_equal_swa_update_bn():
 
 def test_val_ema_is_logged_next_to_val_in_tensorboard(tmp_path):
     ema = EMA(decay=0.5)
-    trainer = make_trainer([TensorBoardLogger(str(tmp_path), graph=False, summary=False), ema])
+    logger = TensorBoardLogger(str(tmp_path), graph=False, summary=False)
+    trainer = make_trainer([logger, ema, ConfusionMatrix()])
     trainer.fit(*loaders(), epochs=2)
     metrics = trainer.state.metrics
     assert {"val/loss", "val/accuracy", "val_ema/loss", "val_ema/accuracy"} <= set(metrics)
     # The EMA validation is a real evaluation of the averaged weights.
     again = trainer.evaluate(loaders()[1], prefix="check", model=ema.averaged.module)
     assert again["check/loss"] == pytest.approx(metrics["val_ema/loss"], abs=1e-6)
-    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0, "images": 0}).Reload()
     scalars = events.Tags()["scalars"]
     assert {"val/accuracy", "val_ema/accuracy", "val_ema/loss", "best/val_ema/accuracy"} <= set(scalars)
     assert len(events.Scalars("val_ema/accuracy")) == 2 and len(events.Scalars("val/accuracy")) == 2
+    assert len(events.Images("confusion_matrix/val")) == 2  # of the trained weights only, one per epoch
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
