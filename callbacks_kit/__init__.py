@@ -3,6 +3,7 @@ LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
 from callbacks_kit.callbacks import (
+    EMA,
     Callback,
     ConfusionMatrix,
     EarlyStopping,
@@ -23,6 +24,7 @@ from callbacks_kit.callbacks import (
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.layers import resolve_module
+from callbacks_kit.lr_finder import LRFinder, LRFinderResult
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.state import TrainState
 from callbacks_kit.trainer import Trainer
@@ -35,12 +37,15 @@ __all__ = [
     "CallbacksKitError",
     "CheckpointError",
     "ConfusionMatrix",
+    "EMA",
     "EarlyStopping",
     "FeatureMaps",
     "FreezeUnfreeze",
     "GradCAM",
     "KernelGrid",
     "LayerNotFoundError",
+    "LRFinder",
+    "LRFinderResult",
     "LRScheduler",
     "MixUpCutMix",
     "ModelCheckpoint",

@@ -439,8 +439,8 @@ class Trainer:
         return self.state.should_stop
 
     def _prepare_loader(self, loader: Any) -> Any:
-        if not isinstance(loader, DataLoader):
-            return loader
+        if not isinstance(loader, DataLoader) or any(loader is done for _, done in self._prepared_loaders.values()):
+            return loader  # not a DataLoader, or prepared already (`evaluate(trainer.val_loader)`: EMA)
         key = id(loader)
         if key not in self._prepared_loaders:
             self._prepared_loaders[key] = (loader, self.accelerator.prepare(loader))

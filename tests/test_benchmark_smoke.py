@@ -44,8 +44,11 @@ def test_loop_and_syncs_sections(tmp_path: Path):
 def test_every_section(tmp_path: Path):
     stdout, results = run_benchmark(tmp_path, "--throughput")
     for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
-                  "6. Throughput", "Budgets"):  # fmt: skip
+                  "6. Throughput", "7. Weight EMA", "Budgets"):  # fmt: skip
         assert title in stdout
-    assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "budgets"} <= set(results)
+    assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "ema", "budgets"} <= set(results)
+    assert 0 < results["ema"]["median_update_s"] and "EMA update / ResNet-18 step" in {
+        b["budget"] for b in results["budgets"]
+    }
     assert "TensorBoardLogger" in results["callbacks"]["inspection_found"]
     assert any(b["budget"].endswith("share of an epoch") for b in results["budgets"])

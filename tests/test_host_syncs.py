@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmarks.sync_counter import HostSyncCounter, syncs_per_step
-from callbacks_kit import Callback, TensorBoardLogger, TerminateOnNaN, Trainer
+from callbacks_kit import EMA, Callback, TensorBoardLogger, TerminateOnNaN, Trainer
 
 
 def make_trainer(callbacks=(), **kwargs) -> Trainer:
@@ -47,13 +47,15 @@ def split(steps):
         {"terminate_on_nan": True},
         {"gradient_accumulation_steps": 2, "max_grad_norm": 1.0},
         {"mixed_precision": "bf16", "cpu": True},
+        {"ema": True},
     ],
-    ids=["default-callbacks", "tensorboard-logger", "terminate-on-nan", "accumulation-and-clipping", "bf16"],
+    ids=["default-callbacks", "tensorboard-logger", "terminate-on-nan", "accumulation-and-clipping", "bf16", "ema"],
 )
 def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options: dict):
     options = dict(options)
     callbacks = [TensorBoardLogger(str(tmp_path))] if options.pop("tensorboard", False) else []
     callbacks += [TerminateOnNaN()] if options.pop("terminate_on_nan", False) else []
+    callbacks += [EMA(0.9)] if options.pop("ema", False) else []
     steps = syncs_per_step(make_trainer(callbacks, **options), loader(), epochs=2)
     quiet, logged = split(steps)
     assert len(quiet) >= 8 and logged

@@ -3,6 +3,7 @@
 from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
+from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
@@ -22,6 +23,7 @@ __all__ = [
     "Callback",
     "CallbackList",
     "ConfusionMatrix",
+    "EMA",
     "EarlyStopping",
     "FeatureMaps",
     "FreezeUnfreeze",

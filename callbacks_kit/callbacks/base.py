@@ -41,6 +41,7 @@ class Order:
     FREEZE = -110  # FreezeUnfreeze: what is trainable is set before anyone looks at the model or the LRs
     WRITER = -100  # TensorBoardLogger: creates the SummaryWriter the other loggers write through
     GUARD = -10  # TerminateOnNaN: checks gradients before callbacks read them in on_after_backward
+    AVERAGE = -5  # EMA: averages after the NaN guard, validates val_ema before schedules, stops and saves read it
     SCHEDULE = 0  # LRScheduler: sets the LR before loggers read it
     DEFAULT = 50  # a Callback that does not say
     PROGRESS = 90  # ProgressBar: shows what the earlier callbacks updated

@@ -50,9 +50,12 @@ class ConfusionMatrix(Callback):
         self.class_names = self.class_names or class_names_of(trainer)
 
     def on_validation_start(self, trainer: Trainer) -> None:
-        self.counts = None
+        if trainer.state.validation_prefix == "val":
+            self.counts = None
 
     def on_validation_batch_end(self, trainer: Trainer) -> None:
+        if trainer.state.validation_prefix != "val":
+            return  # the EMA's validation (val_ema) or an evaluate(prefix=...): not this view's
         outputs, targets = logits_of(trainer.last_outputs), trainer.last_targets
         if self._disabled or outputs is None or not isinstance(targets, torch.Tensor):
             return
@@ -86,6 +89,8 @@ class ConfusionMatrix(Callback):
         self.counts.index_add_(0, index, torch.ones_like(index))
 
     def on_validation_end(self, trainer: Trainer) -> None:
+        if trainer.state.validation_prefix != "val":
+            return
         self._validations += 1
         if trainer.tb_writer is None or self.counts is None or self._validations % self.every_n_validations:
             return

@@ -8,11 +8,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.checkpoint.codec import host_tensors
 from callbacks_kit.checkpoint.layout import MODEL, Position
 from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import (
@@ -41,7 +44,8 @@ class ModelCheckpoint(Callback):
     validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
     `last.json` always names the newest checkpoint; other folders are pruned once the new
     one is committed. The best model's weights are also exported to `best.safetensors`
-    (load them with `callbacks_kit.finetune.load_weights`).
+    (load them with `callbacks_kit.finetune.load_weights`); when `monitor` is an `EMA`
+    callback's validation (`val_ema/...`), the EMA weights are the ones exported.
 
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
@@ -166,6 +170,9 @@ class ModelCheckpoint(Callback):
             self._save(trainer, rank=False, should_stop=False)
 
     def on_validation_end(self, trainer: Trainer) -> None:
+        ema = self._averaging(trainer)
+        if ema is not None and trainer.state.validation_prefix != ema.prefix:
+            return  # `val_ema/...` exists only after the EMA's own validation
         if self._fitting and self.monitor is not None and not self._checked:
             self.monitor.read(trainer)  # a missing key fails at the first validation
             self._checked = True
@@ -229,7 +236,7 @@ class ModelCheckpoint(Callback):
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
             if self.best_name == folder.name:
-                write_atomic(self.dirpath / BEST_WEIGHTS, (folder / MODEL).read_bytes())
+                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(trainer, folder))
             keep = set(self.best_k) | {folder.name}
             for stale in ({old_last} | set(old_best)) - keep - {None}:
                 remove_folder(self.dirpath / str(stale))
@@ -241,6 +248,23 @@ class ModelCheckpoint(Callback):
         except BaseException:
             self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
             raise
+
+    def _best_weights(self, trainer: Trainer, folder: Path) -> bytes:
+        """What `best.safetensors` holds: the checkpoint's weights, or the EMA's when they were ranked.
+
+        A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights
+        (its `prefix`), so those are the best model, not the trained ones.
+        """
+        ema = self._averaging(trainer)
+        if ema is None:
+            return (folder / MODEL).read_bytes()
+        tag = {"format": "pt", "weights": f"EMA ({ema.prefix})", "checkpoint": folder.name}
+        return safetensors.torch.save(host_tensors(ema.averaged_weights()), metadata=tag)
+
+    def _averaging(self, trainer: Trainer) -> EMA | None:
+        """The `EMA` whose validation the monitor reads (`val_ema/...`), if any."""
+        prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
+        return next((ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix), None)
 
     def _finite(self, trainer: Trainer, score: float | None) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.

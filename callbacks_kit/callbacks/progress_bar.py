@@ -65,7 +65,7 @@ class ProgressBar(Callback):
         state = trainer.state
         if self.summary and trainer.is_main_process:
             rate = (state.samples_seen - self._epoch_samples) * trainer.accelerator.num_processes / max(elapsed, 1e-9)
-            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/"))}
+            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", "val_ema/"))}
             values = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
             tqdm.write(f"epoch {state.epoch + 1}/{state.max_epochs}  {values}  ({elapsed:.1f} s, {rate:.0f} samples/s)")
 

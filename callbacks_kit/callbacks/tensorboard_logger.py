@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.hparams import HParamValue, collect_hparams, group_names, hparam_value, hparams_summaries
 from callbacks_kit.inspection.probe import probe_batch
@@ -48,10 +49,11 @@ class TensorBoardLogger(Callback):
     the other processes; this callback flushes and closes it in `on_teardown`, when `fit` ends or fails.
 
     - Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
-      `val/<metric>` every validation with their best so far (`best/val/<metric>`),
+      `val/<metric>` every validation with their best so far (`best/val/<metric>`); the
+      same for any other validation under its prefix (`val_ema/*` of an `EMA` callback),
       `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
     - A custom-scalars layout: train and validation loss in one chart, each metric with
-      its best, the learning rates together.
+      its best (`val_ema/*` in the same charts as `val/*`), the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
       the model graph (a warning, not a crash, when tracing fails).
     - Hparams at the end (also after a failure): the given and collected
@@ -114,7 +116,8 @@ class TensorBoardLogger(Callback):
             # On resume, events past the restored step (from the interrupted run) are dropped.
             purge = trainer.state.global_step or None
             trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
-        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics)))
+        averaged = [ema.prefix for ema in trainer.callbacks.find(EMA)]
+        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), ["val", *averaged]))
         if self.summary or self.graph:
             example = probe_batch(trainer, 1)
             if example is None:
@@ -143,8 +146,9 @@ class TensorBoardLogger(Callback):
         state = trainer.state
         if state.stage != "validate":
             return
+        prefix = f"{state.validation_prefix}/"  # "val/", or "val_ema/" for the EMA weights' validation
         for tag, value in state.metrics.items():
-            if tag.startswith("val/") and math.isfinite(value):
+            if tag.startswith(prefix) and math.isfinite(value):
                 old = self.best.get(tag)
                 better = old is None or (value < old if self.lower_is_better(tag) else value > old)
                 self.best[tag] = value if better else old  # type: ignore[assignment]
@@ -152,7 +156,7 @@ class TensorBoardLogger(Callback):
         if writer is None:
             return
         for tag, value in state.metrics.items():
-            if tag.startswith("val/"):
+            if tag.startswith(prefix):
                 writer.add_scalar(tag, value, state.global_step)
                 if tag in self.best:
                     writer.add_scalar(f"best/{tag}", self.best[tag], state.global_step)
@@ -194,10 +198,11 @@ class TensorBoardLogger(Callback):
         return "loss" in tag or "err" in tag
 
     def final_metrics(self, trainer: Trainer) -> dict[str, float]:
-        """The metrics of the hparams dashboard, in its column order: final `val/*`, the best, final `train/*`."""
+        """The hparams dashboard's metrics in column order: final `val/*` and `val_ema/*`, the best, final `train/*`."""
         metrics = trainer.state.metrics
-        final = {tag: v for tag, v in metrics.items() if tag.startswith("val/") and not self.lower_is_better(tag)}
-        final.update({tag: v for tag, v in metrics.items() if tag.startswith("val/")})
+        shown = ("val/", *(f"{ema.prefix}/" for ema in trainer.callbacks.find(EMA)))
+        final = {tag: v for tag, v in metrics.items() if tag.startswith(shown) and not self.lower_is_better(tag)}
+        final.update({tag: v for tag, v in metrics.items() if tag.startswith(shown)})
         final.update({f"best/{tag}": value for tag, value in self.best.items()})
         final.update({tag: v for tag, v in metrics.items() if tag.startswith("train/")})
         return final
@@ -249,13 +254,20 @@ class TensorBoardLogger(Callback):
                 )
 
 
-def scalars_layout(metric_names: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: train and val loss together, each metric with its best, LRs."""
+def scalars_layout(metric_names: list[str], prefixes: list[str] | None = None) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: train and val loss together, each metric with its best, LRs.
+
+    `prefixes` are the validations shown side by side in each chart (default `["val"]`;
+    with an `EMA` callback also `"val_ema"`).
+    """
+    shown = [re.escape(prefix) for prefix in prefixes or ["val"]]
     metrics = {
-        name: ["Multiline", [rf"^val/{re.escape(name)}$", rf"^best/val/{re.escape(name)}$"]] for name in metric_names
+        name: ["Multiline", [rf"^{kind}{p}/{re.escape(name)}$" for kind in ("", "best/") for p in shown]]
+        for name in metric_names
     }
+    losses = [r"^train/loss$", r"^train/epoch_loss$", *(rf"^{p}/loss$" for p in shown)]
     layout = {
-        "losses": {"loss: train vs validation": ["Multiline", [r"^train/loss$", r"^train/epoch_loss$", r"^val/loss$"]]},
+        "losses": {"loss: train vs validation": ["Multiline", losses]},
         "metrics": metrics,
         "optimisation": {
             "learning rate": ["Multiline", [r"^lr/"]],

@@ -1,4 +1,4 @@
-"""The `callbacks-kit` console script: one module per command (`train`, `inspect`)."""
+"""The `callbacks-kit` console script: one module per command (`train`, `lr-find`, `inspect`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callbacks_kit.cli import inspect, train
+from callbacks_kit.cli import inspect, lr_find, train
 from callbacks_kit.errors import CallbacksKitError
 
-COMMANDS = {"train": train, "inspect": inspect}
+COMMANDS = {"train": train, "lr-find": lr_find, "inspect": inspect}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,13 +6,17 @@ import argparse
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.optim import lr_scheduler as schedulers
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
+from callbacks_kit.callbacks.ema import BUFFER_MODES, EMA
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
@@ -25,6 +29,11 @@ from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.data import AUGMENTS
 from callbacks_kit.errors import AugmentationError, CLIError
+from callbacks_kit.finetune import backbone_blocks, freeze, unfreeze
+from callbacks_kit.lr_finder import LRFinder, LRFinderResult
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
 
 
 # Each feature adds its options and its callbacks in its own pair of functions.
@@ -183,8 +192,8 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
     return callbacks
 
 
-def add_recipe_args(parser: argparse.ArgumentParser) -> None:
-    """Augmentation and regularisation options: --augment, --no-flip, MixUp/CutMix, label smoothing."""
+def add_augment_args(parser: argparse.ArgumentParser) -> None:
+    """What the training images and the loss see: --augment, --no-flip, --label-smoothing (train and lr-find)."""
     group = parser.add_argument_group("augmentation and regularisation")
     group.add_argument(
         "--augment",
@@ -198,6 +207,18 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no horizontal flip in --augment (digits, text: a mirror changes the class)",
     )
+    group.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="label smoothing of the cross-entropy (training and validation loss), e.g. 0.1; composes with mixing",
+    )
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """MixUp/CutMix of the training batches (train only)."""
+    group = parser.add_argument_group("MixUp and CutMix")
     group.add_argument(
         "--mixup",
         type=float,
@@ -218,13 +239,6 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="EPOCH",
         help="train without MixUp/CutMix from this epoch (counted from 0) on; default: mix to the end",
-    )
-    group.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        metavar="EPS",
-        help="label smoothing of the cross-entropy (training and validation loss), e.g. 0.1; composes with mixing",
     )
 
 
@@ -272,3 +286,108 @@ def _as_flags(message: str) -> str:
     ):
         message = message.replace(name, flag)
     return message.replace("pass None to turn that transform off", "leave the flag out to turn that transform off")
+
+
+def add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """Weight averaging: an EMA of the weights, validated as val_ema/*."""
+    group = parser.add_argument_group("weight averaging (EMA)")
+    group.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate it "
+        "too, as val_ema/* next to val/*; its decay warms up as min(DECAY, (1+n)/(10+n)) over the updates n",
+    )
+    group.add_argument("--ema-every", type=int, default=1, metavar="N", help="optimizer steps between EMA updates")
+    group.add_argument(
+        "--ema-buffers",
+        choices=BUFFER_MODES,
+        default="average",
+        help="BatchNorm statistics of the EMA: averaged like the weights, or recomputed on 50 training batches "
+        "before each EMA validation",
+    )
+
+
+def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
+    """An `EMA` when `--ema` is given."""
+    if args.ema is None:
+        return []
+    if not 0 < args.ema < 1:  # also refuses NaN
+        raise CLIError(f"--ema DECAY must be strictly between 0 and 1, e.g. 0.999 or 0.9999; got {args.ema}")
+    if args.ema_every < 1:
+        raise CLIError(f"--ema-every must be at least 1 optimizer step, got {args.ema_every}")
+    return [EMA(args.ema, every_n_steps=args.ema_every, buffers=args.ema_buffers)]
+
+
+def add_lr_find_args(parser: argparse.ArgumentParser) -> None:
+    """The LR range test's sweep (`lr-find`, and `train --lr auto`)."""
+    group = parser.add_argument_group("LR range test (lr-find; train --lr auto)")
+    group.add_argument("--lr-find-min", type=float, default=1e-7, metavar="LR", help="first LR of the sweep")
+    group.add_argument("--lr-find-max", type=float, default=10.0, metavar="LR", help="last LR of the sweep")
+    group.add_argument(
+        "--lr-find-steps",
+        type=int,
+        default=100,
+        metavar="N",
+        help="optimizer steps of the exponential sweep (it stops earlier when the loss diverges)",
+    )
+
+
+def lr_finder(args: argparse.Namespace) -> LRFinder:
+    """The `LRFinder` of `--lr-find-*`, its range checked before any data is loaded."""
+    low, high = args.lr_find_min, args.lr_find_max
+    for flag, value in (("--lr-find-min", low), ("--lr-find-max", high)):
+        if not 0 < value < float("inf"):
+            raise CLIError(f"{flag} must be a positive finite LR, got {value}")
+    if low >= high:
+        raise CLIError(
+            f"--lr-find-min {low:g} is not below --lr-find-max {high:g}: the sweep goes from the minimum up to the "
+            "maximum; e.g. --lr-find-min 1e-7 --lr-find-max 10"
+        )
+    if args.lr_find_steps < 5:
+        raise CLIError(f"--lr-find-steps must be at least 5 (100 is usual), got {args.lr_find_steps}")
+    return LRFinder(low, high, args.lr_find_steps)
+
+
+def sweep_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log_dir: str) -> LRFinderResult:
+    """The LR range test of `--lr-find-*` on `trainer`, frozen as `--freeze-backbone` trains first.
+
+    The curve, the scalars and the suggestion go to a TensorBoard run in `log_dir` (main
+    process). The backbone is frozen for the sweep only: `FreezeUnfreeze` freezes it
+    again when training starts.
+    """
+    model = trainer.unwrapped_model
+    frozen = (
+        [model.get_submodule(name) for name in backbone_blocks(model)]
+        if args.freeze_backbone or args.unfreeze_at
+        else []
+    )
+    if frozen:
+        freeze(frozen)
+        trainer.refresh_trainable()
+    try:
+        result = lr_finder(args).run(trainer, loader)
+    finally:
+        if frozen:
+            unfreeze(frozen)
+            trainer.refresh_trainable()
+    if trainer.is_main_process:
+        writer = SummaryWriter(log_dir)
+        result.log(writer)
+        writer.close()
+    trainer.print(result.summary())
+    return result
+
+
+def auto_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log_dir: str) -> float:
+    """`--lr auto`: the LR range test's suggestion, set on every param group and printed."""
+    result = sweep_lr(args, trainer, loader, log_dir)
+    if result.suggestion is None:
+        raise CLIError(
+            f"--lr auto: the LR range test gave no suggestion ({'; '.join(result.notes)}); widen "
+            "--lr-find-min/--lr-find-max, or pass --lr explicitly"
+        )
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = result.suggestion * group["lr"] / result.base_lr
+    trainer.print(f"--lr auto: training with LR {result.suggestion:.3g} (curve in {log_dir})")
+    return result.suggestion

@@ -7,12 +7,14 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from callbacks_kit.callbacks.base import Callback
@@ -37,6 +39,17 @@ def add_parser(commands: Any) -> None:
         help="train an image classifier and write a TensorBoard run",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_job_args(train)
+    options.add_inspection_args(train)
+    options.add_finetune_args(train)
+    options.add_ema_args(train)
+    options.add_checkpoint_args(train)
+    options.add_recipe_args(train)
+    options.add_lr_find_args(train)
+
+
+def add_job_args(train: argparse.ArgumentParser) -> None:
+    """The data, model and run options, shared with `lr-find`."""
     data = train.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -64,7 +77,13 @@ def add_parser(commands: Any) -> None:
     )
     model.add_argument("--epochs", type=int, default=5)
     model.add_argument("--batch-size", type=int, default=64, help="per process")
-    model.add_argument("--lr", type=float, default=2e-3)
+    model.add_argument(
+        "--lr",
+        type=lr_value,
+        default=2e-3,
+        help="LR of every param group; 'auto' runs the LR range test first (see lr-find) and trains with its "
+        "suggestion",
+    )
     model.add_argument("--weight-decay", type=float, default=0.05)
     model.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
     model.add_argument("--max-grad-norm", type=float, default=None)
@@ -75,10 +94,17 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines stay)")
-    options.add_inspection_args(train)
-    options.add_finetune_args(train)
-    options.add_checkpoint_args(train)
-    options.add_recipe_args(train)
+    options.add_augment_args(train)
+
+
+def lr_value(text: str) -> float | str:
+    """`--lr`: a number, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {text!r}") from None
 
 
 # Sizes of the built-in shapes dataset; with --data the folder decides and these flags are refused.
@@ -111,7 +137,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     """
     for name, (low, low_ok, high, high_ok) in NUMBERS.items():
         value = getattr(args, name, None)
-        if value is None:
+        if value is None or value == "auto":
             continue
         flag = f"--{name.replace('_', '-')}"
         if not math.isfinite(value):
@@ -167,7 +193,7 @@ def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -
     )
 
 
-def _run_dir(requested: str | None) -> str:
+def pick_run_dir(requested: str | None) -> str:
     """One run folder for all processes: the main process picks it, the others receive it."""
     state = PartialState()
     chosen = [requested or (default_log_dir() if state.is_main_process else None)]
@@ -176,7 +202,7 @@ def _run_dir(requested: str | None) -> str:
     return chosen[0]
 
 
-def _lock_run(run_dir: str) -> FolderLock:
+def lock_run(run_dir: str) -> FolderLock:
     """The run folder's lock, taken by the main process; every process raises if it is refused."""
     state = PartialState()
     lock = FolderLock(run_dir, "the run folder", "Wait for that run to end, or pass another --log-dir.")
@@ -199,22 +225,49 @@ def _lock_run(run_dir: str) -> FolderLock:
     return lock
 
 
-def train(
-    args: argparse.Namespace, customize: Callable[[list[Callback]], list[Callback]] | None = None
-) -> dict[str, float]:
-    """Build data, model and callbacks from `args`, train, and say where the run went.
+@dataclass
+class Job:
+    """What `train` and `lr-find` build alike from the options: data, model and optimizer."""
 
-    Args:
-        args: The parsed `train` options.
-        customize: Sees (and may change) the main job's callbacks before the Trainer is
-            built; the benchmark uses it to time them.
+    state: PartialState
+    cpu_only: bool
+    train_loader: DataLoader
+    val_loader: DataLoader
+    classes: list[str]
+    size: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def trainer(self, args: argparse.Namespace, callbacks: list[Callback], progress_bar: bool = True) -> Trainer:
+        """The Trainer of this job with `callbacks`."""
+        return Trainer(
+            self.model,
+            self.optimizer,
+            torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),  # takes mixed (soft) targets too
+            metrics={"accuracy": accuracy},
+            callbacks=callbacks,
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.grad_accum,
+            max_grad_norm=args.max_grad_norm,
+            cpu=self.cpu_only,
+            seed=args.seed,
+            log_every_n_steps=args.log_every,
+            progress_bar=progress_bar,
+        )
+
+
+def build_job(args: argparse.Namespace) -> Job:
+    """Check the numbers, then build the data, the model (with --weights / --init-from) and AdamW.
+
+    With `--lr auto` the param groups start at `AUTO_PLACEHOLDER_LR`; the LR range test only
+    uses their ratios (all 1 here) and the caller sets the suggestion afterwards.
     """
     check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu_only)
     torch.manual_seed(args.seed)
-    recipe = options.recipe_callbacks(args)  # checks the recipe's flags before any data is read
+    options.label_smoothing(args)
     if args.data:
         size = args.image_size or 224
         train_set, val_set, classes = image_folder_datasets(
@@ -240,45 +293,68 @@ def train(
     model = build_classifier(
         args.model, len(classes), args.weights, allow_partial=args.allow_partial_weights, report=state.print
     )
-    if args.init_from:
+    if getattr(args, "init_from", None):  # train's option; lr-find has none
         if args.resume:
             raise CLIError("--init-from starts a new run and --resume continues one: pass only one of them")
         source = checkpoint_weights(args.init_from)
         state.print(f"initialised from {source}: {load_weights(model, source, strict=True)}")
     # One param group per block, named for TensorBoard, so each can get its own LR when unfrozen.
+    lr = AUTO_PLACEHOLDER_LR if args.lr == "auto" else args.lr
     blocks = [head_name(model), *backbone_blocks(model)]
-    groups = param_groups(model, dict.fromkeys(blocks, args.lr))
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    run_dir = _run_dir(args.log_dir)
+    groups = param_groups(model, dict.fromkeys(blocks, lr))
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
+    return Job(state, cpu_only, train_loader, val_loader, classes, size, model, optimizer)
+
+
+# The groups' LR while `--lr auto` waits for the LR range test (only their ratios are used).
+AUTO_PLACEHOLDER_LR = 1e-3
+
+
+def train(
+    args: argparse.Namespace, customize: Callable[[list[Callback]], list[Callback]] | None = None
+) -> dict[str, float]:
+    """Build data, model and callbacks from `args`, train, and say where the run went.
+
+    Args:
+        args: The parsed `train` options.
+        customize: Sees (and may change) the main job's callbacks before the Trainer is
+            built; the benchmark uses it to time them.
+    """
+    if args.lr == "auto":
+        if args.resume:
+            raise CLIError(
+                "--lr auto runs an LR range test for a new run; a resumed run keeps the LR schedule it was started "
+                "with (its checkpoint holds it): pass the run's --lr with --resume, or drop --resume"
+            )
+        options.lr_finder(args)  # its range is checked before any data is loaded
+    recipe = options.recipe_callbacks(args)  # checks the recipe's flags before any data is read
+    job = build_job(args)
+    state, classes, size = job.state, job.classes, job.size
+    train_loader, val_loader = job.train_loader, job.val_loader
+    run_dir = pick_run_dir(args.log_dir)
     steps_per_epoch = max(1, len(train_loader) // max(1, state.num_processes) // args.grad_accum)
     hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
-    callbacks: list[Callback] = [TensorBoardLogger(run_dir, hparams=hparams), ProgressBar(bar=not args.no_progress)]
+    logger = TensorBoardLogger(run_dir, hparams=hparams)
+    callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
     callbacks += options.inspection_callbacks(args, classes)
     callbacks += options.finetune_callbacks(args, steps_per_epoch)
+    callbacks += options.ema_callbacks(args)
     callbacks += options.checkpoint_callbacks(args, run_dir)
     callbacks += recipe
     if customize is not None:
         callbacks = customize(callbacks)
-    trainer = Trainer(
-        model,
-        optimizer,
-        torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),  # takes mixed (soft) targets too
-        metrics={"accuracy": accuracy},
-        callbacks=callbacks,
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.grad_accum,
-        max_grad_norm=args.max_grad_norm,
-        cpu=cpu_only,
-        seed=args.seed,
-        log_every_n_steps=args.log_every,
-    )
+    trainer = job.trainer(args, callbacks)
     source = args.data or f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {size}px)"
     trainer.print(
         f"training {args.model} on {source}: {len(classes)} classes, {args.epochs} epochs, "
         f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
     )
     start = time.perf_counter()
-    with _lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+    with lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+        if args.lr == "auto":
+            args.lr = logger.hparams["lr"] = options.auto_lr(
+                args, trainer, train_loader, os.path.join(run_dir, "lr_find")
+            )
         try:
             trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
         except ScheduleError as exc:
