@@ -53,10 +53,11 @@ class MixUpCutMix(Callback):
 
     Raises:
         AugmentationError: At construction for alpha <= 0, both transforms off, p or
-            switch_prob outside [0, 1], stop_epoch < 1; at the first training batch, before
-            its forward, for targets that are not class indices (float or regression
-            targets, masks `(N, H, W)`), inputs that are not `(N, C, H, W)` images, or a
-            num_classes that differs from the model's outputs.
+            switch_prob outside [0, 1], stop_epoch < 1. Before the forward of a training
+            batch (checked on each, from shapes and dtypes only) for targets that are not
+            class indices (float or regression targets, masks `(N, H, W)`) and inputs that
+            are not `(N, C, H, W)` images; at the first batch for a num_classes that differs
+            from the model's outputs.
     """
 
     order = Order.DEFAULT
