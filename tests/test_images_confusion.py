@@ -8,6 +8,7 @@ from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.inspection.event_report import load
+from callbacks_kit.state import TrainState
 from callbacks_kit.trainer import Trainer
 
 
@@ -53,6 +54,7 @@ def test_render_many_classes_without_text_and_binary_logits():
     assert image.shape[0] == 3 and image.shape[1] > 40 * 6
 
     class Fake:
+        state = TrainState()  # validation_prefix "val"
         loss_fn = torch.nn.BCEWithLogitsLoss()
         is_main_process = True
         last_outputs = torch.tensor([[2.0], [-1.0], [0.5]])
@@ -65,6 +67,7 @@ def test_render_many_classes_without_text_and_binary_logits():
 
 def test_out_of_range_targets_are_ignored():
     class Fake:
+        state = TrainState()  # validation_prefix "val"
         loss_fn = torch.nn.CrossEntropyLoss()
         is_main_process = True
         last_outputs = torch.eye(3)
