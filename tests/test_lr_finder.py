@@ -145,3 +145,14 @@ def test_the_curve_goes_to_tensorboard_as_scalars_image_and_text(tmp_path):
 def test_bad_lr_finder_options_are_refused(kwargs, message):
     with pytest.raises(ScheduleError, match=message):
         LRFinder(**kwargs)
+
+
+def test_gradient_accumulation_does_not_change_the_sweep():
+    def sweep(accumulation: int) -> list[float]:
+        model = bn_dropout_model()
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                          gradient_accumulation_steps=accumulation, progress_bar=False, seed=0)  # fmt: skip
+        return LRFinder(min_lr=1e-3, max_lr=10.0, steps=8).run(trainer, train_loader()).losses
+
+    # Each sweep step is one optimizer step on one whole batch, with or without accumulation.
+    assert sweep(2) == sweep(1)
