@@ -40,3 +40,20 @@ def test_segmentation_dice(tmp_path: Path, loss: str):
     events = event_run(tmp_path)
     assert {"val/loss", "val/iou", "lr/group0"} <= set(events.Tags()["scalars"])
     assert "segmentation/image_truth_prediction" in events.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_finetune_recipe(tmp_path: Path):
+    out = run_example("finetune_recipe.py", "--fast", "--log-dir", str(tmp_path))
+    assert "suggested LR" in out and "the LR of the lowest smoothed loss / 10" in out
+    assert "epoch 1: unfroze layer4" in out and "val_ema/accuracy" in out
+    sweep = event_run(tmp_path / "lr_find")
+    assert "lr_find/curve" in sweep.Tags()["images"]
+    assert {"lr_find/lr", "lr_find/loss", "lr_find/smoothed_loss"} <= set(sweep.Tags()["scalars"])
+    trained = float(out.split("trained with LR ")[1].split(":")[0])
+    events = event_run(tmp_path)
+    tags = set(events.Tags()["scalars"])
+    assert {"val/accuracy", "val_ema/accuracy", "train/accuracy", "lr/fc"} <= tags  # train/accuracy: MixUpCutMix's
+    # The first epoch's head-only training ran at the suggestion (the head's group is the reference group).
+    assert events.Scalars("lr/fc")[0].value == pytest.approx(trained, rel=1e-2)
+    assert (tmp_path / "checkpoints" / "best.safetensors").exists()  # the EMA weights, monitored on val_ema
