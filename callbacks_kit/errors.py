@@ -59,6 +59,10 @@ class LossInputError(CallbacksKitError):
     """Inputs of a loss function whose shapes, dtypes or values do not fit it."""
 
 
+class DeployError(CallbacksKitError):
+    """A trained run that cannot be used as asked: an export that is missing its package or does not match."""
+
+
 class CLIError(CallbacksKitError):
     """A command-line option that cannot be used; printed as one line, exit status 2."""
 
@@ -69,6 +73,7 @@ __all__ = [
     "CallbacksKitError",
     "CheckpointError",
     "DataError",
+    "DeployError",
     "FinetuneError",
     "FolderInUseError",
     "LayerNotFoundError",

@@ -1,4 +1,4 @@
-"""The `callbacks-kit` console script: one module per command (`train`, `inspect`)."""
+"""The `callbacks-kit` console script: one module per command (`train`, `inspect`, `predict`, `evaluate`, `export`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callbacks_kit.cli import inspect, train
+from callbacks_kit.cli import evaluate, export, inspect, predict, train
 from callbacks_kit.errors import CallbacksKitError
 
-COMMANDS = {"train": train, "inspect": inspect}
+COMMANDS = {"train": train, "inspect": inspect, "predict": predict, "evaluate": evaluate, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

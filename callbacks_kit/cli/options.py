@@ -22,6 +22,7 @@ from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.errors import CLIError
+from callbacks_kit.finetune.heads import HEADS
 
 
 # Each feature adds its options and its callbacks in its own pair of functions.
@@ -178,3 +179,43 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
     if args.early_stop_patience is not None:
         callbacks.append(EarlyStopping("val/accuracy", patience=args.early_stop_patience, mode="max"))
     return callbacks
+
+
+def add_head_args(parser: argparse.ArgumentParser) -> None:
+    """The classifier head: one Linear layer, or an MLP."""
+    group = parser.add_argument_group("classifier head")
+    group.add_argument(
+        "--head",
+        choices=HEADS,
+        default="linear",
+        help="linear: one Linear layer; mlp: dropout, a hidden Linear with BatchNorm and ReLU, dropout, Linear",
+    )
+    group.add_argument("--hidden", type=int, default=512, metavar="N", help="hidden units of --head mlp")
+    group.add_argument("--dropout", type=float, default=0.2, metavar="P", help="dropout of --head mlp")
+
+
+def check_head_args(args: argparse.Namespace) -> None:
+    """Refuse MLP-head settings that cannot work, or that would be ignored."""
+    if args.head == "mlp" and (args.hidden < 1 or not 0 <= args.dropout < 1):
+        raise CLIError(f"--hidden must be at least 1 and --dropout in [0, 1), got {args.hidden} and {args.dropout}")
+    if args.head != "mlp" and (args.hidden != 512 or args.dropout != 0.2):
+        raise CLIError("--hidden and --dropout shape the MLP head: add --head mlp, or drop them")
+
+
+def add_csv_args(parser: argparse.ArgumentParser) -> None:
+    """Images labelled by a CSV instead of an ImageFolder tree."""
+    group = parser.add_argument_group("CSV-labelled data")
+    group.add_argument("--labels", metavar="FILE.csv", help="CSV of image paths and labels (with --images)")
+    group.add_argument("--images", metavar="DIR", help="folder the CSV's paths are relative to")
+    group.add_argument("--path-column", metavar="NAME", help="column of image paths (default: the first)")
+    group.add_argument("--label-column", metavar="NAME", help="column of labels (default: 'label', else the second)")
+
+
+def check_csv_args(args: argparse.Namespace) -> None:
+    """`--labels` and `--images` go together, never with `--data`; the column names need `--labels`."""
+    if bool(args.labels) != bool(args.images):
+        raise CLIError("--labels FILE.csv and --images DIR go together: pass both, or neither")
+    if args.labels and args.data:
+        raise CLIError("--data (an ImageFolder) and --labels (a CSV) both name the data: pass only one")
+    if (args.path_column or args.label_column) and not args.labels:
+        raise CLIError("--path-column and --label-column name columns of --labels FILE.csv; add --labels and --images")

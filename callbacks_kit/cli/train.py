@@ -21,7 +21,9 @@ from callbacks_kit.checkpoint.layout import MODEL
 from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
+from callbacks_kit.csv_dataset import csv_datasets
 from callbacks_kit.data import ShapesDataset, default_workers, image_folder_datasets, make_loader
+from callbacks_kit.deploy.run_info import RunInfo, write_run_info
 from callbacks_kit.distributed import use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
@@ -55,7 +57,12 @@ def add_parser(commands: Any) -> None:
     )
     model = train.add_argument_group("model and optimisation")
     model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
-    model.add_argument("--weights", metavar="PATH", help="local state_dict to start from (head is replaced)")
+    model.add_argument(
+        "--weights",
+        metavar="PATH|NAME",
+        help="local state_dict to start from (head is replaced), or torchvision weights by name (DEFAULT, "
+        "IMAGENET1K_V1) read from the torch hub cache, offline",
+    )
     model.add_argument(
         "--allow-partial-weights",
         action="store_true",
@@ -74,6 +81,8 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines stay)")
+    options.add_head_args(train)
+    options.add_csv_args(train)
     options.add_inspection_args(train)
     options.add_finetune_args(train)
     options.add_checkpoint_args(train)
@@ -123,16 +132,17 @@ def check_numbers(args: argparse.Namespace) -> None:
                 wanted = f"at least {low}" if low_ok else f"greater than {low}"
             unit = " pixels" if name == "image_size" else ""
             raise CLIError(f"{flag} must be {wanted}{unit}, got {value}")
-    if args.val_split is not None and not args.data:
+    folder = args.data or getattr(args, "labels", None)
+    if args.val_split is not None and not folder:
         raise CLIError("--val-split sets the share of --data held out for validation; it needs --data DIR")
     given = [f"--{name.replace('_', '-')}" for name in SHAPES_SIZES if getattr(args, name) is not None]
-    if args.data and given:
+    if folder and given:
         raise CLIError(
             f"{' and '.join(given)} size the built-in shapes dataset; with --data the folder decides what trains: "
             "drop them (or use --val-split for the share held out)"
         )
     for name, default in SHAPES_SIZES.items():
-        if not args.data and getattr(args, name) is None:
+        if not folder and getattr(args, name) is None:
             setattr(args, name, default)
 
 
@@ -207,21 +217,30 @@ def train(
         customize: Sees (and may change) the main job's callbacks before the Trainer is
             built; the benchmark uses it to time them.
     """
+    options.check_csv_args(args)
+    options.check_head_args(args)
     check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu_only)
     torch.manual_seed(args.seed)
-    if args.data:
+    if args.data or args.labels:
         size = args.image_size or 224
-        train_set, val_set, classes = image_folder_datasets(args.data, size, args.val_split, args.seed)
+        if args.labels:
+            train_set, val_set, classes = csv_datasets(
+                args.labels, args.images, size, args.val_split, args.seed, args.path_column, args.label_column
+            )
+        else:
+            train_set, val_set, classes = image_folder_datasets(args.data, size, args.val_split, args.seed)
         workers = default_workers() if args.workers is None else args.workers
+        resize = round(size / 0.875)  # eval_transform's resize before the centre crop
     else:
         size = args.image_size or 64
         train_set = ShapesDataset(args.train_samples, size, seed=args.seed)
         val_set = ShapesDataset(args.val_samples, size, seed=args.seed + 10_000)
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
+        resize = size  # shapes are drawn at the input size: a saved one goes in unchanged
     pin = torch.cuda.is_available() and not cpu_only  # pinned pages only help copies to a GPU
     # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
     drop_last = len(train_set) > args.batch_size * state.num_processes
@@ -230,7 +249,14 @@ def train(
     )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
     model = build_classifier(
-        args.model, len(classes), args.weights, allow_partial=args.allow_partial_weights, report=state.print
+        args.model,
+        len(classes),
+        args.weights,
+        allow_partial=args.allow_partial_weights,
+        report=state.print,
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
     )
     if args.init_from:
         if args.resume:
@@ -269,7 +295,19 @@ def train(
         f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
     )
     start = time.perf_counter()
+    info = RunInfo(
+        args.model,
+        list(classes),
+        size,
+        resize,
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
+        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
+    )
     with _lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+        if state.is_main_process:
+            write_run_info(run_dir, info)  # what predict, evaluate and export need, before any checkpoint
         try:
             trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
         except ScheduleError as exc:
