@@ -19,7 +19,10 @@ from callbacks_kit.callbacks import (
     TerminateOnNaN,
     WeightHistograms,
 )
+from callbacks_kit.csv_dataset import CsvImageDataset
+from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
+from callbacks_kit.finetune.heads import MLPHead
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.layers import resolve_module
 from callbacks_kit.metrics import accuracy
@@ -34,6 +37,7 @@ __all__ = [
     "CallbacksKitError",
     "CheckpointError",
     "ConfusionMatrix",
+    "CsvImageDataset",
     "EarlyStopping",
     "FeatureMaps",
     "FreezeUnfreeze",
@@ -41,10 +45,12 @@ __all__ = [
     "KernelGrid",
     "LayerNotFoundError",
     "LRScheduler",
+    "MLPHead",
     "ModelCheckpoint",
     "Order",
     "PreemptionHandler",
     "ProgressBar",
+    "RunInfo",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "TrainState",
@@ -52,5 +58,9 @@ __all__ = [
     "TrainerError",
     "WeightHistograms",
     "accuracy",
+    "evaluate_run",
+    "export_run",
+    "load_run_model",
+    "predict",
     "resolve_module",
 ]

@@ -67,17 +67,3 @@ def read_image(path: str | os.PathLike[str]) -> tuple[object | None, str | None]
         return load_image(path), None
     except Exception as exc:  # PIL raises many kinds for damaged files
         return None, f"{type(exc).__name__}: {exc}"
-
-
-def check_input(batch: torch.Tensor) -> torch.Tensor:
-    """Refuse a tensor batch that is not `(N, 3, H, W)` float, naming the fix."""
-    if batch.ndim == 3:
-        batch = batch.unsqueeze(0)
-    if batch.ndim != 4 or batch.shape[1] != 3:
-        raise DataError(
-            f"images must be (N, 3, H, W) RGB tensors, got shape {tuple(batch.shape)}; convert greyscale or RGBA "
-            "images to RGB first (PIL: image.convert('RGB')), or pass file paths, which are converted for you"
-        )
-    if not batch.is_floating_point():
-        raise DataError(f"image tensors must be float after the run's preprocessing, got {batch.dtype}")
-    return batch
