@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,8 @@ class RunInfo:
 
 
 def _package_version() -> str:
-    from callbacks_kit import __version__
-
-    return __version__
+    # Read at call time: the package __init__ imports this module, so importing it here would be a cycle.
+    return str(getattr(sys.modules.get("callbacks_kit"), "__version__", "unknown"))
 
 
 def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
@@ -103,7 +103,7 @@ def run_json_path(run: str | os.PathLike[str]) -> Path:
             return candidate
     raise CheckpointError(
         f"{run} is not a callbacks-kit run: it holds no {RUN_INFO}. Pass the --log-dir folder of a run trained "
-        f"with `callbacks-kit train` (runs trained before version 0.2 have no {RUN_INFO}: train again, or write "
+        f"with `callbacks-kit train` (runs trained by an older callbacks-kit have no {RUN_INFO}: train again, or write "
         "one with callbacks_kit.deploy.write_run_info)"
     )
 
