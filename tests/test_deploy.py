@@ -204,3 +204,16 @@ def test_export_refuses_a_missing_package_and_an_existing_file(
     assert kept.read_bytes() == b"precious"
     assert export_run(run, "state_dict", kept, overwrite=True).max_abs_diff == 0
     assert list(tmp_path.glob(".tmp-*")) == []
+
+
+def test_a_run_refused_for_bad_input_keeps_the_run_json_it_found(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+):
+    run, _ = trained
+    before = (run / RUN_INFO).read_text()
+    # SqueezeNet's pools need more than 16 px: the first batch fails in the sanity check, before fit starts.
+    bad = [*TRAIN[:-1], "16", *QUIET, "--model", "squeezenet1_1", "--log-dir", str(run)]
+    assert main(["train", *bad]) == 2
+    assert "the first batch fails in the model" in capsys.readouterr().err
+    assert (run / RUN_INFO).read_text() == before
+    assert load_run_model(run)[1].model == "resnet18"

@@ -23,7 +23,7 @@ from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
 from callbacks_kit.csv_dataset import csv_datasets
 from callbacks_kit.data import ShapesDataset, default_workers, image_folder_datasets, make_loader
-from callbacks_kit.deploy.run_info import RunInfo, write_run_info
+from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.distributed import use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
@@ -274,6 +274,17 @@ def train(
     callbacks += options.inspection_callbacks(args, classes)
     callbacks += options.finetune_callbacks(args, steps_per_epoch)
     callbacks += options.checkpoint_callbacks(args, run_dir)
+    info = RunInfo(
+        args.model,
+        list(classes),
+        size,
+        resize,
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
+        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
+    )
+    callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
     if customize is not None:
         callbacks = customize(callbacks)
     trainer = Trainer(
@@ -295,19 +306,7 @@ def train(
         f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
     )
     start = time.perf_counter()
-    info = RunInfo(
-        args.model,
-        list(classes),
-        size,
-        resize,
-        head=args.head,
-        hidden=args.hidden,
-        dropout=args.dropout,
-        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
-    )
     with _lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
-        if state.is_main_process:
-            write_run_info(run_dir, info)  # what predict, evaluate and export need, before any checkpoint
         try:
             trainer.fit(train_loader, val_loader, epochs=args.epochs, resume_from=args.resume)
         except ScheduleError as exc:

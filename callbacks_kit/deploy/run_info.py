@@ -13,12 +13,13 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.model_checkpoint import BEST_WEIGHTS
 from callbacks_kit.checkpoint.layout import MODEL
 from callbacks_kit.checkpoint.store import read_pointer, write_atomic
@@ -26,6 +27,9 @@ from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import CheckpointError
 from callbacks_kit.finetune.models import build_classifier
 from callbacks_kit.finetune.weights import load_weights
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
 
 RUN_INFO = "run.json"
 FORMAT, VERSION = "callbacks_kit.run", 1
@@ -93,6 +97,23 @@ def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
     payload = {"format": FORMAT, "version": VERSION, "num_classes": info.num_classes, **asdict(info)}
     write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path
+
+
+class WriteRunInfo(Callback):
+    """Writes `run.json` into `run_dir` when `fit` starts, on the main process.
+
+    At `on_fit_start` every input check has passed (a run refused for bad input leaves an
+    earlier `run.json` as it was) and no checkpoint of this run exists yet.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], info: RunInfo) -> None:
+        self.run_dir = Path(run_dir)
+        self.info = info
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Write the file (main process only)."""
+        if trainer.is_main_process:
+            write_run_info(self.run_dir, self.info)
 
 
 def run_json_path(run: str | os.PathLike[str]) -> Path:
