@@ -3,7 +3,14 @@
 from callbacks_kit.deploy.evaluate import EvaluationReport, evaluate_run
 from callbacks_kit.deploy.export import EXPORT_FORMATS, ExportResult, export_run
 from callbacks_kit.deploy.predict import Prediction, predict
-from callbacks_kit.deploy.run_info import RUN_INFO, RunInfo, load_run_model, read_run_info, write_run_info
+from callbacks_kit.deploy.run_info import (
+    RUN_INFO,
+    RunInfo,
+    WriteRunInfo,
+    load_run_model,
+    read_run_info,
+    write_run_info,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -12,6 +19,7 @@ __all__ = [
     "ExportResult",
     "Prediction",
     "RunInfo",
+    "WriteRunInfo",
     "evaluate_run",
     "export_run",
     "load_run_model",

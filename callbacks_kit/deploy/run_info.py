@@ -1,7 +1,7 @@
 """What a run remembers to be used without its training script: `run.json`, and the model it rebuilds.
 
-`callbacks-kit train` writes `run.json` into the run folder (next to `checkpoints/`) before
-training: the model name and head, the classes, the input size and normalisation, and the
+`callbacks-kit train` writes `run.json` into the run folder (next to `checkpoints/`) when
+fit starts (`WriteRunInfo`): the model name and head, the classes, the input size and normalisation, and the
 package version. `predict`, `evaluate` and `export` read it back and rebuild the model
 with `build_classifier`, then load `best.safetensors`, the last checkpoint or a file.
 """
