@@ -39,7 +39,7 @@ def test_gradual_unfreezing_of_timm_blocks():
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
 
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,)))
+    data = TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,)))
     freeze = FreezeUnfreeze(unfreeze_at=[1, 2])
     trainer = Trainer(
         model,
