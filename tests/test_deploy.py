@@ -217,3 +217,17 @@ def test_a_run_refused_for_bad_input_keeps_the_run_json_it_found(
     assert "the first batch fails in the model" in capsys.readouterr().err
     assert (run / RUN_INFO).read_text() == before
     assert load_run_model(run)[1].model == "resnet18"
+
+
+def test_checkpoint_choice_best_last_and_path(trained: tuple[Path, Path]):
+    run, pngs = trained
+    image = [sorted(pngs.rglob("*.png"))[0]]
+    best = predict(run, image, device="cpu").predictions[0]
+    last = predict(run, image, checkpoint="last", device="cpu").predictions[0]  # one epoch: the same weights
+    folder = next(p for p in (run / "checkpoints").iterdir() if p.is_dir())
+    by_path = predict(run, image, checkpoint=str(folder), device="cpu").predictions[0]
+    assert best.probabilities == last.probabilities == by_path.probabilities
+    with pytest.raises(CheckpointError, match="--checkpoint nowhere: no such weights file or checkpoint folder"):
+        predict(run, image, checkpoint="nowhere")
+    with pytest.raises(DataError, match="no such file or folder"):
+        predict(run, [run / "missing.png"])
