@@ -21,7 +21,10 @@ from callbacks_kit.callbacks import (
     TerminateOnNaN,
     WeightHistograms,
 )
+from callbacks_kit.csv_dataset import CsvImageDataset
+from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
+from callbacks_kit.finetune.heads import MLPHead
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.layers import resolve_module
 from callbacks_kit.lr_finder import LRFinder, LRFinderResult
@@ -38,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "ConfusionMatrix",
     "EMA",
+    "CsvImageDataset",
     "EarlyStopping",
     "FeatureMaps",
     "FreezeUnfreeze",
@@ -48,10 +52,12 @@ __all__ = [
     "LRFinderResult",
     "LRScheduler",
     "MixUpCutMix",
+    "MLPHead",
     "ModelCheckpoint",
     "Order",
     "PreemptionHandler",
     "ProgressBar",
+    "RunInfo",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "TrainState",
@@ -59,5 +65,9 @@ __all__ = [
     "TrainerError",
     "WeightHistograms",
     "accuracy",
+    "evaluate_run",
+    "export_run",
+    "load_run_model",
+    "predict",
     "resolve_module",
 ]

@@ -63,6 +63,10 @@ class AugmentationError(CallbacksKitError):
     """A batch transform (MixUp/CutMix) or augmentation that does not fit its options, the data or the model."""
 
 
+class DeployError(CallbacksKitError):
+    """A trained run that cannot be used as asked: an export that is missing its package or does not match."""
+
+
 class CLIError(CallbacksKitError):
     """A command-line option that cannot be used; printed as one line, exit status 2."""
 
@@ -74,6 +78,7 @@ __all__ = [
     "CallbacksKitError",
     "CheckpointError",
     "DataError",
+    "DeployError",
     "FinetuneError",
     "FolderInUseError",
     "LayerNotFoundError",

@@ -37,6 +37,8 @@ MODULES: list[tuple[str, str]] = [
     ("callbacks_kit.finetune", "Freezing, param groups by module name, head replacement and local weights."),
     ("callbacks_kit.losses", "Segmentation and imbalance losses from logits: Dice, Jaccard (IoU), Focal, BCE-Dice."),
     ("callbacks_kit.data", "The built-in shapes dataset, ImageFolder loading, transforms and loaders."),
+    ("callbacks_kit.csv_dataset", "Images labelled by a CSV file (`--labels FILE.csv --images DIR`)."),
+    ("callbacks_kit.deploy", "Using a trained run: `run.json`, predict, evaluate, export."),
     ("callbacks_kit.metrics", "Built-in metrics: `(outputs, targets) -> scalar tensor`."),
     ("callbacks_kit.hooks", "Forward hooks that remove themselves."),
     ("callbacks_kit.layers", "Choosing layers by name, with helpful errors and defaults."),

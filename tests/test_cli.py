@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers.images import write_image_folder
 from helpers.paths import REPO
 
 from callbacks_kit.cli import main
-from callbacks_kit.data import ShapesDataset, denormalize
 
 TINY = [
     "--epochs",
@@ -29,27 +29,6 @@ TINY = [
     "--no-progress",
 ]
 TINY_DATA = TINY[:2] + TINY[6:]  # without the shapes sizes, which --data refuses
-
-
-def write_image_folder(root: Path, per_class: int = 6, split: bool = True) -> None:
-    """A small ImageFolder tree of PNGs drawn from the shapes dataset."""
-    shapes = ShapesDataset(per_class * 12, image_size=40, seed=3)
-    counts: dict[tuple[str, str], int] = {}
-    for i in range(len(shapes)):
-        image, label = shapes[i]
-        part = ("train" if i % 3 else "val") if split else ""
-        name = shapes.classes[label]
-        folder = root / part / name
-        folder.mkdir(parents=True, exist_ok=True)
-        counts[(part, name)] = counts.get((part, name), 0) + 1
-        torchvision.utils.save_image(denormalize(image), folder / f"{i}.png")
-    if split:  # every class needs a folder on both sides
-        for part in ("train", "val"):
-            for name in shapes.classes:
-                folder = root / part / name
-                if not folder.exists() or not any(folder.iterdir()):
-                    folder.mkdir(parents=True, exist_ok=True)
-                    torchvision.utils.save_image(torch.rand(3, 40, 40), folder / "extra.png")
 
 
 def test_main_job_tiny_run_writes_a_tensorboard_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -490,7 +490,7 @@ def options(text: str) -> list[str]:
 def option_problems(text: str) -> list[str]:
     """Options in one command line or code span that the command they follow does not have."""
     help_ = cli_help()
-    command = re.search(r"callbacks[-_]kit\s+(train|inspect)\b", text)
+    command = re.search(r"callbacks[-_]kit\s+(" + "|".join(cli_help()) + r")\b", text)
     if command:
         known = help_[command.group(1)]
         return [f"{o} (callbacks-kit {command.group(1)})" for o in options(text[command.end() :]) if o not in known]

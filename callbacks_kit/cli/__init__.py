@@ -1,4 +1,4 @@
-"""The `callbacks-kit` console script: one module per command (`train`, `lr-find`, `inspect`)."""
+"""The `callbacks-kit` console script: one module per command (train, lr-find, inspect, predict, evaluate, export)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callbacks_kit.cli import inspect, lr_find, train
+from callbacks_kit.cli import evaluate, export, inspect, lr_find, predict, train
 from callbacks_kit.errors import CallbacksKitError
 
-COMMANDS = {"train": train, "lr-find": lr_find, "inspect": inspect}
+COMMANDS = {
+    "train": train,
+    "lr-find": lr_find,
+    "inspect": inspect,
+    "predict": predict,
+    "evaluate": evaluate,
+    "export": export,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

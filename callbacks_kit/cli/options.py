@@ -34,6 +34,7 @@ from callbacks_kit.lr_finder import LRFinder, LRFinderResult
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
+from callbacks_kit.finetune.heads import HEADS
 
 
 # Each feature adds its options and its callbacks in its own pair of functions.
@@ -391,3 +392,43 @@ def auto_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log_
         group["lr"] = result.suggestion * group["lr"] / result.base_lr
     trainer.print(f"--lr auto: training with LR {result.suggestion:.3g} (curve in {log_dir})")
     return result.suggestion
+
+
+def add_head_args(parser: argparse.ArgumentParser) -> None:
+    """The classifier head: one Linear layer, or an MLP."""
+    group = parser.add_argument_group("classifier head")
+    group.add_argument(
+        "--head",
+        choices=HEADS,
+        default="linear",
+        help="linear: one Linear layer; mlp: dropout, a hidden Linear with BatchNorm and ReLU, dropout, Linear",
+    )
+    group.add_argument("--hidden", type=int, default=512, metavar="N", help="hidden units of --head mlp")
+    group.add_argument("--dropout", type=float, default=0.2, metavar="P", help="dropout of --head mlp")
+
+
+def check_head_args(args: argparse.Namespace) -> None:
+    """Refuse MLP-head settings that cannot work, or that would be ignored."""
+    if args.head == "mlp" and (args.hidden < 1 or not 0 <= args.dropout < 1):
+        raise CLIError(f"--hidden must be at least 1 and --dropout in [0, 1), got {args.hidden} and {args.dropout}")
+    if args.head != "mlp" and (args.hidden != 512 or args.dropout != 0.2):
+        raise CLIError("--hidden and --dropout shape the MLP head: add --head mlp, or drop them")
+
+
+def add_csv_args(parser: argparse.ArgumentParser) -> None:
+    """Images labelled by a CSV instead of an ImageFolder tree."""
+    group = parser.add_argument_group("CSV-labelled data")
+    group.add_argument("--labels", metavar="FILE.csv", help="CSV of image paths and labels (with --images)")
+    group.add_argument("--images", metavar="DIR", help="folder the CSV's paths are relative to")
+    group.add_argument("--path-column", metavar="NAME", help="column of image paths (default: the first)")
+    group.add_argument("--label-column", metavar="NAME", help="column of labels (default: 'label', else the second)")
+
+
+def check_csv_args(args: argparse.Namespace) -> None:
+    """`--labels` and `--images` go together, never with `--data`; the column names need `--labels`."""
+    if bool(args.labels) != bool(args.images):
+        raise CLIError("--labels FILE.csv and --images DIR go together: pass both, or neither")
+    if args.labels and args.data:
+        raise CLIError("--data (an ImageFolder) and --labels (a CSV) both name the data: pass only one")
+    if (args.path_column or args.label_column) and not args.labels:
+        raise CLIError("--path-column and --label-column name columns of --labels FILE.csv; add --labels and --images")

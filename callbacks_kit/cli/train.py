@@ -24,7 +24,9 @@ from callbacks_kit.checkpoint.layout import MODEL
 from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
+from callbacks_kit.csv_dataset import csv_datasets
 from callbacks_kit.data import ShapesDataset, augmentation, default_workers, image_folder_datasets, make_loader
+from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.distributed import use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
@@ -69,7 +71,12 @@ def add_job_args(train: argparse.ArgumentParser) -> None:
     )
     model = train.add_argument_group("model and optimisation")
     model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
-    model.add_argument("--weights", metavar="PATH", help="local state_dict to start from (head is replaced)")
+    model.add_argument(
+        "--weights",
+        metavar="PATH|NAME",
+        help="local state_dict to start from (head is replaced), or torchvision weights by name (DEFAULT, "
+        "IMAGENET1K_V1) read from the torch hub cache, offline",
+    )
     model.add_argument(
         "--allow-partial-weights",
         action="store_true",
@@ -95,6 +102,8 @@ def add_job_args(train: argparse.ArgumentParser) -> None:
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines stay)")
     options.add_augment_args(train)
+    options.add_head_args(train)
+    options.add_csv_args(train)
 
 
 def lr_value(text: str) -> float | str:
@@ -151,16 +160,17 @@ def check_numbers(args: argparse.Namespace) -> None:
                 wanted = f"at least {low}" if low_ok else f"greater than {low}"
             unit = " pixels" if name == "image_size" else ""
             raise CLIError(f"{flag} must be {wanted}{unit}, got {value}")
-    if args.val_split is not None and not args.data:
+    folder = args.data or getattr(args, "labels", None)
+    if args.val_split is not None and not folder:
         raise CLIError("--val-split sets the share of --data held out for validation; it needs --data DIR")
     given = [f"--{name.replace('_', '-')}" for name in SHAPES_SIZES if getattr(args, name) is not None]
-    if args.data and given:
+    if folder and given:
         raise CLIError(
             f"{' and '.join(given)} size the built-in shapes dataset; with --data the folder decides what trains: "
             "drop them (or use --val-split for the share held out)"
         )
     for name, default in SHAPES_SIZES.items():
-        if not args.data and getattr(args, name) is None:
+        if not folder and getattr(args, name) is None:
             setattr(args, name, default)
 
 
@@ -235,6 +245,7 @@ class Job:
     val_loader: DataLoader
     classes: list[str]
     size: int
+    resize: int  # the side images are resized to before the centre crop (run.json)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
@@ -262,18 +273,35 @@ def build_job(args: argparse.Namespace) -> Job:
     With `--lr auto` the param groups start at `AUTO_PLACEHOLDER_LR`; the LR range test only
     uses their ratios (all 1 here) and the caller sets the suggestion afterwards.
     """
+    options.check_csv_args(args)
+    options.check_head_args(args)
     check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu_only)
     torch.manual_seed(args.seed)
     options.label_smoothing(args)
-    if args.data:
+    if args.data or args.labels:
         size = args.image_size or 224
-        train_set, val_set, classes = image_folder_datasets(
-            args.data, size, args.val_split, args.seed, augment=args.augment or "basic", flip=not args.no_flip
-        )
+        augment, flip = args.augment or "basic", not args.no_flip
+        if args.labels:
+            train_set, val_set, classes = csv_datasets(
+                args.labels,
+                args.images,
+                size,
+                args.val_split,
+                args.seed,
+                args.path_column,
+                args.label_column,
+                augment=augment,
+                flip=flip,
+            )
+        else:
+            train_set, val_set, classes = image_folder_datasets(
+                args.data, size, args.val_split, args.seed, augment=augment, flip=flip
+            )
         workers = default_workers() if args.workers is None else args.workers
+        resize = round(size / 0.875)  # eval_transform's resize before the centre crop
     else:
         size = args.image_size or 64
         steps = augmentation(size, args.augment or "none", flip=not args.no_flip)
@@ -283,6 +311,7 @@ def build_job(args: argparse.Namespace) -> Job:
         val_set = ShapesDataset(args.val_samples, size, seed=args.seed + 10_000)
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
+        resize = size  # shapes are drawn at the input size: a saved one goes in unchanged
     pin = torch.cuda.is_available() and not cpu_only  # pinned pages only help copies to a GPU
     # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
     drop_last = len(train_set) > args.batch_size * state.num_processes
@@ -291,7 +320,14 @@ def build_job(args: argparse.Namespace) -> Job:
     )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
     model = build_classifier(
-        args.model, len(classes), args.weights, allow_partial=args.allow_partial_weights, report=state.print
+        args.model,
+        len(classes),
+        args.weights,
+        allow_partial=args.allow_partial_weights,
+        report=state.print,
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
     )
     if getattr(args, "init_from", None):  # train's option; lr-find has none
         if args.resume:
@@ -303,7 +339,7 @@ def build_job(args: argparse.Namespace) -> Job:
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, lr))
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-    return Job(state, cpu_only, train_loader, val_loader, classes, size, model, optimizer)
+    return Job(state, cpu_only, train_loader, val_loader, classes, size, resize, model, optimizer)
 
 
 # The groups' LR while `--lr auto` waits for the LR range test (only their ratios are used).
@@ -341,6 +377,17 @@ def train(
     callbacks += options.ema_callbacks(args)
     callbacks += options.checkpoint_callbacks(args, run_dir)
     callbacks += recipe
+    info = RunInfo(
+        args.model,
+        list(classes),
+        size,
+        job.resize,
+        head=args.head,
+        hidden=args.hidden,
+        dropout=args.dropout,
+        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
+    )
+    callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
     if customize is not None:
         callbacks = customize(callbacks)
     trainer = job.trainer(args, callbacks)

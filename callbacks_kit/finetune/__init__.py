@@ -5,17 +5,21 @@
 
 from callbacks_kit.errors import FinetuneError
 from callbacks_kit.finetune.freezing import freeze, unfreeze
-from callbacks_kit.finetune.heads import SUPPORTED_FAMILIES, backbone_blocks, head_name, replace_head
+from callbacks_kit.finetune.heads import HEADS, SUPPORTED_FAMILIES, MLPHead, backbone_blocks, head_name, replace_head
+from callbacks_kit.finetune.hub import cached_weights
 from callbacks_kit.finetune.models import build_classifier, idx_to_class
 from callbacks_kit.finetune.param_groups import param_groups, select_parameters
 from callbacks_kit.finetune.weights import LoadReport, load_weights
 
 __all__ = [
+    "HEADS",
+    "MLPHead",
     "SUPPORTED_FAMILIES",
     "FinetuneError",
     "LoadReport",
     "backbone_blocks",
     "build_classifier",
+    "cached_weights",
     "freeze",
     "head_name",
     "idx_to_class",

@@ -18,20 +18,51 @@ SUPPORTED_FAMILIES = (
 )
 
 
+class MLPHead(nn.Sequential):
+    """A classification head with a hidden layer: dropout, Linear, BatchNorm, ReLU, dropout, Linear.
+
+    The head of the fine-tuning tutorials, in place of a single Linear layer. It counts as
+    one head: `head_name` names it whole, so freezing and per-group LRs treat it as the head.
+
+    Args:
+        in_features: Features the backbone gives.
+        num_classes: Outputs.
+        hidden: Units of the hidden layer.
+        dropout: Dropout probability before each Linear layer.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.2) -> None:
+        if hidden < 1 or not 0 <= dropout < 1:
+            raise FinetuneError(f"an MLP head needs hidden >= 1 and 0 <= dropout < 1, got {hidden} and {dropout}")
+        super().__init__(
+            nn.Dropout(dropout),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        self.in_features, self.out_features, self.hidden, self.dropout = in_features, num_classes, hidden, dropout
+
+
 def head_name(model: nn.Module) -> str:
-    """Name of the final classification layer of a torchvision classifier ("fc", "classifier.6"...).
+    """Name of the final classification layer of a torchvision or timm classifier ("fc", "classifier.6"...).
+
+    An `MLPHead` is named whole. A timm model's head is the one its `pretrained_cfg` names.
 
     Raises:
         FinetuneError: an architecture whose head is not where torchvision families keep it.
     """
     if isinstance(model, torchvision.models.SqueezeNet):
         return "classifier.1"  # a 1x1 convolution, not a Linear
-    for path in _HEAD_PATHS:
+    timm_head = getattr(model, "pretrained_cfg", {}).get("classifier") if _is_timm(model) else None
+    paths = (timm_head, *_HEAD_PATHS) if isinstance(timm_head, str) else _HEAD_PATHS
+    for path in paths:
         module = _get(model, path)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, MLPHead)):
             return path
         if isinstance(module, nn.Sequential):
-            linear = [i for i, layer in enumerate(module) if isinstance(layer, nn.Linear)]
+            linear = [i for i, layer in enumerate(module) if isinstance(layer, (nn.Linear, MLPHead))]
             if linear:
                 return f"{path}.{linear[-1]}"
     raise FinetuneError(
@@ -41,25 +72,48 @@ def head_name(model: nn.Module) -> str:
     )
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+HEADS = ("linear", "mlp")
+
+
+def replace_head(
+    model: nn.Module, num_classes: int, head: str = "linear", hidden: int = 512, dropout: float = 0.2
+) -> nn.Module:
     """Replace the final classification layer of a torchvision classifier, in place.
 
     The new layer is freshly initialised, on the old one's device and dtype; everything
     else is kept. Auxiliary heads of GoogLeNet and Inception v3 are replaced too.
+
+    Args:
+        model: The classifier.
+        num_classes: Outputs of the new head.
+        head: "linear" (one Linear layer, as torchvision builds it) or "mlp" (an `MLPHead`).
+        hidden: Hidden units of the MLP head.
+        dropout: Dropout of the MLP head.
 
     Returns:
         The new head module.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise FinetuneError(f"num_classes must be a positive int, got {num_classes!r}")
+    if head not in HEADS:
+        raise FinetuneError(f"head={head!r}; use one of {', '.join(HEADS)}")
     path = head_name(model)
     old = _get(model, path)
     assert old is not None
+    weight = next(old.parameters())
     if isinstance(old, nn.Conv2d):
+        if head == "mlp":
+            raise FinetuneError(
+                f"{type(model).__name__} classifies with a 1x1 convolution over a feature map, where an MLP head "
+                "does not fit; use head='linear' (--head linear) for it"
+            )
         new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
+    elif head == "mlp":
+        new = MLPHead(old.in_features, num_classes, hidden, dropout)
     else:
-        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    new.to(device=old.weight.device, dtype=old.weight.dtype)
+        bias = old.bias is not None if isinstance(old, nn.Linear) else True
+        new = nn.Linear(old.in_features, num_classes, bias=bias)
+    new.to(device=weight.device, dtype=weight.dtype)
     _set(model, path, new)
     if hasattr(model, "num_classes"):
         model.num_classes = num_classes
@@ -98,6 +152,10 @@ def _blocks(module: nn.Module, prefix: str, head: str) -> list[str]:
             continue
         names += _blocks(child, full + ".", head) if head.startswith(full + ".") else [full]
     return names
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.")
 
 
 def _get(model: nn.Module, path: str) -> Any:

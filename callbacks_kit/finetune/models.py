@@ -13,6 +13,8 @@ from torch import nn
 from callbacks_kit.data import base_dataset
 from callbacks_kit.errors import FinetuneError
 from callbacks_kit.finetune.heads import replace_head
+from callbacks_kit.finetune.hub import cached_weights, is_weight_name
+from callbacks_kit.finetune.timm_models import create_timm_model, is_timm_name
 from callbacks_kit.finetune.weights import load_weights
 
 
@@ -22,18 +24,36 @@ def build_classifier(
     weights: str | os.PathLike[str] | None = None,
     allow_partial: bool = False,
     report: Callable[[str], None] | None = None,
+    head: str = "linear",
+    hidden: int = 512,
+    dropout: float = 0.2,
 ) -> nn.Module:
-    """A torchvision classifier by name with its head replaced for `num_classes`.
+    """A torchvision (or timm) classifier by name with its head replaced for `num_classes`.
 
     Args:
-        name: Any name from `torchvision.models.list_models(module=torchvision.models)`.
+        name: Any name from `torchvision.models.list_models(module=torchvision.models)`, or
+            `timm/<name>` for a timm model (the `[timm]` extra).
         num_classes: Outputs of the new head.
         weights: A local state_dict file (ImageNet or your own) loaded before the head is
-            replaced, so its backbone is kept whatever head it was saved with.
+            replaced, so its backbone is kept whatever head it was saved with; or the name of
+            torchvision weights (`DEFAULT`, `IMAGENET1K_V1`), read from the torch hub cache
+            (offline, see `finetune.hub`).
         allow_partial: Load the matching part of weights that only partly fit the model
             (see `load_weights`); by default such a file is refused.
         report: Called with one line saying what the weights load matched (e.g. `print`).
+        head: "linear" or "mlp" (see `replace_head`).
+        hidden: Hidden units of the MLP head.
+        dropout: Dropout of the MLP head.
     """
+    if is_timm_name(name):
+        if weights is not None and is_weight_name(str(weights)):
+            raise FinetuneError(
+                f"--weights {weights}: named weights are torchvision's; for {name} pass a local weights file"
+            )
+        model = create_timm_model(name)
+        _load(model, weights, allow_partial, report)
+        replace_head(model, num_classes, head, hidden, dropout)
+        return model
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
@@ -45,12 +65,27 @@ def build_classifier(
     if name == "inception_v3":
         kwargs["aux_logits"] = True  # torchvision requires it; the aux head is only used in training
     model = torchvision.models.get_model(name, weights=None, **kwargs)
-    if weights is not None:
-        loaded = load_weights(model, weights, allow_partial=allow_partial)
-        if report is not None:
-            report(f"weights {weights}: {loaded}")
-    replace_head(model, num_classes)
+    if weights is not None and is_weight_name(str(weights)):
+        path = cached_weights(name, str(weights))
+        _load(model, path, allow_partial, report, f"{weights} ({path})")
+    else:
+        _load(model, weights, allow_partial, report)
+    replace_head(model, num_classes, head, hidden, dropout)
     return model
+
+
+def _load(
+    model: nn.Module,
+    weights: str | os.PathLike[str] | None,
+    allow_partial: bool,
+    report: Callable[[str], None] | None,
+    label: str | None = None,
+) -> None:
+    if weights is None:
+        return
+    loaded = load_weights(model, weights, allow_partial=allow_partial)
+    if report is not None:
+        report(f"weights {label or weights}: {loaded}")
 
 
 def idx_to_class(dataset: Any) -> dict[int, str]:

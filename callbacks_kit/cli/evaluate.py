@@ -1,0 +1,53 @@
+"""`callbacks-kit evaluate RUN --data DIR`: loss, accuracy, per-class report and confusion matrix on a test set."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from callbacks_kit.deploy.evaluate import evaluate_run
+from callbacks_kit.errors import CLIError
+
+
+def add_parser(commands: Any) -> None:
+    """Add the `evaluate` command and its options to `commands` (what `add_subparsers()` returned)."""
+    parser = commands.add_parser(
+        "evaluate",
+        help="measure a trained run on a held-out ImageFolder and log it under test/",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--data", required=True, metavar="DIR", help="test images, one folder per class")
+    group.add_argument("--checkpoint", default="best", metavar="best|last|PATH", help="which weights to use")
+    group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    group.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    group.add_argument("--no-tensorboard", action="store_true", help="print only; write nothing into the run")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the report; 0 on success."""
+    if args.batch_size < 1 or args.workers < 0:
+        raise CLIError(
+            f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and {args.workers}"
+        )
+    report = evaluate_run(
+        args.run,
+        args.data,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device="cpu" if args.cpu else None,
+        tensorboard=not args.no_tensorboard,
+    )
+    if report.missing_classes:
+        print(f"classes without test images (not measured): {', '.join(report.missing_classes)}")
+    print(report.table())
+    width = max(len(name) for name in report.classes)
+    print("confusion matrix (rows: true class, columns: predicted, in the order above):")
+    for name, row in zip(report.classes, report.confusion.tolist(), strict=True):
+        print(f"{name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
+    if not args.no_tensorboard:
+        print(f"written to the run's TensorBoard under test/: tensorboard --logdir {args.run}")
+    return 0

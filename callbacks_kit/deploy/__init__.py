@@ -1,0 +1,29 @@
+"""Using a trained run: what it remembers (`run.json`), predict, evaluate and export."""
+
+from callbacks_kit.deploy.evaluate import EvaluationReport, evaluate_run
+from callbacks_kit.deploy.export import EXPORT_FORMATS, ExportResult, export_run
+from callbacks_kit.deploy.predict import Prediction, predict
+from callbacks_kit.deploy.run_info import (
+    RUN_INFO,
+    RunInfo,
+    WriteRunInfo,
+    load_run_model,
+    read_run_info,
+    write_run_info,
+)
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "RUN_INFO",
+    "EvaluationReport",
+    "ExportResult",
+    "Prediction",
+    "RunInfo",
+    "WriteRunInfo",
+    "evaluate_run",
+    "export_run",
+    "load_run_model",
+    "predict",
+    "read_run_info",
+    "write_run_info",
+]

@@ -1,0 +1,166 @@
+"""Shipping a trained run: a plain state_dict, TorchScript or ONNX, each checked against PyTorch right after writing."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
+from callbacks_kit.errors import DeployError
+from callbacks_kit.finetune.heads import replace_head
+from callbacks_kit.finetune.timm_models import create_timm_model, is_timm_name
+
+EXPORT_FORMATS = ("state_dict", "torchscript", "onnx")
+SUFFIXES = {"state_dict": ".pth", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+# The packages each format needs beyond torch, and the extra that installs them.
+NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and the largest absolute difference of its outputs from PyTorch's."""
+
+    format: str
+    path: Path
+    max_abs_diff: float
+
+
+def check_packages(fmt: str) -> None:
+    """Refuse a format whose optional packages are missing, naming the extra that installs them."""
+    if fmt not in EXPORT_FORMATS:
+        raise DeployError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    for name in NEEDS.get(fmt, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise DeployError(
+                f'--format {fmt} needs the {name} package, which is not installed: pip install "callbacks-kit[export]"'
+            ) from exc
+
+
+def plain_model(info: RunInfo) -> nn.Module:
+    """The run's architecture as torchvision (or timm) builds it for `num_classes`, without callbacks_kit.
+
+    `torchvision.models.get_model(name, num_classes=N)`, with the MLP head put back when the
+    run used one: what a user of the exported state_dict writes.
+    """
+    if is_timm_name(info.model):
+        model = create_timm_model(info.model, num_classes=info.num_classes)
+    else:
+        kwargs = {"aux_logits": False, "init_weights": False} if info.model == "googlenet" else {}
+        if info.model == "inception_v3":
+            kwargs = {"init_weights": False}
+        model = torchvision.models.get_model(info.model, num_classes=info.num_classes, **kwargs)
+    if info.head == "mlp":
+        replace_head(model, info.num_classes, "mlp", info.hidden, info.dropout)
+    return model
+
+
+def sample_batch(info: RunInfo, size: int = 2, seed: int = 0) -> torch.Tensor:
+    """A fixed batch shaped like the run's inputs (normalised values), to compare outputs on."""
+    return torch.randn(size, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(expected: torch.Tensor, got: torch.Tensor | object) -> float:
+    got = torch.as_tensor(got)
+    if got.shape != expected.shape:
+        raise DeployError(f"the export returns shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    return float((expected - got.float()).abs().max())
+
+
+def _write_state_dict(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+    rebuilt = plain_model(info)
+    rebuilt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    with torch.inference_mode():
+        return _max_diff(model(batch), rebuilt.eval()(batch))
+
+
+def _write_torchscript(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
+    # TorchScript is deprecated in favour of torch.export, yet still what many serving stacks load.
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        traced = torch.jit.trace(model, batch[:1], check_trace=False)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return _max_diff(model(batch), loaded(batch))
+
+
+def _write_onnx(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
+    import onnxruntime
+
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        model,
+        (batch,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch_dim},),
+        external_data=False,
+        verbose=False,
+    )
+    assert program is not None
+    program.save(str(path), external_data=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+    with torch.inference_mode():
+        return _max_diff(model(batch), got)
+
+
+WRITERS = {"state_dict": _write_state_dict, "torchscript": _write_torchscript, "onnx": _write_onnx}
+
+
+def export_run(
+    run: str | os.PathLike[str],
+    fmt: str,
+    output: str | os.PathLike[str] | None = None,
+    checkpoint: str = "best",
+    overwrite: bool = False,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Export a run's model and check the file on a sample batch against the PyTorch model.
+
+    The file is written under a temporary name, loaded back (ONNX: run with onnxruntime on
+    the CPU) and compared; only a file within `tolerance` replaces `output`.
+
+    Args:
+        run: The run folder.
+        fmt: "state_dict" (a `.pth` for `torch.load(..., weights_only=True)` into
+            `torchvision.models.get_model(name, num_classes=N)`), "torchscript" or "onnx".
+        output: The file to write; default `<run>/export/model<suffix>`.
+        checkpoint: "best", "last", or a weights file or checkpoint folder.
+        overwrite: Replace an existing `output` (refused by default).
+        tolerance: Largest absolute difference of the logits accepted.
+
+    Raises:
+        DeployError: the format's package is missing, `output` exists, or the check fails.
+    """
+    check_packages(fmt)
+    path = Path(output) if output else run_json_path(run).parent / "export" / f"model{SUFFIXES[fmt]}"
+    if path.exists() and not overwrite:
+        raise DeployError(f"{path} exists; pass another --output, or --overwrite to replace it")
+    model, info = load_run_model(run, checkpoint)
+    model = model.float().cpu().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        diff = WRITERS[fmt](model, info, tmp, sample_batch(info))
+        if not diff <= tolerance:
+            raise DeployError(
+                f"the {fmt} export differs from the PyTorch model by {diff:.3g} (more than {tolerance:g}) on a "
+                "sample batch; it was not written. Report this with the model name"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(fmt, path, diff)

@@ -1,0 +1,201 @@
+"""What a run remembers to be used without its training script: `run.json`, and the model it rebuilds.
+
+`callbacks-kit train` writes `run.json` into the run folder (next to `checkpoints/`) when
+fit starts (`WriteRunInfo`): the model name and head, the classes, the input size and normalisation, and the
+package version. `predict`, `evaluate` and `export` read it back and rebuild the model
+with `build_classifier`, then load `best.safetensors`, the last checkpoint or a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.model_checkpoint import BEST_WEIGHTS
+from callbacks_kit.checkpoint.layout import MODEL
+from callbacks_kit.checkpoint.store import read_pointer, write_atomic
+from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.errors import CheckpointError
+from callbacks_kit.finetune.models import build_classifier
+from callbacks_kit.finetune.weights import load_weights
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+RUN_INFO = "run.json"
+FORMAT, VERSION = "callbacks_kit.run", 1
+
+
+@dataclass
+class RunInfo:
+    """Everything needed to rebuild a run's model and feed it images.
+
+    Attributes:
+        model: The `--model` name (a torchvision name or `timm/<name>`).
+        classes: Class names, in the order of the model's outputs.
+        image_size: Side of the square input in pixels.
+        resize: Images are resized to this (shorter side) before the centre crop of `image_size`.
+        head: "linear" or "mlp"; `hidden` and `dropout` describe the MLP head.
+        mean, std: Per-channel normalisation after scaling pixels to [0, 1].
+        checkpoint_dir: The checkpoint folder, relative to the run folder when inside it.
+        package_version: The callbacks_kit version that wrote it.
+    """
+
+    model: str
+    classes: list[str]
+    image_size: int
+    resize: int
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.2
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    checkpoint_dir: str = "checkpoints"
+    package_version: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the model."""
+        return len(self.classes)
+
+    def transform(self) -> v2.Compose:
+        """The evaluation preprocessing of the run: any PIL image or uint8 tensor to a normalised float tensor."""
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(self.resize, antialias=True),
+                v2.CenterCrop(self.image_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def build_model(self) -> nn.Module:
+        """The run's architecture with its head, randomly initialised (load weights into it)."""
+        return build_classifier(self.model, self.num_classes, head=self.head, hidden=self.hidden, dropout=self.dropout)
+
+
+def _package_version() -> str:
+    # Read at call time: the package __init__ imports this module, so importing it here would be a cycle.
+    return str(getattr(sys.modules.get("callbacks_kit"), "__version__", "unknown"))
+
+
+def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
+    """Write `info` as `run_dir/run.json` atomically (a reader never sees half a file); returns the path."""
+    info.package_version = info.package_version or _package_version()
+    path = Path(run_dir) / RUN_INFO
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "num_classes": info.num_classes, **asdict(info)}
+    write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    return path
+
+
+class WriteRunInfo(Callback):
+    """Writes `run.json` into `run_dir` when `fit` starts, on the main process.
+
+    At `on_fit_start` every input check has passed (a run refused for bad input leaves an
+    earlier `run.json` as it was) and no checkpoint of this run exists yet.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], info: RunInfo) -> None:
+        self.run_dir = Path(run_dir)
+        self.info = info
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Write the file (main process only)."""
+        if trainer.is_main_process:
+            write_run_info(self.run_dir, self.info)
+
+
+def run_json_path(run: str | os.PathLike[str]) -> Path:
+    """`run.json` of a run folder; also accepted: the file itself, or the run's checkpoint folder."""
+    run = Path(run)
+    for candidate in (run, run / RUN_INFO, run.parent / RUN_INFO):
+        if candidate.is_file() and candidate.name == RUN_INFO:
+            return candidate
+    raise CheckpointError(
+        f"{run} is not a callbacks-kit run: it holds no {RUN_INFO}. Pass the --log-dir folder of a run trained "
+        f"with `callbacks-kit train` (runs trained by an older callbacks-kit have no {RUN_INFO}: train again, or write "
+        "one with callbacks_kit.deploy.write_run_info)"
+    )
+
+
+def read_run_info(run: str | os.PathLike[str]) -> RunInfo:
+    """The `RunInfo` of a run folder, checked.
+
+    Raises:
+        CheckpointError: no `run.json`, an unreadable one, or one of another format or a newer version.
+    """
+    path = run_json_path(run)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}; the run's description is damaged") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a callbacks-kit run description (format {data.get('format')!r})")
+    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+        raise CheckpointError(
+            f"{path} has run format version {data.get('version')}, newer than this callbacks-kit reads ({VERSION}, "
+            f"version {_package_version()}); upgrade callbacks-kit (written by {data.get('package_version')})"
+        )
+    known = set(RunInfo.__dataclass_fields__)
+    try:
+        info = RunInfo(**{key: value for key, value in data.items() if key in known})
+    except TypeError as exc:
+        raise CheckpointError(f"{path} misses a field: {exc}") from exc
+    if len(info.classes) != data.get("num_classes", len(info.classes)):
+        raise CheckpointError(f"{path}: num_classes {data['num_classes']} but {len(info.classes)} class names")
+    return info
+
+
+def checkpoint_dir(run: str | os.PathLike[str], info: RunInfo) -> Path:
+    """The run's checkpoint folder (`checkpoint_dir` is relative to the run folder unless absolute)."""
+    return run_json_path(run).parent / info.checkpoint_dir
+
+
+def weights_file(run: str | os.PathLike[str], info: RunInfo, checkpoint: str = "best") -> Path:
+    """The weights `checkpoint` means: "best" (`best.safetensors`), "last" (the newest checkpoint) or a path.
+
+    A path may be a weights file or a checkpoint folder (its `model.safetensors`).
+    """
+    folder = checkpoint_dir(run, info)
+    if checkpoint == "best":
+        path = folder / BEST_WEIGHTS
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path} does not exist: the run saved no best model yet (it ends at its first validation); "
+                "use --checkpoint last, or a checkpoint folder"
+            )
+        return path
+    if checkpoint == "last":
+        name = read_pointer(folder)
+        if name is None or not (folder / name / MODEL).is_file():
+            raise CheckpointError(f"{folder} has no committed checkpoint (no last.json); use --checkpoint best")
+        return folder / name / MODEL
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / MODEL
+    if not path.is_file():
+        raise CheckpointError(f"--checkpoint {checkpoint}: no such weights file or checkpoint folder")
+    return path
+
+
+def load_run_model(run: str | os.PathLike[str], checkpoint: str = "best") -> tuple[nn.Module, RunInfo]:
+    """The run's model with the chosen weights loaded (strictly), in eval mode, on the CPU; and its `RunInfo`."""
+    info = read_run_info(run)
+    model = info.build_model()
+    path = weights_file(run, info, checkpoint)
+    try:
+        load_weights(model, path, strict=True)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not fit the model that {RUN_INFO} describes: {exc}") from exc
+    return model.eval(), info
