@@ -4,8 +4,10 @@ LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 
 from callbacks_kit.callbacks import (
     Callback,
+    ClassReport,
     ConfusionMatrix,
     EarlyStopping,
+    Embeddings,
     FeatureMaps,
     FreezeUnfreeze,
     GradCAM,
@@ -17,6 +19,7 @@ from callbacks_kit.callbacks import (
     ProgressBar,
     TensorBoardLogger,
     TerminateOnNaN,
+    TopLosses,
     WeightHistograms,
 )
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
@@ -33,8 +36,10 @@ __all__ = [
     "Callback",
     "CallbacksKitError",
     "CheckpointError",
+    "ClassReport",
     "ConfusionMatrix",
     "EarlyStopping",
+    "Embeddings",
     "FeatureMaps",
     "FreezeUnfreeze",
     "GradCAM",
@@ -47,6 +52,7 @@ __all__ = [
     "ProgressBar",
     "TensorBoardLogger",
     "TerminateOnNaN",
+    "TopLosses",
     "TrainState",
     "Trainer",
     "TrainerError",

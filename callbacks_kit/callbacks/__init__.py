@@ -1,8 +1,10 @@
 """Built-in callbacks, one per module named for its class."""
 
 from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
+from callbacks_kit.callbacks.class_report import ClassReport
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
+from callbacks_kit.callbacks.embeddings import Embeddings
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
@@ -13,6 +15,7 @@ from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
+from callbacks_kit.callbacks.top_losses import TopLosses
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.errors import NonFiniteError, ScheduleError
 
@@ -20,8 +23,10 @@ __all__ = [
     "EVENTS",
     "Callback",
     "CallbackList",
+    "ClassReport",
     "ConfusionMatrix",
     "EarlyStopping",
+    "Embeddings",
     "FeatureMaps",
     "FreezeUnfreeze",
     "GradCAM",
@@ -35,5 +40,6 @@ __all__ = [
     "ScheduleError",
     "TensorBoardLogger",
     "TerminateOnNaN",
+    "TopLosses",
     "WeightHistograms",
 ]
