@@ -130,12 +130,12 @@ class ClassReport(Callback):
         if self._disabled or trainer.state.validation_prefix != self.prefix:
             return
         self._validations += 1
-        if trainer.tb_writer is None or self._validations % self.every_n_validations:
-            return
-        matrix = self.confusion.matrix()
+        matrix = self.confusion.matrix()  # None on processes other than the main one
         if matrix is None:
             return
         self.stats = class_stats(matrix)
+        if trainer.tb_writer is None or self._validations % self.every_n_validations:
+            return
         writer, step = trainer.tb_writer, trainer.state.global_step
         names = [self._name(i) for i in range(matrix.shape[0])]
         for i, name in enumerate(names):
