@@ -10,17 +10,19 @@ Sections (docs/performance.md shows a full run and explains the method):
                  and a small CNN. CPU time on a CPU, wall time on a GPU.
   2. callbacks   every callback of the main job (`callbacks-kit train` with its default
                  options, one epoch of ResNet-18): time per call and share of the epoch.
+  2b. error-views  TopLosses, ClassReport and Embeddings in the main job (`--embeddings 500`):
+                 time per call and share of an epoch.
   3. input       whether the main job waits for its data (built-in shapes; ImageFolder JPEGs).
   4. histograms  the device histograms against SummaryWriter.add_histogram (ResNet-18, -50).
   5. syncs       host-device syncs on non-logging steps.
   6. throughput  on a GPU (or with --throughput): ResNet-50 images/s, bf16 and fp16, of the
                  Trainer with the main job's inspection callbacks against the hand loop.
 Budgets: Trainer <= 1.05x the hand loop on the MLP and <= 1.02x on the CNN; each inspection
-callback <= 5% of an epoch; device histograms >= 4x faster on a CPU; zero syncs on a
+callback <= 5% of an epoch, each error-analysis view <= 3%; device histograms >= 4x faster on a CPU; zero syncs on a
 non-logging step with the default callbacks and the TensorBoardLogger. Exit status 1 when
 one is missed. --quick is a smoke run: its timing budgets are shown, not enforced.
 
-One module per section (`loop`, `callbacks`, `inputs`, `histograms`, `syncs`, `throughput`),
+One module per section (`loop`, `callbacks`, `error_views`, `inputs`, `histograms`, `syncs`, `throughput`),
 each with a `run(bench)` that measures, prints its table and checks its budgets; `suite`
 parses the options and runs them in order; `common` holds what they share, `workloads` the
 models and the hand-written loop, `lockstep` and `peers` the method and the other
