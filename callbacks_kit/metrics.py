@@ -27,11 +27,14 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class StatefulMetric(Protocol):
     """A metric object with state, as `torchmetrics.Metric`: `update(outputs, targets)`, `compute()`, `reset()`."""
 
-    def update(self, outputs: Any, targets: Any) -> None: ...  # noqa: D102
+    def update(self, outputs: Any, targets: Any) -> None:
+        """Add one (gathered) batch to the state."""
 
-    def compute(self) -> Any: ...  # noqa: D102
+    def compute(self) -> Any:
+        """The value over everything added since the last reset: one number."""
 
-    def reset(self) -> None: ...  # noqa: D102
+    def reset(self) -> None:
+        """Forget the state (at each validation start)."""
 
 
 def is_stateful_metric(metric: object) -> bool:
