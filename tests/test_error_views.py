@@ -48,9 +48,8 @@ def fit(model, callbacks, train, val, epochs=1, loss_fn=None, tmp_path=None, **k
 
 
 @torch.no_grad()
-def logits_over(trainer: Trainer, dataset: TensorDataset) -> torch.Tensor:
-    model = trainer.unwrapped_model.eval()
-    return model(dataset.tensors[0])
+def logits_over(trainer: Trainer, dataset: TensorDataset, call=lambda model, x: model(x)) -> torch.Tensor:
+    return call(trainer.unwrapped_model.eval(), dataset.tensors[0])
 
 
 def test_gallery_holds_the_true_top_k_losses(tmp_path):
@@ -205,3 +204,25 @@ def test_an_iterable_validation_set_is_checked_per_batch_once(tmp_path):
         trainer.fit(DataLoader(tiny_classification_data(8), batch_size=4), DataLoader(Stream(), batch_size=4), 2)
     disabled = [w for w in seen if "ClassReport:" in str(w.message)]
     assert len(disabled) == 1 and "disabled" in str(disabled[0].message)
+
+
+def test_a_model_that_makes_its_own_loss_and_returns_a_dict():
+    class WithLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_mlp()
+
+        def forward(self, x, y):
+            logits = self.net(x)
+            return {"loss": F.cross_entropy(logits, y), "logits": logits}
+
+    val = tiny_classification_data(21, seed=1)
+    model = WithLoss()
+    top, report = TopLosses(k=3), ClassReport()
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[top, report], progress_bar=False
+    )  # fmt: skip
+    trainer.fit(DataLoader(tiny_classification_data(32), batch_size=8), DataLoader(val, batch_size=8))
+    losses = F.cross_entropy(logits_over(trainer, val, lambda m, x: m.net(x)), val.tensors[1], reduction="none")
+    assert top.positions.tolist() == losses.topk(3).indices.tolist()
+    assert sum(report.stats.support) == 21
