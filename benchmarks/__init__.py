@@ -10,6 +10,8 @@ Sections (docs/performance.md shows a full run and explains the method):
                  and a small CNN. CPU time on a CPU, wall time on a GPU.
   2. callbacks   every callback of the main job (`callbacks-kit train` with its default
                  options, one epoch of ResNet-18): time per call and share of the epoch.
+  2b. error-views  TopLosses, ClassReport and Embeddings in the main job (`--embeddings 500`):
+                 time per call and share of an epoch.
   3. input       whether the main job waits for its data (built-in shapes; ImageFolder JPEGs).
   4. histograms  the device histograms against SummaryWriter.add_histogram (ResNet-18, -50).
   5. syncs       host-device syncs on non-logging steps.
@@ -17,12 +19,13 @@ Sections (docs/performance.md shows a full run and explains the method):
                  Trainer with the main job's inspection callbacks against the hand loop.
   7. ema         one EMA weight-average update against one ResNet-18 training step.
 Budgets: Trainer <= 1.05x the hand loop on the MLP and <= 1.02x on the CNN; each inspection
-callback <= 5% of an epoch; device histograms >= 4x faster on a CPU; zero syncs on a
-non-logging step with the default callbacks and the TensorBoardLogger; an EMA update <= 10% of
-a ResNet-18 step. Exit status 1 when
-one is missed. --quick is a smoke run: its timing budgets are shown, not enforced.
+callback <= 5% of an epoch, each error-analysis view <= 3%; device histograms >= 4x faster on a
+CPU; zero syncs on a non-logging step with the default callbacks and the TensorBoardLogger; an
+EMA update <= 10% of a ResNet-18 step. Exit status 1 when one is missed. --quick is a smoke run:
+its timing budgets are shown, not enforced.
 
-One module per section (`loop`, `callbacks`, `inputs`, `histograms`, `syncs`, `throughput`, `ema`),
+One module per section (`loop`, `callbacks`, `error_views`, `inputs`, `histograms`, `syncs`,
+`throughput`, `ema`),
 each with a `run(bench)` that measures, prints its table and checks its budgets; `suite`
 parses the options and runs them in order; `common` holds what they share, `workloads` the
 models and the hand-written loop, `lockstep` and `peers` the method and the other

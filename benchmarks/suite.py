@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 import benchmarks
-from benchmarks import callbacks, ema, histograms, inputs, loop, syncs, throughput
+from benchmarks import callbacks, ema, error_views, histograms, inputs, loop, syncs, throughput
 from benchmarks.common import Bench, machine, print_table
 
 
@@ -32,6 +32,7 @@ class Section(NamedTuple):
 SECTIONS = (
     Section("loop", loop.run),  # 1
     Section("callbacks", callbacks_and_input),  # 2 and 3
+    Section("error-views", error_views.run),  # 2b
     Section("histograms", histograms.run),  # 4
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput

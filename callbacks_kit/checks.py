@@ -15,6 +15,7 @@ from accelerate.utils import send_to_device
 from callbacks_kit.batches import len_or_none, side_forward
 from callbacks_kit.compat import BATCH_NORMS
 from callbacks_kit.errors import CallbacksKitError, TrainerError
+from callbacks_kit.metrics import StatefulMetric, compute_gathered, is_stateful_metric
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -209,6 +210,14 @@ def sanity_check(trainer: Trainer, loader: Any) -> None:
             ) from exc
         check_loss(loss, need_grad=False)
         for name, fn in trainer.metrics.items():
+            if is_stateful_metric(fn):
+                check_metric_object(name, fn, outputs, targets)
+                continue
+            if not callable(fn):
+                raise TrainerError(
+                    f"metric {name!r} is a {type(fn).__name__}: pass a function (outputs, targets) -> tensor, or an "
+                    "object with update/compute/reset such as a torchmetrics Metric"
+                )
             value = fn(outputs, targets)
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 raise TrainerError(
@@ -216,3 +225,24 @@ def sanity_check(trainer: Trainer, loader: Any) -> None:
                     f"{tuple(value.shape) if isinstance(value, torch.Tensor) else ''}; "
                     "a metric must return a one-element tensor (the batch mean)"
                 )
+
+
+def check_metric_object(name: str, metric: StatefulMetric, outputs: Any, targets: Any) -> None:
+    """Update, compute and reset a metric object on the sanity batch: it must take it and give one number."""
+    try:
+        metric.update(outputs, targets)
+        value = compute_gathered(metric)
+    except Exception as exc:
+        raise TrainerError(
+            f"metric {name!r} ({type(metric).__name__}) cannot take the first batch: {type(exc).__name__}: "
+            f"{_first_line(exc)}. It is updated with (outputs, targets): outputs {describe(outputs)}, "
+            f"targets {describe(targets)}"
+        ) from exc
+    finally:
+        metric.reset()
+    if not (isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TrainerError(
+            f"metric {name!r} ({type(metric).__name__}) computes {shape}; val/{name} needs one number: average it "
+            "(e.g. torchmetrics' average='macro') or log the per-class values from a callback (ClassReport)"
+        )

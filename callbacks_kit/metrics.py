@@ -1,6 +1,12 @@
-"""Built-in metrics: callables `(outputs, targets) -> scalar tensor`, averaged per sample."""
+"""Built-in metrics (callables `(outputs, targets) -> scalar tensor`, averaged per sample) and metric objects.
+
+`Trainer(metrics=...)` also takes objects with state, as `torchmetrics.Metric`: updated with
+every gathered validation batch and computed once at the end.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import torch
 
@@ -53,3 +59,43 @@ def per_class_report(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     total = precision + recall
     f1 = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), torch.zeros_like(total))
     return {"precision": precision, "recall": recall, "f1": f1, "support": confusion.sum(dim=1).long()}
+
+
+class StatefulMetric(Protocol):
+    """A metric object with state, as `torchmetrics.Metric`: `update(outputs, targets)`, `compute()`, `reset()`."""
+
+    def update(self, outputs: Any, targets: Any) -> None:
+        """Add one (gathered) batch to the state."""
+
+    def compute(self) -> Any:
+        """The value over everything added since the last reset: one number."""
+
+    def reset(self) -> None:
+        """Forget the state (at each validation start)."""
+
+
+def is_stateful_metric(metric: object) -> bool:
+    """True for an object with `update`, `compute` and `reset` methods (a `torchmetrics.Metric`)."""
+    return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
+
+
+def _never() -> bool:
+    return False
+
+
+def compute_gathered(metric: StatefulMetric) -> Any:
+    """`metric.compute()` without its own cross-process sync.
+
+    The trainer updates every process's metric with the gathered batches (each sample once,
+    the uneven last batch trimmed by `gather_for_metrics`), so every process already holds
+    the whole set; a torchmetrics sync would count it once per process. torchmetrics asks
+    `distributed_available_fn` (a constructor option) whether to sync: it answers no here.
+    """
+    if not hasattr(metric, "distributed_available_fn"):
+        return metric.compute()
+    previous = metric.distributed_available_fn  # type: ignore[attr-defined]
+    metric.distributed_available_fn = _never  # type: ignore[attr-defined]
+    try:
+        return metric.compute()
+    finally:
+        metric.distributed_available_fn = previous  # type: ignore[attr-defined]

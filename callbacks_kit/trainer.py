@@ -44,12 +44,13 @@ from callbacks_kit.distributed import (
     rewrap_ddp,
 )
 from callbacks_kit.errors import TrainerError
+from callbacks_kit.metrics import StatefulMetric, compute_gathered, is_stateful_metric
 from callbacks_kit.state import LossSums, ResumePoint, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-Metric = Callable[[Any, Any], torch.Tensor]
+Metric = Callable[[Any, Any], torch.Tensor] | StatefulMetric
 
 
 class Trainer:
@@ -62,7 +63,11 @@ class Trainer:
             loss itself: it is called as `model(inputs, targets)` (or `model(**batch)` for a
             dict batch) and returns a scalar tensor, or a mapping/object with a `loss`.
         metrics: Names to `(outputs, targets) -> tensor` callables computed at validation,
-            e.g. `{"accuracy": callbacks_kit.accuracy}`; logged as `val/<name>`.
+            e.g. `{"accuracy": callbacks_kit.accuracy}`; logged as `val/<name>`. A value may
+            also be a metric object with `update`/`compute`/`reset` (a `torchmetrics.Metric`,
+            moved to the device): reset at each validation start, updated with each batch
+            gathered from every process (each sample once), computed once at the end without
+            a sync of its own. Its `compute()` must give one number.
         callbacks: Callbacks to fire; a `ProgressBar` is added unless `progress_bar=False`.
         mixed_precision: "no", "fp16" (CUDA only) or "bf16".
         gradient_accumulation_steps: Batches per optimizer step.
@@ -135,6 +140,9 @@ class Trainer:
         self.accelerator = accelerator
         self.loss_fn = loss_fn
         self.metrics: dict[str, Metric] = dict(metrics or {})
+        for metric in self.metrics.values():
+            if is_stateful_metric(metric) and isinstance(metric, nn.Module):
+                metric.to(accelerator.device)
         self.max_grad_norm = max_grad_norm
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
@@ -393,7 +401,11 @@ class Trainer:
         state.stage, state.validation_prefix = "validate", prefix
         model.eval()
         self.callbacks.fire("on_validation_start", self)
-        names = ["loss", *self.metrics]
+        stateful = {name: m for name, m in self.metrics.items() if is_stateful_metric(m)}
+        functions = [fn for name, fn in self.metrics.items() if name not in stateful]
+        for metric in stateful.values():
+            metric.reset()
+        names = ["loss", *(name for name in self.metrics if name not in stateful)]
         sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
         count = 0
         for batch in loader:
@@ -403,21 +415,26 @@ class Trainer:
                 # The model made the loss: average per-process values, weighted by batch size.
                 n = batch_size(inputs, targets)
                 values = [loss.detach().float() * n]
-                values += [fn(outputs, targets).detach().float() * n for fn in self.metrics.values()]
+                values += [fn(outputs, targets).detach().float() * n for fn in functions]
                 sums += accelerator.reduce(torch.stack(values).double(), reduction="sum")
                 count += n * accelerator.num_processes
+                gathered = accelerator.gather_for_metrics((outputs, targets)) if stateful else None
             else:
-                outputs, targets = accelerator.gather_for_metrics((outputs, targets))
+                outputs, targets = gathered = accelerator.gather_for_metrics((outputs, targets))
                 n = batch_size(outputs, targets)
                 values = [self.loss_fn(outputs, targets).detach().float() * n]
-                values += [fn(outputs, targets).detach().float() * n for fn in self.metrics.values()]
+                values += [fn(outputs, targets).detach().float() * n for fn in functions]
                 sums += torch.stack(values).double()
                 count += n
+            for metric in stateful.values():
+                metric.update(*gathered)
             self.last_inputs, self.last_targets, self.last_outputs = inputs, targets, outputs
             self.callbacks.fire("on_validation_batch_end", self)
         if count == 0:
             raise TrainerError(f"the {prefix} loader yielded no batches; check the dataset and batch size")
         results = {f"{prefix}/{name}": value / count for name, value in zip(names, sums.tolist(), strict=True)}
+        results.update({f"{prefix}/{name}": _one_number(name, compute_gathered(m)) for name, m in stateful.items()})
+        results = {f"{prefix}/{name}": results[f"{prefix}/{name}"] for name in ["loss", *self.metrics]}  # given order
         state.metrics.update(results)
         self.callbacks.fire("on_validation_end", self)
         state.stage, state.validation_prefix = previous[:2]
@@ -453,3 +470,16 @@ class Trainer:
         except BaseException:
             if self.exception is None:
                 raise
+
+
+def _one_number(name: str, value: Any) -> float:
+    """The value a metric object computed, as a float; anything but one number is refused by name."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    raise TrainerError(
+        f"metric {name!r} computed {shape}; val/{name} needs one number: average it (e.g. torchmetrics' "
+        "average='macro') or log the per-class values from a callback"
+    )

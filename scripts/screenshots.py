@@ -40,13 +40,19 @@ DASHBOARDS = (
     ("images_gradcam", "#images&tagFilter=gradcam%7Cconfusion", "1400,1100"),
     ("images_features", "#images&tagFilter=kernels%7Cimage0/%5B014%5D", "1400,1350"),
     ("hparams", "#hparams", "1900,700"),
-    ("text", "#text", "1400,1000"),
+    ("text", "#text&tagFilter=model_summary", "1400,1000"),
+    ("images_top_losses", "#images&tagFilter=top_losses", "1400,1300"),
+    ("text_class_report", "#text&tagFilter=class_report%7Ctop_losses", "1400,1300"),
+    ("pr_curves", "#pr_curves", "1400,1000"),
+    ("scalars_per_class", f"#scalars&tagFilter=val_class/(macro%7Cweighted%7Ccircle)/f1{RAW}", "1400,800"),
+    ("projector", "#projector", "1400,900"),
 )
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 ]  # fmt: skip
-MAIN_JOB = ["--train-samples", "600", "--val-samples", "200", "--hist-every", "4", "--log-every", "2"]
+MAIN_JOB = ["--train-samples", "600", "--val-samples", "200", "--hist-every", "4", "--log-every", "2",
+            "--embeddings", "200"]  # fmt: skip
 
 
 def make_run(run: Path) -> None:

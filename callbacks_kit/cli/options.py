@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.class_report import ClassReport
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
 from callbacks_kit.callbacks.ema import BUFFER_MODES, EMA
+from callbacks_kit.callbacks.embeddings import Embeddings
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
@@ -26,6 +28,7 @@ from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
+from callbacks_kit.callbacks.top_losses import TopLosses
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.data import AUGMENTS
 from callbacks_kit.errors import AugmentationError, CLIError
@@ -78,6 +81,42 @@ def inspection_callbacks(args: argparse.Namespace, classes: Sequence[str]) -> li
         ),
         ConfusionMatrix(class_names=classes),
     ]
+
+
+def add_error_analysis_args(parser: argparse.ArgumentParser) -> None:
+    """What the model gets wrong: the top-loss gallery, the per-class report and PR curves, the projector."""
+    group = parser.add_argument_group("error analysis (at each validation; off with --no-inspection)")
+    group.add_argument(
+        "--top-losses",
+        type=int,
+        default=16,
+        metavar="K",
+        help="validation samples with the highest loss shown as a gallery with Grad-CAM; 0: none",
+    )
+    group.add_argument("--no-class-report", action="store_true", help="no per-class report, scalars or PR curves")
+    group.add_argument(
+        "--embeddings",
+        type=int,
+        default=0,
+        metavar="N",
+        help="project the head's input features of N validation samples at the end (TensorBoard's projector)",
+    )
+
+
+def error_analysis_callbacks(args: argparse.Namespace, classes: Sequence[str]) -> list[Callback]:
+    """TopLosses and ClassReport unless --no-inspection; Embeddings when --embeddings N asks for it."""
+    for name in ("top_losses", "embeddings"):
+        if getattr(args, name) < 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be 0 (off) or more samples, got {getattr(args, name)}")
+    callbacks: list[Callback] = []
+    if not args.no_inspection:
+        if args.top_losses:
+            callbacks.append(TopLosses(args.top_losses, class_names=classes, gradcam=args.gradcam_layer or True))
+        if not args.no_class_report:
+            callbacks.append(ClassReport(class_names=classes))
+    if args.embeddings:
+        callbacks.append(Embeddings(args.embeddings, class_names=classes))
+    return callbacks
 
 
 def add_finetune_args(parser: argparse.ArgumentParser) -> None:
