@@ -13,14 +13,17 @@ from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.layout import MODEL, Position
 from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.checkpoint.snapshot import HostSnapshot
 from callbacks_kit.checkpoint.store import (
     CheckpointError,
+    begin_save,
     check_writable,
     clean_leftovers,
+    finish_save,
     remove_folder,
-    save_checkpoint,
     write_atomic,
     write_pointer,
 )
@@ -43,6 +46,16 @@ class ModelCheckpoint(Callback):
     one is committed. The best model's weights are also exported to `best.safetensors`
     (load them with `callbacks_kit.finetune.load_weights`).
 
+    With `async_save` (the default) the loop only waits for a host copy of the state;
+    encoding, hashing, writing, fsync, the commit, `last.json`, `best.safetensors` and
+    pruning run on a background thread, with the same crash safety. One save is in flight
+    at most (the next waits for it); its failure is raised at the next save or when `fit`
+    ends, and `fit` ends (also on an exception or a preemption) only once it is done. The
+    cost: one extra host copy of the model and optimizer state, kept between saves. With
+    several processes the commit of a save happens at the next save or at fit end, so
+    `last.json` lags by one save (docs/checkpointing.md). `last_path` names a folder
+    that may still be in flight until `fit` returns or `save_now()` is called.
+
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
         monitor: Metric ranking the checkpoints, e.g. "val/accuracy"; None keeps only the last.
@@ -51,6 +64,7 @@ class ModelCheckpoint(Callback):
         save_last: Keep the newest checkpoint too, even when it is not among the best.
         every_n_epochs: Save every this many epochs (None: only at the last epoch and stops).
         every_n_steps: Also save every this many optimizer steps (mid-epoch; exact resume).
+        async_save: Write checkpoints on a background thread (False: the loop waits for each save).
     """
 
     order = Order.SAVE
@@ -64,6 +78,7 @@ class ModelCheckpoint(Callback):
         save_last: bool = True,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
+        async_save: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
             raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
@@ -76,6 +91,11 @@ class ModelCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        if not isinstance(async_save, bool):
+            raise CheckpointError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
+        self.async_save = async_save
+        self._background = BackgroundSave()
+        self._snapshot = HostSnapshot() if async_save else None
         self.best_k: dict[str, float] = {}  # folder name -> monitored score
         self.last_name: str | None = None
         self._position: Position | None = None  # after the latest optimizer step or epoch end
@@ -183,26 +203,44 @@ class ModelCheckpoint(Callback):
         self._fitting = False
         if self._position is not None and self._position not in (self._saved_at, self._considered):
             self._save(trainer, rank=False, should_stop=False, force=True)  # stopped mid-epoch, preempted
+        self._background.complete()  # fit ends once the save in flight is committed (or raises)
 
     def on_exception(self, trainer: Trainer) -> None:
-        self._fitting = False  # nothing is saved: the state may be what failed (NaN, OOM...)
+        self._fitting = False  # nothing new is saved: the state may be what failed (NaN, OOM...)
+        self._finish_in_flight(trainer)
 
     def on_teardown(self, trainer: Trainer) -> None:
-        self._lock.release()
+        try:
+            error = self._finish_in_flight(trainer)
+            if error is not None and trainer.exception is None:
+                raise error
+        finally:
+            self._lock.release()
+
+    def _finish_in_flight(self, trainer: Trainer) -> CheckpointError | None:
+        """Wait for a save in flight without collectives (fit is leaving early); say if it failed."""
+        name = self._background.in_flight
+        error = self._background.abandon()
+        if error is not None and trainer.exception is not None:
+            trainer.print(f"ModelCheckpoint: the background save of {name} failed too: {error}")
+        return error
 
     # ---------------------------------------------------------------------------------- saving
     def save_now(self, trainer: Trainer) -> Path | None:
         """Save the position of the latest optimizer step or epoch end, unless already saved.
 
-        Every process must call it. Returns the newest checkpoint folder (None: nothing yet).
+        Every process must call it. It returns once the checkpoint is committed (an
+        asynchronous save included). Returns the newest checkpoint folder (None: nothing yet).
         """
         if self._position is not None and self._position != self._saved_at:
             self._save(trainer, rank=False, should_stop=False, force=True)
+        self._background.complete()
         return self.last_path
 
     def _save(self, trainer: Trainer, rank: bool, should_stop: bool, force: bool = False) -> None:
         state, position = trainer.state, self._position
         assert position is not None
+        self._background.complete()  # one save in flight at most; its failure surfaces here
         self._considered = position
         score = None
         if rank and self.monitor is not None:
@@ -234,12 +272,20 @@ class ModelCheckpoint(Callback):
             for stale in ({old_last} | set(old_best)) - keep - {None}:
                 remove_folder(self.dirpath / str(stale))
 
+        def rollback() -> None:
+            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+
         meta = {"monitor": self.monitor.key, "score": repr(score)} if self.monitor and score is not None else {}
         try:
-            save_checkpoint(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
-                            on_name=on_name, after_commit=after_commit)  # fmt: skip
+            pending = begin_save(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
+                                 on_name=on_name, after_commit=after_commit, snapshot=self._snapshot)  # fmt: skip
+            if self.async_save:
+                self._background.submit(pending, rollback)
+                return
+            pending.write()
+            finish_save(pending)
         except BaseException:
-            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+            rollback()
             raise
 
     def _finite(self, trainer: Trainer, score: float | None) -> bool:
