@@ -68,14 +68,18 @@ def _train(template: nn.Module, batches: list[Any], mode: str, save_every: int, 
             "committed_in_window": after.committed[-1]}  # fmt: skip
 
 
-def bench_checkpoints(bench: Bench) -> dict[str, Any]:
-    """Per repeat, one run of each mode in turn (rotating the order); medians over the repeats."""
+def bench_checkpoints(bench: Bench, template: nn.Module | None = None) -> dict[str, Any]:
+    """Per repeat, one run of each mode in turn (rotating the order); medians over the repeats.
+
+    `template`: another model than the main job's ResNet-18 (a smoke run).
+    """
     args = bench.args
     batch, size = (8, 32) if args.quick else (64, 64)
     save_every, tail = (2, 2) if args.quick else (4, 7)  # tail: steps after the measured save
     steps = 2 * save_every + tail
     repeats = max(args.repeats if args.quick else max(args.repeats // 3, 5), 1)
-    template = build_classifier("resnet18", 10)  # the main job's has one output per shape class; 10 here
+    if template is None:
+        template = build_classifier("resnet18", 10)  # the main job's has one output per shape class; 10 here
     batches = make_batches((batch, 3, size, size), steps, bench.device)
     state_mb = sum(t.numel() * t.element_size() for t in template.state_dict().values()) * 3 / 1e6
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
@@ -93,8 +97,8 @@ def bench_checkpoints(bench: Bench) -> dict[str, Any]:
         rows.append({"mode": mode, "window_s": statistics.median(windows), "stall_s": statistics.median(stalls),
                      "save_call_s": statistics.median(r["save_call_s"] for r in runs[mode]),
                      "committed_in_window": all(r["committed_in_window"] for r in runs[mode])})  # fmt: skip
-    return {"batch_shape": [batch, 3, size, size], "window_steps": tail + 1, "repeats": repeats,
-            "checkpoint_mb": state_mb, "rows": rows}  # fmt: skip
+    return {"model": type(template).__name__, "batch_shape": [batch, 3, size, size], "window_steps": tail + 1,
+            "repeats": repeats, "checkpoint_mb": state_mb, "rows": rows}  # fmt: skip
 
 
 def run(bench: Bench) -> None:
@@ -105,11 +109,14 @@ def run(bench: Bench) -> None:
     ratio = asynchronous["stall_s"] / sync["stall_s"] if sync["stall_s"] > 0 else float("inf")
     result["async_over_sync"] = ratio
     print_table(
-        f"7. Checkpoint stall: ResNet-18 + AdamW ({result['checkpoint_mb']:.0f} MB of state), batches "
+        f"7. Checkpoint stall: {result['model']} + AdamW ({result['checkpoint_mb']:.0f} MB of state), batches "
         f"{tuple(result['batch_shape'])}; median of {result['repeats']} turns; window: the save's step and the "
         f"{result['window_steps'] - 1} after it",
         ["mode", "window s", "stall per save s", "loop blocked in the save call s"],
-        [[r["mode"], f"{r['window_s']:.3f}", f"{r['stall_s']:+.3f}", f"{r['save_call_s']:.3f}"] for r in result["rows"]],
+        [
+            [r["mode"], f"{r['window_s']:.3f}", f"{r['stall_s']:+.3f}", f"{r['save_call_s']:.3f}"]
+            for r in result["rows"]
+        ],
     )
     print(f"  asynchronous stall / synchronous stall: {ratio:.3f}")
     if not asynchronous["committed_in_window"]:

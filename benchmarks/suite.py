@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 import benchmarks
-from benchmarks import callbacks, checkpoints, histograms, inputs, loop, syncs, throughput
+from benchmarks import callbacks, checkpoints, end_to_end, histograms, inputs, loop, syncs, throughput
 from benchmarks.common import Bench, machine, print_table
 
 
@@ -36,6 +36,7 @@ SECTIONS = (
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput
     Section("checkpoints", checkpoints.run),  # 7
+    Section("end-to-end", end_to_end.run),  # 8
 )
 
 

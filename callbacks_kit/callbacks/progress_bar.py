@@ -31,9 +31,13 @@ class ProgressBar(Callback):
 
     order = Order.PROGRESS
 
-    def __init__(self, bar: bool = True, summary: bool = True, leave: bool = False, refresh_interval: float = 0.5) -> None:
+    def __init__(
+        self, bar: bool = True, summary: bool = True, leave: bool = False, refresh_interval: float = 0.5
+    ) -> None:
         if not isinstance(refresh_interval, (int, float)) or not refresh_interval > 0:
-            raise TrainerError(f"ProgressBar: refresh_interval must be a number of seconds > 0, got {refresh_interval!r}")
+            raise TrainerError(
+                f"ProgressBar: refresh_interval must be a number of seconds > 0, got {refresh_interval!r}"
+            )
         self.bar = bar
         self.summary = summary
         self.leave = leave
@@ -68,7 +72,8 @@ class ProgressBar(Callback):
         self.batches += 1
         if trainer.state.is_log_step:
             metrics = trainer.state.metrics
-            self._logged = (metrics["train/loss"], metrics["perf/samples_per_sec"])  # one object: the drawer reads it whole
+            # One object, replaced whole: the drawer thread never sees half of an update.
+            self._logged = (metrics["train/loss"], metrics["perf/samples_per_sec"])
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         self._close()

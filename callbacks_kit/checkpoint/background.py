@@ -37,7 +37,7 @@ class BackgroundSave:
         return self._pending.name if self._pending is not None else None
 
     def submit(self, pending: PendingSave, rollback: Callable[[], None]) -> None:
-        """Write (and, in one process, commit) `pending` on a new thread; `rollback` undoes the caller's record of it."""
+        """Write (and, in one process, commit) `pending` on a new thread; `rollback` undoes the caller's record."""
         if self._pending is not None:
             raise RuntimeError(f"a save is already in flight ({self._pending.name}); complete() it first")
         self._pending, self._rollback, self._error = pending, rollback, None

@@ -118,4 +118,3 @@ def main_state(
         host_weights, host_state = snapshot.copy(weights, "model"), snapshot.copy(tensors, "state")
         snapshot.ready()
     return MainState(host_weights, host_state, json.dumps(doc).encode(), tag)
-
