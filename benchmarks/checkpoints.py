@@ -74,7 +74,7 @@ def bench_checkpoints(bench: Bench, template: nn.Module | None = None) -> dict[s
     `template`: another model than the main job's ResNet-18 (a smoke run).
     """
     args = bench.args
-    batch, size = (8, 32) if args.quick else (64, 64)
+    batch, size = (8, 32) if args.quick else (getattr(args, "checkpoint_batch", 64), 64)
     save_every, tail = (2, 2) if args.quick else (4, 7)  # tail: steps after the measured save
     steps = 2 * save_every + tail
     repeats = max(args.repeats if args.quick else max(args.repeats // 3, 5), 1)

@@ -40,6 +40,8 @@ def _run(argv: list[str], customize: Any) -> float:
 def bench_end_to_end(bench: Bench) -> dict[str, Any]:
     """Turns of (full, bare) in alternating order; the per-callback seconds of the full runs."""
     argv = main_job_argv(bench.args)
+    if bench.args.e2e_samples and not bench.args.quick:
+        argv += ["--train-samples", str(bench.args.e2e_samples), "--val-samples", str(bench.args.e2e_samples // 5)]
     repeats = bench.args.repeats if bench.args.quick else max(3, bench.args.repeats // 5)
     pairs: list[tuple[float, float]] = []
     per_callback: dict[str, list[float]] = {}
