@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import Batch, Bench, print_table, quiet, synced_time
 from benchmarks.workloads import Case, HandLoop
-from callbacks_kit import Callback, TensorBoardLogger, Trainer
+from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.cli import build_parser
 from callbacks_kit.cli.options import checkpoint_callbacks, inspection_callbacks
 from callbacks_kit.compat import reset_accelerator_singletons
@@ -92,6 +92,7 @@ def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict[str
                 model,
                 optimizer,
                 nn.CrossEntropyLoss(),
+                metrics={"accuracy": accuracy},  # as the main job: ModelCheckpoint ranks by val/accuracy
                 callbacks=callbacks,
                 cpu=not gpu,
                 mixed_precision=precision,
