@@ -68,7 +68,7 @@ def run(bench: Bench) -> None:
     steps, batch, size = (3, 8, 32) if bench.args.quick else (20, 64, 64)
     result = bench.results["ema"] = bench_ema(bench.device, steps, batch, size)
     print_table(
-        f"7. Weight EMA: one update against one ResNet-18 step (batch {batch}, {size} px, median of {steps})",
+        f"9. Weight EMA: one update against one ResNet-18 step (batch {batch}, {size} px, median of {steps})",
         ["what", "median ms", "share of the step"],
         [
             ["training step (forward, backward, AdamW)", f"{result['median_step_s'] * 1e3:.1f}", "1.000"],

@@ -26,13 +26,17 @@ from torch import nn
 
 Check = Callable[[], str]
 CHECKS: list[tuple[str, Check]] = []
+CPU_SAFE: set[str] = set()  # checks that also run on a CPU, with tiny sizes, under --dry-run
+DEVICE = torch.device("cuda")  # the device of the CPU-safe checks; the CPU under --dry-run
 
 
-def check(name: str) -> Callable[[Check], Check]:
+def check(name: str, cpu_safe: bool = False) -> Callable[[Check], Check]:
     """Register a check: it returns a short detail on success and raises on failure."""
 
     def register(fn: Check) -> Check:
         CHECKS.append((name, fn))
+        if cpu_safe:
+            CPU_SAFE.add(name)
         return fn
 
     return register
@@ -301,7 +305,45 @@ def deterministic_resume() -> str:
     return "all weights and buffers equal after stopping at step 5 of 16"
 
 
-@check("ResNet-50 images/s: Trainer with the main job's inspection callbacks against a hand-written loop")
+@check("async checkpoint: snapshot into reused pinned host buffers, equal to the device tensors", cpu_safe=True)
+def snapshot_buffers() -> str:
+    """The check named above."""
+    from callbacks_kit.checkpoint.snapshot import HostSnapshot
+
+    live = {"w": torch.randn(1024, 1024, device=DEVICE), "b": torch.randn(1024, device=DEVICE).bfloat16()}
+    snapshot = HostSnapshot()
+    first = snapshot.copy(live, "model")
+    snapshot.ready()
+    pointers = {k: v.data_ptr() for k, v in first.items()}
+    live["w"].add_(1.0)  # queued after the copy: the snapshot keeps the old values
+    second = snapshot.copy(live, "model")
+    snapshot.ready()
+    for key, host in second.items():
+        assert host.device.type == "cpu" and host.is_pinned() == (DEVICE.type == "cuda"), (key, host.is_pinned())
+        assert torch.equal(host, live[key].cpu()), key
+    assert {k: v.data_ptr() for k, v in second.items()} == pointers, "the buffers were not reused"
+    return f"{snapshot.nbytes / 1e6:.1f} MB of {'pinned ' if DEVICE.type == 'cuda' else ''}buffers, reused"
+
+
+@check("async checkpoint stall per save <= 15% of a synchronous save (ResNet-18 + AdamW)", cpu_safe=True)
+def checkpoint_stall() -> str:
+    """The check named above."""
+    from benchmarks.checkpoints import ASYNC_STALL_BUDGET, bench_checkpoints
+    from benchmarks.common import Bench
+    from benchmarks.workloads import small_cnn
+
+    quick = DEVICE.type == "cpu"  # --dry-run: runs the code on a small CNN, the figures mean nothing
+    args = argparse.Namespace(quick=quick, repeats=1 if quick else 5)
+    bench = Bench(args, DEVICE, "bf16" if DEVICE.type == "cuda" else "no", {"budgets": []})
+    rows = {r["mode"]: r for r in bench_checkpoints(bench, small_cnn() if quick else None)["rows"]}
+    sync, asynchronous = rows["synchronous save"]["stall_s"], rows["asynchronous save"]["stall_s"]
+    ratio = asynchronous / sync if sync > 0 else float("inf")
+    detail = f"sync {sync:.3f} s, async {asynchronous:.3f} s per save ({ratio:.3f}x)"
+    assert quick or ratio <= ASYNC_STALL_BUDGET, detail
+    return detail
+
+
+@check("ResNet-50 images/s: Trainer with the main job's default callbacks against a hand-written loop")
 def throughput() -> str:
     """The check named above."""
     from benchmarks.throughput import bench_throughput
@@ -319,14 +361,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every check; 1 when any failed, 0 otherwise or without CUDA."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-throughput", action="store_true", help="leave out the ResNet-50 images/s comparison")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="run the CPU-safe checks on the CPU (tiny sizes), list the rest"
+    )
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    global DEVICE
+    if args.dry_run:
+        DEVICE = torch.device("cpu")
+        print(f"gpu_check --dry-run on the CPU: {len(CPU_SAFE)} of {len(CHECKS)} checks run here, the rest need CUDA")
+    elif not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU: skipped")
         return 0
-    print(f"gpu_check on {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:
+        print(f"gpu_check on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     failed = 0
     for name, fn in CHECKS:
         if args.no_throughput and fn is throughput:
+            continue
+        if args.dry_run and name not in CPU_SAFE:
+            print(f"SKIP  {name}: needs CUDA", flush=True)
             continue
         start = time.perf_counter()
         try:
@@ -337,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"FAIL  {name}: {type(exc).__name__}: {exc}", flush=True)
             traceback.print_exc(file=sys.stdout)
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
     print(f"gpu_check: {len(CHECKS) - failed} passed, {failed} failed" if failed else "gpu_check: all passed")
     return 1 if failed else 0
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 import benchmarks
-from benchmarks import callbacks, ema, error_views, histograms, inputs, loop, syncs, throughput
+from benchmarks import callbacks, checkpoints, ema, end_to_end, error_views, histograms, inputs, loop, syncs, throughput
 from benchmarks.common import Bench, machine, print_table
 
 
@@ -36,7 +36,9 @@ SECTIONS = (
     Section("histograms", histograms.run),  # 4
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput
-    Section("ema", ema.run),  # 7
+    Section("checkpoints", checkpoints.run),  # 7
+    Section("end-to-end", end_to_end.run),  # 8
+    Section("ema", ema.run),  # 9
 )
 
 
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-peers", action="store_true", help="leave Lightning and pytorch-accelerated out")
     parser.add_argument("--throughput", action="store_true", help="run section 6 on a CPU too (a smoke run)")
     parser.add_argument("--gpu-batch", type=int, default=256, help="ResNet-50 batch size of section 6 on a GPU")
+    parser.add_argument("--checkpoint-batch", type=int, default=64, help="section 7's batch size (main job: 64)")
+    parser.add_argument(
+        "--e2e-samples", type=int, default=None, help="training images of section 8's main job (its default: 3000)"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=[s.skip for s in SECTIONS if s.skip])
     return parser
 

@@ -1,4 +1,4 @@
-"""Section 6, throughput: images/s of the Trainer with the main job's inspection callbacks against the hand loop.
+"""Section 6, throughput: images/s of the Trainer with the main job's default callbacks against the hand loop.
 
 ResNet-50 on synthetic 224 px data, bf16 and fp16, on a GPU (or with --throughput, a
 ResNet-18 smoke run on a CPU).
@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import Batch, Bench, print_table, quiet, synced_time
 from benchmarks.workloads import Case, HandLoop
-from callbacks_kit import Callback, TensorBoardLogger, Trainer
+from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.cli import build_parser
-from callbacks_kit.cli.options import inspection_callbacks
+from callbacks_kit.cli.options import checkpoint_callbacks, inspection_callbacks
 from callbacks_kit.compat import reset_accelerator_singletons
 
 
@@ -52,11 +52,12 @@ class _StartClock:
 
 
 def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Images/s of the hand loop and of the Trainer with the main job's inspection callbacks.
+    """Images/s of the hand loop and of the Trainer with the main job's default callbacks.
 
     ResNet-50 on synthetic 224 px data on a GPU (a ResNet-18 smoke run on a CPU). The
-    Trainer's time runs to the end of the epoch: a small validation and the epoch-end
-    inspection (histograms, kernels, feature maps, Grad-CAM, confusion matrix) count.
+    Trainer's time runs to the end of the epoch: a small validation, the epoch-end
+    inspection (histograms, kernels, feature maps, Grad-CAM, confusion matrix) and the
+    hand-over of the epoch-end checkpoint (asynchronous) count.
     """
     import torchvision
 
@@ -85,11 +86,13 @@ def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict[str
         with tempfile.TemporaryDirectory() as log_dir, quiet():
             model, optimizer = case.fresh()
             clock, end = _StartClock(train, skip), _EpochEndClock()
-            callbacks = [TensorBoardLogger(log_dir), *inspection_callbacks(ns, classes), end]
+            callbacks = [TensorBoardLogger(log_dir), *inspection_callbacks(ns, classes),
+                         *checkpoint_callbacks(ns, log_dir), end]  # fmt: skip
             trainer = Trainer(
                 model,
                 optimizer,
                 nn.CrossEntropyLoss(),
+                metrics={"accuracy": accuracy},  # as the main job: ModelCheckpoint ranks by val/accuracy
                 callbacks=callbacks,
                 cpu=not gpu,
                 mixed_precision=precision,

@@ -20,7 +20,9 @@ def run_benchmark(tmp_path: Path, *args: str) -> tuple[str, dict]:
 
 
 def test_loop_and_syncs_sections(tmp_path: Path):
-    stdout, results = run_benchmark(tmp_path, "--no-peers", "--skip", "callbacks", "histograms")
+    stdout, results = run_benchmark(
+        tmp_path, "--no-peers", "--skip", "callbacks", "histograms", "checkpoints", "end-to-end"
+    )
     assert "1. Loop overhead: tiny MLP" in stdout and "1. Loop overhead: small CNN" in stdout
     assert "callbacks_kit Trainer" in stdout and "hand-written loop (control)" in stdout
     assert "5. Host-device syncs" in stdout and "Budgets" in stdout and "all budgets pass" in stdout
@@ -44,9 +46,12 @@ def test_loop_and_syncs_sections(tmp_path: Path):
 def test_every_section(tmp_path: Path):
     stdout, results = run_benchmark(tmp_path, "--throughput")
     for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
-                  "6. Throughput", "7. Weight EMA", "Budgets"):  # fmt: skip
+                  "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "Budgets"):  # fmt: skip
         assert title in stdout
     assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "ema", "budgets"} <= set(results)
+    assert [r["mode"] for r in results["checkpoints"]["rows"]] == ["no save", "synchronous save", "asynchronous save"]
+    assert results["checkpoints"]["rows"][1]["save_call_s"] > 0 and results["end_to_end"]["bare_s"] > 0
+    assert "ModelCheckpoint" in {r["callback"] for r in results["end_to_end"]["callbacks"]}
     assert 0 < results["ema"]["median_update_s"] and "EMA update / ResNet-18 step" in {
         b["budget"] for b in results["budgets"]
     }

@@ -58,6 +58,7 @@ def test_every_n_steps_and_every_n_epochs(tmp_path):
 
     def spy(trainer, **kwargs):
         original(trainer, **kwargs)
+        checkpoint.save_now(trainer)  # nothing new to save: waits for the background save's commit
         saved.append(_last(tmp_path))
 
     checkpoint._save = spy

@@ -137,7 +137,8 @@ def test_bad_resume_paths_say_what_to_pass(tmp_path):
         resolve_checkpoint(directory / ".tmp-x", None)
 
 
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, async_save):
     directory = tmp_path / "ckpt"
     make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=1)
     previous = directory / "epoch=0001-step=00000008"
@@ -150,7 +151,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
         real_write(path, data)
 
     monkeypatch.setattr(io, "_write_file", full_disk)
-    trainer = make_trainer([ModelCheckpoint(directory)])
+    trainer = make_trainer([ModelCheckpoint(directory, async_save=async_save)])
     with pytest.raises(CheckpointError) as info:
         trainer.fit(*loaders(), epochs=2, resume_from="last")
     message = str(info.value)
@@ -164,7 +165,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     assert json.loads((directory / "last.json").read_text())["checkpoint"] == "epoch=0002-step=00000016"
 
 
-def test_failed_pointer_update_is_reported_and_last_stays_loadable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
+def test_failed_pointer_update_is_reported_and_last_stays_loadable(tmp_path, monkeypatch, async_save):
     directory = tmp_path / "ckpt"
     make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=1)
     real_write = io._write_file
@@ -178,7 +180,7 @@ def test_failed_pointer_update_is_reported_and_last_stays_loadable(tmp_path, mon
         ),
     )
     with pytest.raises(CheckpointError, match="was committed .* but updating last.json .* failed"):
-        make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=2, resume_from="last")
+        make_trainer([ModelCheckpoint(directory, async_save=async_save)]).fit(*loaders(), epochs=2, resume_from="last")
     assert json.loads((directory / "last.json").read_text())["checkpoint"] == "epoch=0001-step=00000008"
     read_checkpoint(resolve_checkpoint("last", directory))
 

@@ -15,15 +15,17 @@ from accelerate.utils import broadcast_object_list
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.monitor import Monitor
-from callbacks_kit.checkpoint.codec import host_tensors
+from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.layout import MODEL, Position
 from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.checkpoint.snapshot import HostSnapshot
 from callbacks_kit.checkpoint.store import (
     CheckpointError,
+    begin_save,
     check_writable,
     clean_leftovers,
+    finish_save,
     remove_folder,
-    save_checkpoint,
     write_atomic,
     write_pointer,
 )
@@ -47,6 +49,16 @@ class ModelCheckpoint(Callback):
     (load them with `callbacks_kit.finetune.load_weights`); when `monitor` is an `EMA`
     callback's validation (`val_ema/...`), the EMA weights are the ones exported.
 
+    With `async_save` (the default) the loop only waits for a host copy of the state;
+    encoding, hashing, writing, fsync, the commit, `last.json`, `best.safetensors` and
+    pruning run on a background thread, with the same crash safety. One save is in flight
+    at most (the next waits for it); its failure is raised at the next save or when `fit`
+    ends, and `fit` ends (also on an exception or a preemption) only once it is done. The
+    cost: one extra host copy of the model and optimizer state, kept between saves. With
+    several processes the commit of a save happens at the next save or at fit end, so
+    `last.json` lags by one save (docs/checkpointing.md). `last_path` names a folder
+    that may still be in flight until `fit` returns or `save_now()` is called.
+
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
         monitor: Metric ranking the checkpoints, e.g. "val/accuracy"; None keeps only the last.
@@ -55,6 +67,7 @@ class ModelCheckpoint(Callback):
         save_last: Keep the newest checkpoint too, even when it is not among the best.
         every_n_epochs: Save every this many epochs (None: only at the last epoch and stops).
         every_n_steps: Also save every this many optimizer steps (mid-epoch; exact resume).
+        async_save: Write checkpoints on a background thread (False: the loop waits for each save).
     """
 
     order = Order.SAVE
@@ -68,6 +81,7 @@ class ModelCheckpoint(Callback):
         save_last: bool = True,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
+        async_save: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
             raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
@@ -80,6 +94,11 @@ class ModelCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        if not isinstance(async_save, bool):
+            raise CheckpointError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
+        self.async_save = async_save
+        self._background = BackgroundSave()
+        self._snapshot = HostSnapshot() if async_save else None
         self.best_k: dict[str, float] = {}  # folder name -> monitored score
         self.last_name: str | None = None
         self._position: Position | None = None  # after the latest optimizer step or epoch end
@@ -170,7 +189,7 @@ class ModelCheckpoint(Callback):
             self._save(trainer, rank=False, should_stop=False)
 
     def on_validation_end(self, trainer: Trainer) -> None:
-        ema = self._averaging(trainer)
+        ema = self._monitored_ema(trainer)
         if ema is not None and trainer.state.validation_prefix != ema.prefix:
             return  # `val_ema/...` exists only after the EMA's own validation
         if self._fitting and self.monitor is not None and not self._checked:
@@ -190,26 +209,44 @@ class ModelCheckpoint(Callback):
         self._fitting = False
         if self._position is not None and self._position not in (self._saved_at, self._considered):
             self._save(trainer, rank=False, should_stop=False, force=True)  # stopped mid-epoch, preempted
+        self._background.complete()  # fit ends once the save in flight is committed (or raises)
 
     def on_exception(self, trainer: Trainer) -> None:
-        self._fitting = False  # nothing is saved: the state may be what failed (NaN, OOM...)
+        self._fitting = False  # nothing new is saved: the state may be what failed (NaN, OOM...)
+        self._finish_in_flight(trainer)
 
     def on_teardown(self, trainer: Trainer) -> None:
-        self._lock.release()
+        try:
+            error = self._finish_in_flight(trainer)
+            if error is not None and trainer.exception is None:
+                raise error
+        finally:
+            self._lock.release()
+
+    def _finish_in_flight(self, trainer: Trainer) -> CheckpointError | None:
+        """Wait for a save in flight without collectives (fit is leaving early); say if it failed."""
+        name = self._background.in_flight
+        error = self._background.abandon()
+        if error is not None and trainer.exception is not None:
+            trainer.print(f"ModelCheckpoint: the background save of {name} failed too: {error}")
+        return error
 
     # ---------------------------------------------------------------------------------- saving
     def save_now(self, trainer: Trainer) -> Path | None:
         """Save the position of the latest optimizer step or epoch end, unless already saved.
 
-        Every process must call it. Returns the newest checkpoint folder (None: nothing yet).
+        Every process must call it. It returns once the checkpoint is committed (an
+        asynchronous save included). Returns the newest checkpoint folder (None: nothing yet).
         """
         if self._position is not None and self._position != self._saved_at:
             self._save(trainer, rank=False, should_stop=False, force=True)
+        self._background.complete()
         return self.last_path
 
     def _save(self, trainer: Trainer, rank: bool, should_stop: bool, force: bool = False) -> None:
         state, position = trainer.state, self._position
         assert position is not None
+        self._background.complete()  # one save in flight at most; its failure surfaces here
         self._considered = position
         score = None
         if rank and self.monitor is not None:
@@ -224,6 +261,7 @@ class ModelCheckpoint(Callback):
         if position.batch:
             name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"
         old_best, old_last, old_saved = dict(self.best_k), self.last_name, self._saved_at
+        ema_weights = self._ema_weights(trainer) if ranked else None  # taken now: training goes on during the write
 
         def on_name(final: str) -> None:
             if ranked:
@@ -236,32 +274,47 @@ class ModelCheckpoint(Callback):
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
             if self.best_name == folder.name:
-                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(trainer, folder))
+                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(folder, ema_weights))
             keep = set(self.best_k) | {folder.name}
             for stale in ({old_last} | set(old_best)) - keep - {None}:
                 remove_folder(self.dirpath / str(stale))
 
+        def rollback() -> None:
+            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+
         meta = {"monitor": self.monitor.key, "score": repr(score)} if self.monitor and score is not None else {}
         try:
-            save_checkpoint(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
-                            on_name=on_name, after_commit=after_commit)  # fmt: skip
+            pending = begin_save(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
+                                 on_name=on_name, after_commit=after_commit, snapshot=self._snapshot)  # fmt: skip
+            if self.async_save:
+                self._background.submit(pending, rollback)
+                return
+            pending.write()
+            finish_save(pending)
         except BaseException:
-            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+            rollback()
             raise
 
-    def _best_weights(self, trainer: Trainer, folder: Path) -> bytes:
-        """What `best.safetensors` holds: the checkpoint's weights, or the EMA's when they were ranked.
-
-        A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights
-        (its `prefix`), so those are the best model, not the trained ones.
-        """
-        ema = self._averaging(trainer)
-        if ema is None:
+    def _best_weights(self, folder: Path, ema_weights: dict[str, torch.Tensor] | None) -> bytes:
+        """What `best.safetensors` holds: the checkpoint's weights, or the EMA's when they were ranked."""
+        if ema_weights is None:
             return (folder / MODEL).read_bytes()
-        tag = {"format": "pt", "weights": f"EMA ({ema.prefix})", "checkpoint": folder.name}
-        return safetensors.torch.save(host_tensors(ema.averaged_weights()), metadata=tag)
+        tag = {"format": "pt", "weights": "EMA", "checkpoint": folder.name}
+        return safetensors.torch.save(ema_weights, metadata=tag)
 
-    def _averaging(self, trainer: Trainer) -> EMA | None:
+    def _ema_weights(self, trainer: Trainer) -> dict[str, torch.Tensor] | None:
+        """A host copy of the monitored `EMA`'s averaged weights, or None when the monitor ranks the trained ones.
+
+        A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights (its
+        `prefix`), so those are the best model. The copy is taken on the loop thread, at the
+        save's step: an asynchronous save writes it while the average moves on.
+        """
+        ema = self._monitored_ema(trainer)
+        if ema is None:
+            return None
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in ema.averaged_weights().items()}
+
+    def _monitored_ema(self, trainer: Trainer) -> EMA | None:
         """The `EMA` whose validation the monitor reads (`val_ema/...`), if any."""
         prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
         return next((ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix), None)

@@ -26,7 +26,8 @@ class PreemptionHandler(Callback):
     On the first signal, training goes on to the end of the current optimizer step (all
     gradient-accumulation batches of it), every process agrees to stop there (the trainer's
     stop flag is agreed at every batch), the `ModelCheckpoint` saves that position
-    when `fit` ends, and this callback prints where it stopped and exits the process with
+    when `fit` ends (waiting for an asynchronous save in flight to be committed), and this
+    callback prints where it stopped and exits the process with
     status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second SIGINT aborts at
     once, without saving. A signal during validation takes effect after it, at the epoch end.
 

@@ -17,9 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import safetensors.torch
+import torch
 
-from callbacks_kit.checkpoint.codec import capture_rng_states, host_tensors, split_tensors
+from callbacks_kit.checkpoint.codec import capture_rng_states, host_tensors, safetensors_parts, split_tensors
+from callbacks_kit.checkpoint.snapshot import HostSnapshot
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -56,13 +57,37 @@ def rank_files(trainer: Trainer, position: Position) -> dict[str, bytes]:
     return {rank_file(trainer.accelerator.process_index): json.dumps(doc).encode()}
 
 
-def main_files(trainer: Trainer, position: Position, should_stop: bool, tag: dict[str, str]) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class MainState:
+    """What the main process saves, collected on the loop thread; `files()` encodes it anywhere.
+
+    `weights` and `tensors` are host tensors that training no longer touches (a snapshot,
+    or the live CPU tensors of a synchronous save); `doc` is state.json, already encoded.
+    """
+
+    weights: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]
+    doc: bytes
+    tag: dict[str, str]
+
+    def files(self) -> dict[str, bytes | list[Any]]:
+        """The files' contents: bytes, or the buffers of a safetensors file (`codec.safetensors_parts`)."""
+        return {
+            MODEL: safetensors_parts(self.weights, {"format": "pt", **self.tag}),
+            STATE_JSON: self.doc,
+            STATE_TENSORS: safetensors_parts(self.tensors),
+        }
+
+
+def main_state(
+    trainer: Trainer, position: Position, should_stop: bool, tag: dict[str, str], snapshot: HostSnapshot | None = None
+) -> MainState:
     """The model's weights; the trainer's, optimizer's, scaler's and callbacks' states.
 
     The saved `TrainState` holds `position` (not the live batch index) and no transient flags.
+    With a `snapshot`, every tensor is copied into its host buffers (an asynchronous save).
     """
     state, accelerator = trainer.state, trainer.accelerator
-    weights = host_tensors(trainer.unwrapped_model.state_dict())
     tag = {**tag, "epoch": str(position.epoch), "batch": str(position.batch), "global_step": str(state.global_step)}
     tensors: dict[str, Any] = {}
     trainer_state = {
@@ -86,8 +111,10 @@ def main_files(trainer: Trainer, position: Position, should_stop: bool, tag: dic
             for cb in trainer.callbacks.stateful()
         },
     }
-    return {
-        MODEL: safetensors.torch.save(weights, metadata={"format": "pt", **tag}),
-        STATE_JSON: json.dumps(doc).encode(),
-        STATE_TENSORS: safetensors.torch.save(host_tensors(tensors)),
-    }
+    weights = trainer.unwrapped_model.state_dict()
+    if snapshot is None:
+        host_weights, host_state = host_tensors(weights), host_tensors(tensors)
+    else:
+        host_weights, host_state = snapshot.copy(weights, "model"), snapshot.copy(tensors, "state")
+        snapshot.ready()
+    return MainState(host_weights, host_state, json.dumps(doc).encode(), tag)

@@ -7,6 +7,12 @@ commit), `best.safetensors` (see `ModelCheckpoint`), and `.tmp-*` / `.trash-*` l
 killed save or prune, which `clean_leftovers` removes. Writes go into `.tmp-<name>`, are
 fsynced, then renamed; a kill at any moment leaves `last.json` pointing at a whole checkpoint.
 Resuming is in `callbacks_kit.checkpoint.restore`.
+
+A save has three steps (`begin_save`, `PendingSave.write`, `finish_save`) so that the middle
+one can run on a background thread (`checkpoint.background`): `begin_save` collects the
+state on the loop thread, `write` encodes, writes, hashes and fsyncs the files, and
+`finish_save` agrees across processes, commits, and runs `after_commit`. `save_checkpoint`
+runs the three in a row.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from callbacks_kit.checkpoint.layout import FORMAT, META, VERSION, Position, main_files, rank_files
+from callbacks_kit.checkpoint.layout import FORMAT, META, VERSION, MainState, Position, main_state, rank_files
+from callbacks_kit.checkpoint.snapshot import HostSnapshot
 from callbacks_kit.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -33,10 +41,14 @@ FINISHING = "updating last.json and best.safetensors or pruning"
 
 
 # ------------------------------------------------------------------------------ low-level writes
-def _write_file(path: Path, data: bytes) -> None:
+Data = bytes | Sequence[Any]  # a file's bytes, or its parts (bytes-like buffers) in order
+
+
+def _write_file(path: Path, data: Data) -> None:
     """Write and fsync one file (the one place bytes reach the disk; tests fail it on purpose)."""
     with open(path, "wb") as f:
-        f.write(data)
+        for part in [data] if isinstance(data, bytes) else data:
+            f.write(part)  # releases the GIL: a background save does not stall the loop here
         f.flush()
         os.fsync(f.fileno())
 
@@ -136,9 +148,9 @@ def describe(dirpath: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ saving
-def _agree(trainer: Trainer, error: str | None) -> str | None:
-    """The first error of any process, known to every process (one collective)."""
-    if trainer.accelerator.num_processes == 1:
+def _agree(world_size: int, error: str | None) -> str | None:
+    """The first error of any process, known to every process (one collective; none in one process)."""
+    if world_size == 1:
         return error
     errors = gather_object([error])
     return next((e if r == 0 else f"on process {r}: {e}" for r, e in enumerate(errors) if e), None)
@@ -152,29 +164,34 @@ def _free_name(dirpath: Path, name: str) -> str:
     return candidate
 
 
-def _digest(data: bytes) -> dict[str, Any]:
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def _digest(data: Data) -> dict[str, Any]:
+    sha, size = hashlib.sha256(), 0
+    for part in [data] if isinstance(data, bytes) else data:
+        sha.update(part)  # releases the GIL for large buffers
+        size += memoryview(part).nbytes
+    return {"bytes": size, "sha256": sha.hexdigest()}
 
 
-def _commit(trainer: Trainer, tmp: Path, final: Path, position: Position, known: dict[str, Any]) -> None:
+def _commit(pending: PendingSave) -> None:
     """Describe every file in meta.json, fsync, and rename the folder into place.
 
-    `known` holds the digests of the files this process wrote; the others' are read back.
+    The digests of the files this process wrote are known; the others' are read back.
     """
+    tmp, known, position = pending.tmp, pending.digests, pending.position
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "world_size": trainer.accelerator.num_processes,
+        "world_size": pending.world_size,
         "epoch": position.epoch,
         "batch": position.batch,
-        "global_step": trainer.state.global_step,
+        "global_step": pending.global_step,
         "files": {p.name: known.get(p.name) or _digest(p.read_bytes()) for p in sorted(tmp.iterdir())},
     }
     _write_file(tmp / META, json.dumps(meta, indent=1).encode())
     _fsync_dir(tmp)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    os.rename(tmp, pending.final)
+    _fsync_dir(pending.final.parent)
 
 
 def _failure(dirpath: Path, name: str, doing: str, exc: BaseException) -> str:
@@ -189,6 +206,138 @@ def _failure(dirpath: Path, name: str, doing: str, exc: BaseException) -> str:
     return f"{what}. Nothing was lost: {kept}. {fix}, then resume with resume_from='last' (--resume last)."
 
 
+@dataclass
+class PendingSave:
+    """One process's part of a save between `begin_save` and `finish_save`.
+
+    Its state is collected: host tensors nothing changes any more, JSON already encoded, so
+    `write` may run on any thread. `error` is the first failure, already worded for the user.
+    """
+
+    dirpath: Path
+    name: str
+    position: Position
+    world_size: int
+    global_step: int
+    is_main: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    main: MainState | None = None
+    after_commit: Callable[[Path], None] | None = None
+    digests: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    written: bool = False
+
+    @property
+    def tmp(self) -> Path:
+        """The temporary folder the files go to."""
+        return self.dirpath / f"{TMP_PREFIX}{self.name}"
+
+    @property
+    def final(self) -> Path:
+        """The folder once committed."""
+        return self.dirpath / self.name
+
+    def write(self) -> None:
+        """Encode, write and fsync this process's files into the temporary folder; a failure sets `error`.
+
+        Touches no collective and nothing of the trainer: safe on a background thread.
+        """
+        doing = "encoding the state"
+        try:
+            files: dict[str, Data] = dict(self.files)
+            if self.main is not None:
+                files.update(self.main.files())
+            for filename, data in files.items():
+                doing = f"writing {filename}"
+                _write_file(self.tmp / filename, data)
+                self.digests[filename] = _digest(data)
+        except Exception as exc:  # reported by finish_save, on every process
+            self.error = self.error or _failure(self.dirpath, self.name, doing, exc)
+        self.written = True
+
+    def discard(self) -> None:
+        """Remove the temporary folder of a failed save (main process; a committed folder stays)."""
+        if self.is_main:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def begin_save(
+    trainer: Trainer,
+    dirpath: str | os.PathLike[str],
+    name: str,
+    position: Position,
+    *,
+    should_stop: bool = False,
+    metadata: dict[str, str] | None = None,
+    on_name: Callable[[str], None] | None = None,
+    after_commit: Callable[[Path], None] | None = None,
+    snapshot: HostSnapshot | None = None,
+) -> PendingSave:
+    """Name the checkpoint and collect this process's state (the loop thread; every process).
+
+    Raises `CheckpointError` on every process when the folder cannot be created or the
+    state cannot be collected (nothing was written then). With a `snapshot`, tensors are
+    copied to its host buffers, so training may go on while `write` runs.
+    """
+    dirpath, accelerator = Path(dirpath), trainer.accelerator
+    error: str | None = None
+    if accelerator.is_main_process:
+        try:
+            name = _free_name(dirpath, name)
+            shutil.rmtree(dirpath / f"{TMP_PREFIX}{name}", ignore_errors=True)
+            (dirpath / f"{TMP_PREFIX}{name}").mkdir(parents=True)
+        except OSError as exc:
+            error = _failure(dirpath, name, "creating its temporary folder", exc)
+    if accelerator.num_processes > 1:
+        box = [name, error]
+        broadcast_object_list(box, from_process=0)
+        name, error = box
+    if error:
+        raise CheckpointError(error)
+    pending = PendingSave(dirpath, name, position, accelerator.num_processes, trainer.state.global_step,
+                          accelerator.is_main_process, after_commit=after_commit)  # fmt: skip
+    if on_name is not None:
+        on_name(name)
+    try:
+        pending.files = rank_files(trainer, position)
+        if pending.is_main:
+            pending.main = main_state(trainer, position, should_stop, metadata or {}, snapshot)
+    except Exception as exc:  # any failure must reach every process, or they would wait forever
+        error = _failure(dirpath, name, "collecting the state", exc)
+    error = _agree(pending.world_size, error)
+    if error:
+        pending.error = error
+        pending.discard()
+        raise CheckpointError(error)
+    return pending
+
+
+def finish_save(pending: PendingSave) -> Path:
+    """Agree that every process wrote its files, commit on the main process, run `after_commit`.
+
+    Every process calls it; it holds the collectives of a save, so with several processes it
+    runs on the loop thread (with one, anywhere). Raises the same `CheckpointError` on every
+    process when anything failed; the temporary folder is then removed and the earlier
+    checkpoints and `last.json` are as they were.
+    """
+    error = _agree(pending.world_size, pending.error)
+    if error is None and pending.is_main:
+        doing = "committing"
+        try:
+            _commit(pending)
+            doing = FINISHING
+            if pending.after_commit is not None:
+                pending.after_commit(pending.final)
+        except Exception as exc:  # any failure must reach every process, or they would wait forever
+            error = _failure(pending.dirpath, pending.name, doing, exc)
+    error = _agree(pending.world_size, error)
+    if error:
+        pending.error = error
+        pending.discard()
+        raise CheckpointError(error)
+    return pending.final
+
+
 def save_checkpoint(
     trainer: Trainer,
     dirpath: str | os.PathLike[str],
@@ -200,7 +349,7 @@ def save_checkpoint(
     on_name: Callable[[str], None] | None = None,
     after_commit: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Save the full training state as the folder `dirpath/name` (`-v<n>` added if taken).
+    """Save the full training state as the folder `dirpath/name` (`-v<n>` added if taken), synchronously.
 
     Every process must call it at the same point: each writes its RNG states, the main
     process writes the rest, then commits with one rename and runs `after_commit(folder)`
@@ -221,48 +370,7 @@ def save_checkpoint(
     Returns:
         The committed folder.
     """
-    dirpath, accelerator = Path(dirpath), trainer.accelerator
-    error: str | None = None
-    if accelerator.is_main_process:
-        try:
-            name = _free_name(dirpath, name)
-            shutil.rmtree(dirpath / f"{TMP_PREFIX}{name}", ignore_errors=True)
-            (dirpath / f"{TMP_PREFIX}{name}").mkdir(parents=True)
-        except OSError as exc:
-            error = _failure(dirpath, name, "creating its temporary folder", exc)
-    if accelerator.num_processes > 1:
-        box = [name, error]
-        broadcast_object_list(box, from_process=0)
-        name, error = box
-    if error:
-        raise CheckpointError(error)
-    tmp, final = dirpath / f"{TMP_PREFIX}{name}", dirpath / name
-    if on_name is not None:
-        on_name(name)
-    writing, digests = "collecting the state", {}
-    try:
-        files = rank_files(trainer, position)
-        if accelerator.is_main_process:
-            files.update(main_files(trainer, position, should_stop, metadata or {}))
-        for filename, data in files.items():
-            writing = f"writing {filename}"
-            _write_file(tmp / filename, data)
-            digests[filename] = _digest(data)
-    except Exception as exc:  # any failure must reach every process, or they would wait forever
-        error = _failure(dirpath, name, writing, exc)
-    error = _agree(trainer, error)
-    if error is None and accelerator.is_main_process:
-        try:
-            writing = "committing"
-            _commit(trainer, tmp, final, position, digests)
-            writing = FINISHING
-            if after_commit is not None:
-                after_commit(final)
-        except Exception as exc:  # any failure must reach every process, or they would wait forever
-            error = _failure(dirpath, name, writing, exc)
-    error = _agree(trainer, error)
-    if error:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(error)
-    return final
+    pending = begin_save(trainer, dirpath, name, position, should_stop=should_stop, metadata=metadata,
+                         on_name=on_name, after_commit=after_commit)  # fmt: skip
+    pending.write()
+    return finish_save(pending)
