@@ -36,31 +36,6 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (predictions == truth).float().mean()
 
 
-def confusion_counts(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """`(num_classes, num_classes)` counts, rows true classes and columns predicted ones (as scikit-learn's)."""
-    index = targets.long().reshape(-1) * num_classes + predictions.long().reshape(-1)
-    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def per_class_report(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Precision, recall, F1 and support of each class from a confusion matrix (rows: true classes).
-
-    A class never predicted has precision 0, one without samples recall 0, and F1 is 0 where
-    precision and recall are both 0 (scikit-learn's `zero_division=0`).
-
-    Returns:
-        `{"precision", "recall", "f1"}` as float64 tensors and `"support"` as int64, one value per class.
-    """
-    counts = confusion.double()
-    true_pos = counts.diag()
-    predicted, support = counts.sum(dim=0), counts.sum(dim=1)
-    precision = torch.where(predicted > 0, true_pos / predicted.clamp_min(1), torch.zeros_like(true_pos))
-    recall = torch.where(support > 0, true_pos / support.clamp_min(1), torch.zeros_like(true_pos))
-    total = precision + recall
-    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), torch.zeros_like(total))
-    return {"precision": precision, "recall": recall, "f1": f1, "support": confusion.sum(dim=1).long()}
-
-
 class StatefulMetric(Protocol):
     """A metric object with state, as `torchmetrics.Metric`: `update(outputs, targets)`, `compute()`, `reset()`."""
 

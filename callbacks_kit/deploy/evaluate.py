@@ -16,7 +16,7 @@ from callbacks_kit.data import CheckedImageFolder, drop_unreadable
 from callbacks_kit.deploy.images import best_device
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DataError
-from callbacks_kit.metrics import confusion_counts, per_class_report
+from callbacks_kit.inspection.classification import ConfusionCounts, class_stats
 
 
 @dataclass
@@ -116,25 +116,26 @@ def evaluate_run(
     dataset, missing = labelled_folder(data, info)
     device = torch.device(device) if device else best_device()
     model.to(device)
-    classes = info.num_classes
-    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    counts = ConfusionCounts()
     loss_sum = 0.0
     for images, targets in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
         logits = model(images.to(device)).float().cpu()
         loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-        confusion += confusion_counts(logits.argmax(dim=1), targets, classes)
+        counts.add(logits, targets)
+    confusion = counts.matrix()
+    assert confusion is not None  # labelled_folder refuses a folder without images
     samples = int(confusion.sum())
-    per_class = per_class_report(confusion)
+    stats = class_stats(confusion)
     report = EvaluationReport(
         classes=list(info.classes),
         samples=samples,
         loss=loss_sum / samples,
         accuracy=float(confusion.diag().sum()) / samples,
         confusion=confusion,
-        precision=per_class["precision"].tolist(),
-        recall=per_class["recall"].tolist(),
-        f1=per_class["f1"].tolist(),
-        support=per_class["support"].tolist(),
+        precision=stats.precision,
+        recall=stats.recall,
+        f1=stats.f1,
+        support=stats.support,
         missing_classes=missing,
     )
     if tensorboard:
