@@ -3,6 +3,7 @@ LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
 from callbacks_kit.callbacks import (
+    BatchGrid,
     Callback,
     ConfusionMatrix,
     EarlyStopping,
@@ -10,6 +11,7 @@ from callbacks_kit.callbacks import (
     FreezeUnfreeze,
     GradCAM,
     KernelGrid,
+    LayerStats,
     LRScheduler,
     ModelCheckpoint,
     Order,
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCapture",
+    "BatchGrid",
     "Callback",
     "CallbacksKitError",
     "CheckpointError",
@@ -40,6 +43,7 @@ __all__ = [
     "GradCAM",
     "KernelGrid",
     "LayerNotFoundError",
+    "LayerStats",
     "LRScheduler",
     "ModelCheckpoint",
     "Order",

@@ -1,12 +1,14 @@
 """Built-in callbacks, one per module named for its class."""
 
 from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
+from callbacks_kit.callbacks.batch_grid import BatchGrid
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
 from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
+from callbacks_kit.callbacks.layer_stats import LayerStats
 from callbacks_kit.callbacks.lr_scheduler import LRScheduler
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
@@ -18,6 +20,7 @@ from callbacks_kit.errors import NonFiniteError, ScheduleError
 
 __all__ = [
     "EVENTS",
+    "BatchGrid",
     "Callback",
     "CallbackList",
     "ConfusionMatrix",
@@ -26,6 +29,7 @@ __all__ = [
     "FreezeUnfreeze",
     "GradCAM",
     "KernelGrid",
+    "LayerStats",
     "LRScheduler",
     "ModelCheckpoint",
     "NonFiniteError",
