@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 import benchmarks
-from benchmarks import callbacks, histograms, inputs, loop, syncs, throughput
+from benchmarks import callbacks, histograms, inputs, loop, syncs, throughput, training_views
 from benchmarks.common import Bench, machine, print_table
 
 
@@ -35,6 +35,7 @@ SECTIONS = (
     Section("histograms", histograms.run),  # 4
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput
+    Section("views", training_views.run),  # 7: reads section 2's epoch when it ran
 )
 
 

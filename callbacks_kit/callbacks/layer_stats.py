@@ -11,6 +11,7 @@ from torch import nn
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.compat import compiled_inner
+from callbacks_kit.cpu import one_cpu_thread
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.inspection.probe import warn_once
@@ -43,7 +44,7 @@ class LayerStats(Callback):
     - `layer_act_zeros/<layer>`: the fraction of those outputs at or below zero: for a ReLU
       the zeros it outputs, for a conv or linear layer the units a following ReLU zeroes
       (dead units when it stays near 1);
-    - `layer_act_hist/<layer>`: an image, fastai's "colorful dimension": one column per
+    - `layer_act_hist/<layer>`: an image redrawn at every epoch end, fastai's "colorful dimension": one column per
       sampled step (x), the histogram of the layer's output values (y, low at the bottom),
       colour the log of the count. The value range is fixed per layer at its first sample
       (1.25 x its largest magnitude, or `hist_range`), so columns compare; values beyond it
@@ -110,6 +111,7 @@ class LayerStats(Callback):
         self.columns: dict[str, list[list[float]]] = {}  # per layer, one histogram per sample (host)
         self.column_steps: list[int] = []
         self.ranges: dict[str, tuple[float, float]] = {}
+        self._drawn_at: int | None = None
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -177,10 +179,10 @@ class LayerStats(Callback):
             self.flush(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        self.flush(trainer)
+        self.flush(trainer, images=True)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.flush(trainer)
+        self.flush(trainer, images=True)
 
     def on_teardown(self, trainer: Trainer) -> None:
         if self._capture is not None:
@@ -189,11 +191,25 @@ class LayerStats(Callback):
         self._pending = []
 
     # ------------------------------------------------------------------------------ pieces
-    def flush(self, trainer: Trainer) -> None:
-        """Read the pending samples from the device (one transfer) and write them."""
+    def flush(self, trainer: Trainer, images: bool = False) -> None:
+        """Read the pending samples from the device (one transfer) and write their scalars.
+
+        With `images`, also redraw each layer's activation image when it has new columns
+        (at epoch ends: the picture is a history, and drawing it costs more than the scalars).
+        """
         writer = trainer.tb_writer
-        if writer is None or not self._pending:
+        if writer is None:
             return
+        with one_cpu_thread():  # many tiny host ops: more threads only wait on each other
+            if self._pending:
+                self._write_scalars(writer)
+            if images and self._drawn_at != (self.column_steps[-1] if self.column_steps else None):
+                for name in self.names:
+                    if self.columns.get(name):
+                        writer.add_image(f"layer_act_hist/{name}", self.image(name), self.column_steps[-1])
+                self._drawn_at = self.column_steps[-1] if self.column_steps else None
+
+    def _write_scalars(self, writer: Any) -> None:
         steps = [step for step, _ in self._pending]
         values = torch.stack([sample for _, sample in self._pending]).cpu().tolist()
         self._pending = []
@@ -208,9 +224,6 @@ class LayerStats(Callback):
                     self.columns.setdefault(name, []).append(row[len(SCALARS) + 1 :])
                     self.columns[name] = self.columns[name][-self.max_columns :]
             self.column_steps = [*self.column_steps, step][-self.max_columns :]
-        for name in self.names:
-            if self.columns.get(name):
-                writer.add_image(f"layer_act_hist/{name}", self.image(name), steps[-1])
 
     def image(self, name: str) -> torch.Tensor:
         """The "colorful dimension" of one layer: `(3, caption + bins * scale, max(columns * scale, 240))`."""

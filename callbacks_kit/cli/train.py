@@ -75,6 +75,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines stay)")
     options.add_inspection_args(train)
+    options.add_training_view_args(train)
     options.add_finetune_args(train)
     options.add_checkpoint_args(train)
 
@@ -246,6 +247,7 @@ def train(
     hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     callbacks: list[Callback] = [TensorBoardLogger(run_dir, hparams=hparams), ProgressBar(bar=not args.no_progress)]
     callbacks += options.inspection_callbacks(args, classes)
+    callbacks += options.training_view_callbacks(args, classes)
     callbacks += options.finetune_callbacks(args, steps_per_epoch)
     callbacks += options.checkpoint_callbacks(args, run_dir)
     if customize is not None:
