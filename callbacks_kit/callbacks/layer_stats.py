@@ -27,6 +27,7 @@ LayerFilter = str | re.Pattern[str] | Sequence[str] | Callable[[str, nn.Module],
 DEFAULT_KINDS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Columns of one layer's sample, in the order they cross to the host.
 SCALARS = ("grad_norm", "update_ratio", "act_mean", "act_std", "act_zeros")
+HIST_VALUES = 1 << 16  # values per layer and sample that go into the activation histogram
 
 
 class LayerStats(Callback):
@@ -269,22 +270,28 @@ class LayerStats(Callback):
         return torch.stack(rows)
 
     def _activation_stats(self, name: str, output: torch.Tensor) -> torch.Tensor:
-        """`[mean, std, share <= 0, half-range, counts...]` of one output, on its device (a hook)."""
-        x = output.float().reshape(-1)
+        """`[mean, std, share <= 0, half-range, counts...]` of one output, on its device (a hook).
+
+        Mean, std and the share at or below zero use every value; the histogram counts an evenly
+        strided subset of at most `HIST_VALUES` (its shape, not its total, is what the image shows).
+        """
+        x = output.reshape(-1)
+        std, mean = torch.std_mean(x.float() if x.dtype != torch.float32 else x)
+        zeros = (x <= 0).sum() / max(1, x.numel())
         if name in self.ranges:
             low, high = self.ranges[name]
             low_t = torch.full((), low, device=x.device)
             high_t = torch.full((), high, device=x.device)
         else:
             if name not in self._limits:  # first sample: fix the range on the device, read it later
-                self._limits[name] = (x.abs().amax() * 1.25).clamp_min(1e-6)
+                self._limits[name] = (torch.maximum(x.amax(), -x.amin()).float() * 1.25).clamp_min(1e-6)
             high_t = self._limits[name]
             low_t = -high_t
+        subset = x[:: max(1, x.numel() // HIST_VALUES)].float()
         # scatter_add_ counts without reading the largest index back (bincount's output size does).
-        index = ((x - low_t) * (self.bins / (high_t - low_t))).long().clamp_(0, self.bins - 1)
-        counts = torch.zeros(self.bins, device=x.device).scatter_add_(0, index, torch.ones_like(x))
-        stats = torch.stack([x.mean(), x.std(), (x <= 0).float().mean(), high_t])
-        return torch.cat([stats, counts])
+        index = ((subset - low_t) * (self.bins / (high_t - low_t))).long().clamp_(0, self.bins - 1)
+        counts = torch.zeros(self.bins, device=x.device).scatter_add_(0, index, torch.ones_like(subset))
+        return torch.cat([torch.stack([mean, std, zeros.float(), high_t]), counts])
 
     def _active(self, trainer: Trainer) -> bool:
         return trainer.tb_writer is not None and bool(self.names)
