@@ -40,13 +40,24 @@ DASHBOARDS = (
     ("images_gradcam", "#images&tagFilter=gradcam%7Cconfusion", "1400,1100"),
     ("images_features", "#images&tagFilter=kernels%7Cimage0/%5B014%5D", "1400,1350"),
     ("hparams", "#hparams", "1900,700"),
+    (
+        "images_training",
+        "#images&tagFilter=train_batch%7Clayer_act_hist%2F(conv1%7Clayer2.0.conv1%7Clayer4.1.conv2%7Cfc)%24",
+        "1400,1400",
+    ),
+    (
+        "scalars_layers",
+        f"#scalars&tagFilter=layer_(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Cgrad_norm%24{RAW}",
+        "1400,1300",
+    ),
     ("text", "#text", "1400,1000"),
 )
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 ]  # fmt: skip
-MAIN_JOB = ["--train-samples", "600", "--val-samples", "200", "--hist-every", "4", "--log-every", "2"]
+MAIN_JOB = ["--train-samples", "600", "--val-samples", "200", "--hist-every", "4", "--log-every", "2",
+            "--layer-stats-every", "2"]  # fmt: skip
 
 
 def make_run(run: Path) -> None:

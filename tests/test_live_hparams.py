@@ -57,3 +57,29 @@ def test_a_run_is_in_the_dashboard_from_its_first_step_and_after_sigkill(tmp_pat
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_columns_are_known_at_the_start_and_extra_ones_can_be_added(tmp_path):
+    import torch
+    from helpers.tiny import tiny_classification_data, tiny_mlp
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from callbacks_kit import TensorBoardLogger, Trainer, accuracy
+    from callbacks_kit.inspection.event_report import inspect_run
+
+    class StopAtStart(TensorBoardLogger):
+        def on_fit_start(self, trainer):
+            super().on_fit_start(trainer)
+            raise KeyboardInterrupt  # the run dies right after its start: the session is already there
+
+    model = tiny_mlp()
+    logger = StopAtStart(str(tmp_path), graph=False, summary=False, hparams_metrics=["val_ema/accuracy"])
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                      metrics={"accuracy": accuracy}, callbacks=[logger], progress_bar=False)  # fmt: skip
+    loader = DataLoader(tiny_classification_data(16), batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(loader, loader)
+    hparams = inspect_run(tmp_path)["runs"]["."]["hparams"]
+    assert list(hparams["metrics"]) == [*COLUMNS, "val_ema/accuracy"]
+    assert hparams["status"] == "STATUS_FAILURE" and hparams["hparams"]["optimizer"] == "SGD"
