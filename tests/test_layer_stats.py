@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, LayerStats, Order, TensorBoardLogger, Trainer, TrainerError
+from callbacks_kit import Callback, LayerStats, ModelCheckpoint, Order, TensorBoardLogger, Trainer, TrainerError
 from callbacks_kit.errors import LayerNotFoundError
 from callbacks_kit.hooks import hooked_modules
 from callbacks_kit.inspection.event_report import load
@@ -141,3 +141,29 @@ def test_no_writer_on_other_processes_means_no_hooks(tmp_path):
                       callbacks=[LayerStats(every_n_steps=1)], progress_bar=False)  # fmt: skip
     trainer.fit(DataLoader(tiny_classification_data(16), batch_size=8), epochs=1)
     assert hooked_modules(model) == []
+
+
+def test_the_image_history_survives_a_resume(tmp_path):
+    def run(epochs, resume_from=None):
+        model = mlp()
+        stats = LayerStats(every_n_steps=1)
+        trainer = Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=LR),
+            nn.CrossEntropyLoss(),
+            callbacks=[
+                TensorBoardLogger(str(tmp_path / "run"), graph=False, summary=False),
+                stats,
+                ModelCheckpoint(tmp_path / "ckpt"),
+            ],  # fmt: skip
+            log_every_n_steps=1,
+            progress_bar=False,
+        )
+        trainer.fit(DataLoader(tiny_classification_data(16), batch_size=8), epochs=epochs, resume_from=resume_from)
+        return stats
+
+    first = run(2)
+    resumed = run(3, resume_from="last")
+    assert resumed.column_steps == [1, 2, 3, 4, 5, 6]
+    assert resumed.columns["0"][:4] == first.columns["0"] and len(resumed.columns["0"]) == 6
+    assert resumed.ranges == first.ranges
