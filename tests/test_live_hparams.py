@@ -11,8 +11,8 @@ from helpers.tensorboard_server import hparams_sessions, tensorboard_server, wai
 
 from callbacks_kit.inspection.event_report import load
 
-COLUMNS = ["val/accuracy", "val/loss", "best/val/accuracy", "best/val/loss", "train/loss", "train/epoch_loss",
-           "train/grad_norm"]  # fmt: skip
+COLUMNS = ["val/accuracy", "val/loss", "best/val/accuracy", "best/val/loss", "train/loss", "train/grad_norm",
+           "train/epoch_loss"]  # fmt: skip
 
 
 def metric_values(session):
@@ -81,5 +81,8 @@ def test_columns_are_known_at_the_start_and_extra_ones_can_be_added(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(loader, loader)
     hparams = inspect_run(tmp_path)["runs"]["."]["hparams"]
-    assert list(hparams["metrics"]) == [*COLUMNS, "val_ema/accuracy"]
+    # 2 steps of an epoch never reach a log step (every 50): no column that would stay empty.
+    assert list(hparams["metrics"]) == [c for c in COLUMNS if c not in ("train/loss", "train/grad_norm")] + [
+        "val_ema/accuracy"
+    ]
     assert hparams["status"] == "STATUS_FAILURE" and hparams["hparams"]["optimizer"] == "SGD"

@@ -210,14 +210,19 @@ class TensorBoardLogger(Callback):
     def metric_columns(self, trainer: Trainer) -> list[str]:
         """The hparams dashboard's metric columns, known at the start so the run shows from step 0.
 
-        In order: `val/*` (higher-is-better first), their best, `train/*`, then `hparams_metrics`.
+        In order: `val/*` (higher-is-better first), their best, `train/loss` and `train/grad_norm`
+        (when the run will reach a log step), `train/epoch_loss`, then `hparams_metrics`.
         """
         columns: list[str] = []
         if trainer.val_loader is not None:
             tags = [f"val/{name}" for name in ("loss", *trainer.metrics)]
             tags = [t for t in tags if not self.lower_is_better(t)] + [t for t in tags if self.lower_is_better(t)]
             columns += tags + [f"best/{tag}" for tag in tags]
-        columns += ["train/loss", "train/epoch_loss", "train/grad_norm", *self.hparams_metrics]
+        state = trainer.state
+        steps = None if state.batches_per_epoch is None else state.max_epochs * state.batches_per_epoch
+        if steps is None or steps // trainer.accelerator.gradient_accumulation_steps >= trainer.log_every_n_steps:
+            columns += ["train/loss", "train/grad_norm"]  # logged only at log steps: a run without one has none
+        columns += ["train/epoch_loss", *self.hparams_metrics]
         return list(dict.fromkeys(columns))
 
     def start_hparams(self, trainer: Trainer) -> None:
