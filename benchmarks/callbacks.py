@@ -2,7 +2,7 @@
 
 Runs `callbacks-kit train` in-process (`callbacks_kit.cli.train.train`) with its default
 options for one epoch of ResNet-18 and times every event of every callback through the
-`customize` hook. The inspection callbacks (the five classes in `INSPECTION`, plus
+`customize` hook. The inspection callbacks (the classes in `INSPECTION`, plus
 `TensorBoardLogger`) have a budget; the others are shown without one.
 
 `event_report` is the standalone per-event view (`python scripts/bench_inspection.py`).
@@ -22,12 +22,14 @@ import torch
 
 from benchmarks.common import CALLBACK_SHARE_BUDGET, Bench, main_job_argv, print_table, quiet, synced_time
 from callbacks_kit import (
+    BatchGrid,
     Callback,
     CallbacksKitError,
     ConfusionMatrix,
     FeatureMaps,
     GradCAM,
     KernelGrid,
+    LayerStats,
     TensorBoardLogger,
     Trainer,
     WeightHistograms,
@@ -37,7 +39,15 @@ from callbacks_kit.cli import build_parser
 from callbacks_kit.cli.train import train
 
 # The main job's inspection callbacks (`callbacks_kit.cli.options.inspection_callbacks`).
-INSPECTION: tuple[type[Callback], ...] = (WeightHistograms, KernelGrid, FeatureMaps, GradCAM, ConfusionMatrix)
+INSPECTION: tuple[type[Callback], ...] = (
+    WeightHistograms,
+    KernelGrid,
+    FeatureMaps,
+    GradCAM,
+    ConfusionMatrix,
+    LayerStats,
+    BatchGrid,
+)
 # The events `CallbackList.fire` dispatches; `on_teardown` (fire_all, after the run) is not timed.
 TIMED_EVENTS = tuple(event for event in EVENTS if event != "on_teardown")
 

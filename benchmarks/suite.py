@@ -12,7 +12,19 @@ from typing import NamedTuple
 import torch
 
 import benchmarks
-from benchmarks import callbacks, checkpoints, ema, end_to_end, error_views, histograms, inputs, loop, syncs, throughput
+from benchmarks import (
+    callbacks,
+    checkpoints,
+    ema,
+    end_to_end,
+    error_views,
+    histograms,
+    inputs,
+    loop,
+    syncs,
+    throughput,
+    training_views,
+)
 from benchmarks.common import Bench, machine, print_table
 
 
@@ -36,6 +48,7 @@ SECTIONS = (
     Section("histograms", histograms.run),  # 4
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput
+    Section("views", training_views.run),  # 2c: reads section 2's epoch when it ran
     Section("checkpoints", checkpoints.run),  # 7
     Section("end-to-end", end_to_end.run),  # 8
     Section("ema", ema.run),  # 9

@@ -134,11 +134,13 @@ def step_syncs(counter: HostSyncCounter, marks: list[Mark]) -> list[tuple[bool, 
     return steps
 
 
-def syncs_per_step(trainer: Trainer, loader: Any, epochs: int = 1) -> list[tuple[bool, list[str]]]:
-    """Fit `trainer` on `loader` and return `(is_log_step, sync events)` for every step."""
+def syncs_per_step(
+    trainer: Trainer, loader: Any, epochs: int = 1, val_loader: Any = None
+) -> list[tuple[bool, list[str]]]:
+    """Fit `trainer` on `loader` (validating on `val_loader`) and return `(is_log_step, sync events)` per step."""
     counter, marks = HostSyncCounter(), []
     for boundary in step_boundaries(counter, marks):
         trainer.callbacks.append(boundary)
     with counter:
-        trainer.fit(loader, epochs=epochs)
+        trainer.fit(loader, val_loader, epochs=epochs)
     return step_syncs(counter, marks)

@@ -4,6 +4,7 @@ LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 
 from callbacks_kit.callbacks import (
     EMA,
+    BatchGrid,
     Callback,
     ClassReport,
     ConfusionMatrix,
@@ -13,6 +14,7 @@ from callbacks_kit.callbacks import (
     FreezeUnfreeze,
     GradCAM,
     KernelGrid,
+    LayerStats,
     LRScheduler,
     MixUpCutMix,
     ModelCheckpoint,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCapture",
+    "BatchGrid",
     "Callback",
     "CallbacksKitError",
     "CheckpointError",
@@ -55,6 +58,7 @@ __all__ = [
     "LayerNotFoundError",
     "LRFinder",
     "LRFinderResult",
+    "LayerStats",
     "LRScheduler",
     "MixUpCutMix",
     "MLPHead",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,12 +36,23 @@ class ActivationCapture:
         clone: Keep the outputs safe from in-place operations further on (such as
             `ReLU(inplace=True)` right after a convolution): a detached output is copied;
             an attached one is kept and the model continues with a copy of it.
+        reduce: Keep `reduce(name, output.detach())` instead of the output, computed inside the hook
+            (statistics of an activation that an in-place operation overwrites next);
+            `detach` and `clone` are then ignored.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], detach: bool = True, clone: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str],
+        detach: bool = True,
+        clone: bool = True,
+        reduce: Callable[[str, torch.Tensor], Any] | None = None,
+    ) -> None:
         self.modules = {name: resolve_module(model, name) for name in names}
         self.detach = detach
         self.clone = clone
+        self.reduce = reduce
         self.outputs: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
 
@@ -71,6 +82,9 @@ class ActivationCapture:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not isinstance(output, torch.Tensor):
                 self.outputs[name] = output
+                return None
+            if self.reduce is not None:
+                self.outputs[name] = self.reduce(name, output.detach())
                 return None
             if self.detach:
                 self.outputs[name] = output.detach().clone() if self.clone else output.detach()

@@ -45,6 +45,7 @@ from callbacks_kit.distributed import (
 )
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.metrics import StatefulMetric, compute_gathered, is_stateful_metric
+from callbacks_kit.norms import total_grad_norm
 from callbacks_kit.state import LossSums, ResumePoint, TrainState
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ class Trainer:
         train_loader, val_loader: The prepared loaders of the current `fit`.
         loss_sums: The running training-loss sums of the current epoch (`LossSums`).
         last_inputs, last_targets, last_outputs, last_loss: The latest batch.
+        grad_norm: The global L2 norm of the gradients (unscaled, before clipping) of the
+            latest optimizer step that logs, or of every step when clipping is on (the
+            clipping computes it anyway); a device scalar, read at log steps as
+            `train/grad_norm`. None before the first.
         tb_writer: The run's SummaryWriter, set by `TensorBoardLogger` on the main process.
         exception: What `fit` is leaving on, during `on_exception` and `on_teardown`.
     """
@@ -163,6 +168,7 @@ class Trainer:
         self.last_targets: Any = None
         self.last_outputs: Any = None
         self.last_loss: torch.Tensor | None = None
+        self.grad_norm: torch.Tensor | None = None
         # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
         self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
         self._agreement = HostAgreement(accelerator.num_processes)
@@ -385,7 +391,9 @@ class Trainer:
                 self.callbacks.fire("on_after_backward", self)
                 if self.max_grad_norm is not None:
                     # Already unscaled above: Accelerate's clip_grad_norm_ would unscale a second time.
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                    self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                elif (state.global_step + 1) % self.log_every_n_steps == 0:  # this step logs: train/grad_norm
+                    self.grad_norm = total_grad_norm(self.model.parameters())
                 self._skipped.before_step()
             self.optimizer.step()  # Accelerate makes these no-ops on accumulation batches
             state.step_skipped = state.optimizer_stepped and self._skipped.after_step()
@@ -443,10 +451,15 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- helpers
     def _log_train(self, sums: LossSums, samples: int, elapsed: float) -> None:
-        """The only host read of the training loss: every `log_every_n_steps` steps."""
-        loss = float(self.accelerator.reduce(sums.interval_mean(), reduction="mean"))
+        """The only host read of the training loss and gradient norm: every `log_every_n_steps` steps."""
+        # The norm is the same on every process (gradients are reduced): one read for both.
+        norm = self.grad_norm if self.grad_norm is not None else torch.full((), float("nan"), device=self.device)
+        values = torch.stack([sums.interval_mean().float(), norm.float().to(self.device)])
+        loss, grad_norm = self.accelerator.reduce(values, reduction="mean").tolist()
         sums.mark_logged()
         self.state.metrics["train/loss"] = loss
+        if self.grad_norm is not None:
+            self.state.metrics["train/grad_norm"] = grad_norm
         self.state.metrics["perf/samples_per_sec"] = samples * self.accelerator.num_processes / max(elapsed, 1e-9)
         self.state.is_log_step = True
 

@@ -40,6 +40,16 @@ DASHBOARDS = (
     ("images_gradcam", "#images&tagFilter=gradcam%7Cconfusion", "1400,1100"),
     ("images_features", "#images&tagFilter=kernels%7Cimage0/%5B014%5D", "1400,1350"),
     ("hparams", "#hparams", "1900,700"),
+    (
+        "images_training",
+        "#images&tagFilter=train_batch%7Clayer_act_hist%2F(conv1%7Clayer2.0.conv1%7Clayer4.1.conv2%7Cfc)%24",
+        "1400,1400",
+    ),
+    (
+        "scalars_layers",
+        f"#scalars&tagFilter=layer_(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Cgrad_norm%24{RAW}",
+        "1400,1300",
+    ),
     ("text", "#text&tagFilter=model_summary", "1400,1000"),
     ("images_top_losses", "#images&tagFilter=top_losses", "1400,1300"),
     ("text_class_report", "#text&tagFilter=class_report%7Ctop_losses", "1400,1300"),
@@ -52,7 +62,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 ]  # fmt: skip
 MAIN_JOB = ["--train-samples", "600", "--val-samples", "200", "--hist-every", "4", "--log-every", "2",
-            "--embeddings", "200"]  # fmt: skip
+            "--embeddings", "200", "--layer-stats-every", "2"]  # fmt: skip
 
 
 def make_run(run: Path) -> None:

@@ -13,7 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmarks.sync_counter import HostSyncCounter, syncs_per_step
-from callbacks_kit import EMA, Callback, TensorBoardLogger, TerminateOnNaN, Trainer
+from callbacks_kit import EMA, Callback, ProgressBar, TensorBoardLogger, TerminateOnNaN, Trainer, accuracy
+from callbacks_kit.cli import build_parser, options
+from callbacks_kit.data import ShapesDataset
+from callbacks_kit.inspection.event_report import inspect_run
 
 
 def make_trainer(callbacks=(), **kwargs) -> Trainer:
@@ -62,6 +65,51 @@ def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options:
     assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
     # The one read of a log step is the trainer's: the counter does see the loss going to the host.
     assert all(any("callbacks_kit/trainer.py" in e for e in events) for events in logged), logged
+
+
+def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_path: Path):
+    """Every callback `callbacks-kit train` adds by default, built by the CLI's own option functions.
+
+    LayerStats samples every 3rd step (steps 3 and 9 do not log) and BatchGrid copies step 1:
+    both keep what they took on the device until the next log step.
+    """
+    args = build_parser().parse_args(["train", "--epochs", "2", "--layer-stats-every", "3"])
+    classes = list(ShapesDataset.classes)
+    callbacks = [TensorBoardLogger(str(tmp_path), hparams={"model": "cnn"}), ProgressBar()]
+    callbacks += options.inspection_callbacks(args, classes)
+    callbacks += options.error_analysis_callbacks(args, classes)
+    callbacks += options.training_view_callbacks(args, classes)
+    callbacks += options.finetune_callbacks(args, steps_per_epoch=12)
+    callbacks += options.checkpoint_callbacks(args, str(tmp_path))
+    kinds = {type(c).__name__ for c in callbacks}
+    assert {"LayerStats", "BatchGrid", "WeightHistograms", "GradCAM", "ModelCheckpoint", "LRScheduler"} <= kinds
+    assert {"TopLosses", "ClassReport"} <= kinds
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, len(classes)),
+    )  # fmt: skip
+    trainer = Trainer(
+        model,
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        nn.CrossEntropyLoss(),
+        metrics={"accuracy": accuracy},
+        callbacks=callbacks,
+        seed=0,
+        log_every_n_steps=4,
+    )
+    train = DataLoader(ShapesDataset(96, 16, seed=0), batch_size=8, shuffle=True)  # 12 steps per epoch
+    val = DataLoader(ShapesDataset(16, 16, seed=1), batch_size=8)
+    steps = syncs_per_step(trainer, train, epochs=2, val_loader=val)
+    quiet, logged = split(steps)
+    assert len(quiet) == 18 and len(logged) == 6
+    assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
+    # The views did take their samples on quiet steps, and wrote them later.
+    report = inspect_run(tmp_path)["runs"]["."]
+    assert {"layer_grad_norm/0", "layer_act_zeros/2", "train/grad_norm"} <= set(report["scalars"])
+    sampled = report["scalars"]["layer_grad_norm/0"]
+    assert (sampled["count"], sampled["first_step"], sampled["last_step"]) == (8, 3, 24)
+    assert "train_batch" in report["images"]
 
 
 def test_a_sync_in_a_callback_is_caught_where_it_happens():

@@ -162,6 +162,8 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     from callbacks_kit.callbacks.kernel_grid import KernelGrid
     from callbacks_kit.callbacks.grad_cam import GradCAM
     from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
+    from callbacks_kit.callbacks.layer_stats import LayerStats
+    from callbacks_kit.callbacks.batch_grid import BatchGrid
     from callbacks_kit.data import ShapesDataset
     from callbacks_kit.hooks import hooked_modules
     from callbacks_kit.metrics import accuracy
@@ -171,7 +173,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
     callbacks = [TensorBoardLogger(sys.argv[1]), WeightHistograms(), KernelGrid(), FeatureMaps(), GradCAM(num_images=2),
-                 ConfusionMatrix()]
+                 ConfusionMatrix(), LayerStats(every_n_steps=1), BatchGrid()]
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss(),
                       metrics={"accuracy": accuracy}, callbacks=callbacks, log_every_n_steps=1, progress_bar=False)
     val = DataLoader(ShapesDataset(16, 16, seed=1), batch_size=8)
@@ -193,7 +195,10 @@ def test_two_processes_write_exactly_one_event_file(tmp_path):
     assert len(files) == 1, files
     report = inspect_run(run_dir)["runs"]["."]
     assert report["scalars"]["train/loss"]["count"] == 2  # 32 samples / 2 processes / 8 per batch
-    assert {"kernels/0", "confusion_matrix/val", "gradcam/2"} <= set(report["images"])
+    assert {"kernels/0", "confusion_matrix/val", "gradcam/2", "train_batch", "layer_act_hist/0"} <= set(
+        report["images"]
+    )
+    assert report["scalars"]["train/grad_norm"]["count"] == report["scalars"]["layer_grad_norm/6"]["count"] == 2
     assert report["hparams"]["hparams"]["processes"] == 2
 
 

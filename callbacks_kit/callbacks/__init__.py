@@ -1,6 +1,7 @@
 """Built-in callbacks, one per module named for its class."""
 
 from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
+from callbacks_kit.callbacks.batch_grid import BatchGrid
 from callbacks_kit.callbacks.class_report import ClassReport
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
@@ -10,6 +11,7 @@ from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
+from callbacks_kit.callbacks.layer_stats import LayerStats
 from callbacks_kit.callbacks.lr_scheduler import LRScheduler
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
@@ -23,6 +25,7 @@ from callbacks_kit.errors import NonFiniteError, ScheduleError
 
 __all__ = [
     "EVENTS",
+    "BatchGrid",
     "Callback",
     "CallbackList",
     "ClassReport",
@@ -34,6 +37,7 @@ __all__ = [
     "FreezeUnfreeze",
     "GradCAM",
     "KernelGrid",
+    "LayerStats",
     "LRScheduler",
     "MixUpCutMix",
     "ModelCheckpoint",

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,16 +48,21 @@ class TensorBoardLogger(Callback):
     Other TensorBoard callbacks write through `trainer.tb_writer`, which stays None on
     the other processes; this callback flushes and closes it in `on_teardown`, when `fit` ends or fails.
 
-    - Scalars: `train/loss` every log interval, `train/epoch_loss`, `val/loss` and
-      `val/<metric>` every validation with their best so far (`best/val/<metric>`); the
-      same for any other validation under its prefix (`val_ema/*` of an `EMA` callback),
+    - Scalars: `train/loss` and `train/grad_norm` every log interval, `train/epoch_loss`,
+      `val/loss` and `val/<metric>` every validation with their best so far
+      (`best/val/<metric>`); the same for any other validation under its prefix (`val_ema/*`
+      of an `EMA` callback),
       `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
     - A custom-scalars layout: train and validation loss in one chart, each metric with
       its best (`val_ema/*` in the same charts as `val/*`), the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
       the model graph (a warning, not a crash, when tracing fails).
-    - Hparams at the end (also after a failure): the given and collected
-      hyperparameters, with the final and best metrics, in the run's one event file.
+    - Live hparams: at the start, the given and collected hyperparameters and the metric
+      columns (final and best `val/*`, `train/*`), in the run's one event file; TensorBoard
+      fills each column from the run's latest scalar of that tag as it arrives, so the run
+      is in the hparams dashboard from its first step. The session status (success or
+      failure) is written at the end; the writer is flushed at every epoch end, so a run
+      killed with SIGKILL still shows its metrics up to its last finished epoch.
 
     Args:
         log_dir: Folder of the run; default `runs/<date>-<time>`.
@@ -70,6 +75,8 @@ class TensorBoardLogger(Callback):
         modes: Which direction is better for a metric, by tag: `{"val/top5_error": "min"}`.
             It decides the `best/<tag>` series and the hparams columns. Tags not given:
             "min" when the name holds "loss" or "err", else "max".
+        hparams_metrics: More metric columns for the hparams dashboard, by tag (e.g.
+            `["val_ema/accuracy"]`), after those the logger knows at the start.
     """
 
     order = Order.WRITER
@@ -83,6 +90,7 @@ class TensorBoardLogger(Callback):
         summary: bool = True,
         summary_depth: int = 3,
         modes: Mapping[str, str] | None = None,
+        hparams_metrics: Sequence[str] = (),
     ) -> None:
         bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in ("min", "max")}
         if bad:
@@ -94,10 +102,12 @@ class TensorBoardLogger(Callback):
         self.graph = graph
         self.summary = summary
         self.summary_depth = summary_depth
+        self.hparams_metrics = list(hparams_metrics)
         self.best: dict[str, float] = {}
         self._lrs: list[float] = []
         self._lr_logged_at: int | None = None
         self._collected: dict[str, HParamValue] = {}
+        self._hparams_started = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": dict(self.best)}
@@ -118,6 +128,8 @@ class TensorBoardLogger(Callback):
             trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
         averaged = [ema.prefix for ema in trainer.callbacks.find(EMA)]
         trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), ["val", *averaged]))
+        self._hparams_started = False
+        self.start_hparams(trainer)
         if self.summary or self.graph:
             example = probe_batch(trainer, 1)
             if example is None:
@@ -140,6 +152,8 @@ class TensorBoardLogger(Callback):
         step = state.global_step
         writer.add_scalar("train/loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
+        if "train/grad_norm" in state.metrics:
+            writer.add_scalar("train/grad_norm", state.metrics["train/grad_norm"], step)
         self._log_lrs(trainer, step)
 
     def on_validation_end(self, trainer: Trainer) -> None:
@@ -170,6 +184,7 @@ class TensorBoardLogger(Callback):
                 writer.add_scalar(tag, state.metrics[tag], state.global_step)
         if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
             self._log_lrs(trainer, state.global_step)
+        writer.flush()  # a run killed from here on still shows this epoch in the hparams dashboard
 
     def _log_lrs(self, trainer: Trainer, step: int) -> None:
         """One point per group and step: the LR the step trained with (not the next one a scheduler set)."""
@@ -197,33 +212,55 @@ class TensorBoardLogger(Callback):
             return self.modes[tag] == "min"
         return "loss" in tag or "err" in tag
 
-    def final_metrics(self, trainer: Trainer) -> dict[str, float]:
-        """The hparams dashboard's metrics in column order: final `val/*` and `val_ema/*`, the best, final `train/*`."""
-        metrics = trainer.state.metrics
-        shown = ("val/", *(f"{ema.prefix}/" for ema in trainer.callbacks.find(EMA)))
-        final = {tag: v for tag, v in metrics.items() if tag.startswith(shown) and not self.lower_is_better(tag)}
-        final.update({tag: v for tag, v in metrics.items() if tag.startswith(shown)})
-        final.update({f"best/{tag}": value for tag, value in self.best.items()})
-        final.update({tag: v for tag, v in metrics.items() if tag.startswith("train/")})
-        return final
+    def metric_columns(self, trainer: Trainer) -> list[str]:
+        """The hparams dashboard's metric columns, known at the start so the run shows from step 0.
+
+        In order: `val/*` and each `EMA`'s `val_ema/*` (higher-is-better first), their best,
+        `train/loss` and `train/grad_norm` (when the run will reach a log step),
+        `train/epoch_loss`, then `hparams_metrics`.
+        """
+        columns: list[str] = []
+        if trainer.val_loader is not None:
+            prefixes = ["val", *(ema.prefix for ema in trainer.callbacks.find(EMA))]
+            tags = [f"{prefix}/{name}" for prefix in prefixes for name in ("loss", *trainer.metrics)]
+            tags = [t for t in tags if not self.lower_is_better(t)] + [t for t in tags if self.lower_is_better(t)]
+            columns += tags + [f"best/{tag}" for tag in tags]
+        state = trainer.state
+        steps = None if state.batches_per_epoch is None else state.max_epochs * state.batches_per_epoch
+        if steps is None or steps // trainer.accelerator.gradient_accumulation_steps >= trainer.log_every_n_steps:
+            columns += ["train/loss", "train/grad_norm"]  # logged only at log steps: a run without one has none
+        columns += ["train/epoch_loss", *self.hparams_metrics]
+        return list(dict.fromkeys(columns))
+
+    def start_hparams(self, trainer: Trainer) -> None:
+        """Write the hyperparameters and metric columns now (at fit start), once per `fit`.
+
+        Written into the run's own event file (`SummaryWriter.add_hparams` would open a second
+        one in a subfolder). TensorBoard keeps the first of these it reads in a run.
+        """
+        writer = trainer.tb_writer
+        if writer is None or self._hparams_started:
+            return
+        experiment, start, _ = self._summaries(trainer, success=True)
+        for summary in (experiment, start):
+            writer.file_writer.add_summary(summary, trainer.state.global_step)  # type: ignore[union-attr]
+        writer.flush()
+        self._hparams_started = True
 
     def write_hparams(self, trainer: Trainer, success: bool = True) -> None:
-        """Write hyperparameters and metric names into the run's own event file.
-
-        `SummaryWriter.add_hparams` would open a second event file in a subfolder;
-        TensorBoard reads each metric's value from the run's latest scalar of that tag,
-        which this logger has already written, so the dashboard shows the real values.
-        """
+        """End the hparams session with its status (success or failure), starting it first if needed."""
         writer = trainer.tb_writer
         if writer is None:
             return
+        self.start_hparams(trainer)
+        end = self._summaries(trainer, success)[2]
+        writer.file_writer.add_summary(end, trainer.state.global_step)  # type: ignore[union-attr]
+        writer.flush()
+
+    def _summaries(self, trainer: Trainer, success: bool) -> tuple[Any, Any, Any]:
         values = {**self._collected, **{k: hparam_value(v) for k, v in self.hparams.items()}}
         values = {k: v for k, v in values.items() if v is not None}
-        summaries = hparams_summaries(values, self.final_metrics(trainer), success)
-        step = trainer.state.global_step
-        for summary in summaries:
-            writer.file_writer.add_summary(summary, step)  # type: ignore[union-attr]
-        writer.flush()
+        return hparams_summaries(values, dict.fromkeys(self.metric_columns(trainer), 0.0), success)
 
     def _log_model(self, trainer: Trainer, example: Any) -> None:
         writer, model = trainer.tb_writer, trainer.unwrapped_model
@@ -272,6 +309,7 @@ def scalars_layout(metric_names: list[str], prefixes: list[str] | None = None) -
         "optimisation": {
             "learning rate": ["Multiline", [r"^lr/"]],
             "samples per second": ["Multiline", [r"^perf/samples_per_sec$"]],
+            "gradient norm": ["Multiline", [r"^train/grad_norm$"]],
         },
     }
     return {category: charts for category, charts in layout.items() if charts}

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.batch_grid import BatchGrid
 from callbacks_kit.callbacks.class_report import ClassReport
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
@@ -23,6 +24,7 @@ from callbacks_kit.callbacks.feature_maps import FeatureMaps
 from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
+from callbacks_kit.callbacks.layer_stats import LayerStats
 from callbacks_kit.callbacks.lr_scheduler import LRScheduler
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
@@ -116,6 +118,50 @@ def error_analysis_callbacks(args: argparse.Namespace, classes: Sequence[str]) -
             callbacks.append(ClassReport(class_names=classes))
     if args.embeddings:
         callbacks.append(Embeddings(args.embeddings, class_names=classes))
+    return callbacks
+
+
+def add_training_view_args(parser: argparse.ArgumentParser) -> None:
+    """Layer health and training-batch options."""
+    group = parser.add_argument_group("layer health and training batches (off with --no-inspection)")
+    group.add_argument(
+        "--layer-stats-every",
+        type=int,
+        default=20,
+        metavar="N",
+        help="optimizer steps between per-layer gradient norms, update ratios and activation statistics; 0: off",
+    )
+    group.add_argument(
+        "--layer-stats-layers", metavar="REGEX", help="layers whose statistics are logged (every conv and linear)"
+    )
+    group.add_argument(
+        "--batch-grid-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="epochs between grids of the first training batch; 0: the first epoch only",
+    )
+    group.add_argument("--batch-grid-images", type=int, default=16, metavar="N", help="images in the grid; 0: off")
+
+
+def training_view_callbacks(args: argparse.Namespace, classes: Sequence[str]) -> list[Callback]:
+    """LayerStats and BatchGrid at the main job's cadences (both within 3% of an epoch)."""
+    if args.no_inspection:
+        return []
+    for name in ("layer_stats_every", "batch_grid_every", "batch_grid_images"):
+        if getattr(args, name) < 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.layer_stats_layers is not None and not args.layer_stats_every:
+        raise CLIError("--layer-stats-layers chooses the layers of --layer-stats-every, which is 0 (off)")
+    callbacks: list[Callback] = []
+    if args.layer_stats_every:
+        callbacks.append(LayerStats(every_n_steps=args.layer_stats_every, layers=args.layer_stats_layers))
+    if args.batch_grid_images:
+        callbacks.append(
+            BatchGrid(
+                every_n_epochs=args.batch_grid_every or None, num_images=args.batch_grid_images, class_names=classes
+            )
+        )
     return callbacks
 
 

@@ -44,6 +44,7 @@ def add_parser(commands: Any) -> None:
     add_job_args(train)
     options.add_inspection_args(train)
     options.add_error_analysis_args(train)
+    options.add_training_view_args(train)
     options.add_finetune_args(train)
     options.add_ema_args(train)
     options.add_checkpoint_args(train)
@@ -375,6 +376,7 @@ def train(
     callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
     callbacks += options.inspection_callbacks(args, classes)
     callbacks += options.error_analysis_callbacks(args, classes)
+    callbacks += options.training_view_callbacks(args, classes)
     callbacks += options.finetune_callbacks(args, steps_per_epoch)
     callbacks += options.ema_callbacks(args)
     callbacks += options.checkpoint_callbacks(args, run_dir)
