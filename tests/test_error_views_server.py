@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.tensorboard_server import tensorboard_server
 
 from callbacks_kit.cli import build_parser, main
 from callbacks_kit.cli.options import error_analysis_callbacks
@@ -20,14 +18,8 @@ TINY = ["--epochs", "1", "--train-samples", "48", "--val-samples", "24", "--batc
         "--no-progress"]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str) -> object:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=10) as reply:
+def get(url: str, path: str) -> object:
+    with urllib.request.urlopen(f"{url}{path}", timeout=10) as reply:
         return json.loads(reply.read())
 
 
@@ -35,16 +27,11 @@ def get(port: int, path: str) -> object:
 def test_tensorboard_serves_every_view_of_the_main_job(tmp_path: Path):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--embeddings", "12", "--log-dir", str(run)]) == 0
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    with tensorboard_server(run, timeout=120) as url:
         deadline = time.monotonic() + 120
         while True:
             try:
-                plugins = get(port, "data/plugins_listing")
+                plugins = get(url, "data/plugins_listing")
                 if plugins["pr_curves"]["enabled"] and plugins["projector"]["enabled"]:
                     break
             except OSError:
@@ -53,20 +40,17 @@ def test_tensorboard_serves_every_view_of_the_main_job(tmp_path: Path):
             time.sleep(1)
         for plugin in ("scalars", "images", "text", "hparams", "pr_curves", "projector"):
             assert plugins[plugin]["enabled"], plugin
-        pr_tags = get(port, "data/plugin/pr_curves/tags")["."]
+        pr_tags = get(url, "data/plugin/pr_curves/tags")["."]
         assert {f"pr_curve/val/{name}" for name in ("circle", "square", "triangle")} <= set(pr_tags)
-        assert "top_losses/val" in get(port, "data/plugin/images/tags")["."]
+        assert "top_losses/val" in get(url, "data/plugin/images/tags")["."]
         assert {"class_report/val/text_summary", "top_losses/val/text_summary"} <= set(
-            get(port, "data/plugin/text/tags")["."]
+            get(url, "data/plugin/text/tags")["."]
         )
-        assert "val_class/macro/f1" in get(port, "data/plugin/scalars/tags")["."]
-        assert get(port, "data/plugin/projector/runs") == ["."]
-        info = get(port, "data/plugin/projector/info?run=.")
+        assert "val_class/macro/f1" in get(url, "data/plugin/scalars/tags")["."]
+        assert get(url, "data/plugin/projector/runs") == ["."]
+        info = get(url, "data/plugin/projector/info?run=.")
         (embedding,) = info["embeddings"]
         assert embedding["tensorShape"] == [12, 512] and embedding["metadataPath"] and embedding["sprite"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_the_main_job_turns_the_views_on_and_checks_their_flags():
