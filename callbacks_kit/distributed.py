@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from typing import Any
 
 import torch
@@ -134,14 +135,25 @@ def destroy_process_group_at_exit(accelerator: Accelerator) -> None:
         atexit.register(destroy_process_group)
 
 
-def destroy_process_group() -> None:
-    """At exit, while the interpreter is whole: gloo threads left to finalization can SIGABRT.
+GLOO_DRAIN_S = 0.1  # far longer than a gloo worker thread needs to drop its finished work
 
-    A process that ends without `destroy_process_group()` sometimes dies with "terminate
-    called without an active exception" after all its work is done (seen here: 1 run in ~30).
+
+def destroy_process_group() -> None:
+    """At exit, while the interpreter is whole: end the process group, then let gloo's threads go idle.
+
+    A gloo worker thread drops its reference to a finished collective a moment after the
+    caller's wait returns. When that reference is the last one to a tensor Python made
+    (Accelerate's gather buffers), dropping it takes the GIL; during interpreter
+    finalization taking the GIL ends the thread with `pthread_exit`, whose unwinding through
+    gloo's C++ frames calls `std::terminate`: "terminate called without an active
+    exception", SIGABRT, after all the work is done (core dump in docs/design.md, about 1
+    run in 40 here). `destroy_process_group` alone does not help while the group is still
+    referenced (a DDP model, `dist.group` handles): its threads keep running. So the exit
+    waits `GLOO_DRAIN_S` with the GIL released, while no collective can start any more.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+        time.sleep(GLOO_DRAIN_S)
 
 
 class HostAgreement:
