@@ -1,13 +1,17 @@
 """Section 8, end to end: the main job with its whole default callback set against the same training bare.
 
-`callbacks-kit train` with its default options for one epoch (TensorBoard, the inspection
-callbacks, checkpoints with TerminateOnNaN and PreemptionHandler, the progress bar) against
-the same command whose callbacks are replaced by nothing (a `ProgressBar(bar=False,
-summary=False)` stands in for the bar the Trainer would add: it only counts batches). The
-two take turns, `--repeats` times (3 at least); wall time of the whole command, median of
-the per-turn ratios. Where the rest goes: every callback's own time in the full runs (all
-its events, fit start and end included), and what no callback call explains (a background
-checkpoint save competing for the CPU, the TensorBoard writer's thread, noise).
+`callbacks-kit train` with its default options, for its default 5 epochs (TensorBoard, the
+inspection and error-analysis views, checkpoints with TerminateOnNaN and PreemptionHandler,
+the progress bar; `--e2e-epochs` and `--e2e-samples` make it shorter) against the same
+command whose callbacks are replaced by nothing (a `ProgressBar(bar=False, summary=False)`
+stands in for the bar the Trainer would add: it only counts batches). The two take turns,
+`--repeats` times (3 at least); wall time of the whole command, median of the per-turn
+ratios, with torch's default number of threads, as the main job runs (`--e2e-threads` to
+change it). The process's CPU time (every thread) is printed beside it: on a shared machine it
+shows the work added, which wall time mixes with waiting. Where the rest goes: every
+callback's own time in the full runs (all its events, fit start and end included), and what
+no callback call explains (a background checkpoint save competing for the CPU, the
+TensorBoard writer's thread, noise).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import statistics
 import tempfile
 import time
 from typing import Any
+
+import torch
 
 from benchmarks.callbacks import EventTimer
 from benchmarks.common import Bench, main_job_argv, print_table, quiet
@@ -27,49 +33,78 @@ from callbacks_kit.compat import reset_accelerator_singletons
 END_TO_END_BUDGET = 1.10  # the main job with its callbacks / the same training without them, wall time
 
 
-def _run(argv: list[str], customize: Any) -> float:
+def _run(argv: list[str], customize: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of one in-process `callbacks-kit train`."""
     reset_accelerator_singletons()
     with tempfile.TemporaryDirectory() as log_dir:
         ns = build_parser().parse_args([*argv, "--log-dir", log_dir])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with quiet():
             train(ns, customize=customize)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def end_to_end_argv(args: Any) -> list[str]:
+    """The main job as the README runs it, or shorter with --e2e-epochs, --e2e-samples or --quick."""
+    argv = main_job_argv(args)
+    epochs = args.e2e_epochs if args.e2e_epochs else build_parser().parse_args(["train"]).epochs
+    argv[argv.index("--epochs") + 1] = str(1 if args.quick else epochs)
+    if args.e2e_samples and not args.quick:
+        argv += ["--train-samples", str(args.e2e_samples), "--val-samples", str(args.e2e_samples // 5)]
+    return argv
+
+
+def _bare(callbacks: list[Callback]) -> list[Callback]:
+    return [ProgressBar(bar=False, summary=False)]
+
+
+def _turn(argv: list[str], device: torch.device, full_first: bool) -> tuple[dict[str, tuple[float, float]], EventTimer]:
+    """One full and one bare run, in the order given: their (wall, CPU) seconds and the full run's timer."""
+    timer = EventTimer(device)
+    runs = {}
+    for kind in ("full", "bare") if full_first else ("bare", "full"):
+        runs[kind] = _run(argv, timer.instrument if kind == "full" else _bare)
+    return runs, timer
 
 
 def bench_end_to_end(bench: Bench) -> dict[str, Any]:
     """Turns of (full, bare) in alternating order; the per-callback seconds of the full runs."""
-    argv = main_job_argv(bench.args)
-    if bench.args.e2e_samples and not bench.args.quick:
-        argv += ["--train-samples", str(bench.args.e2e_samples), "--val-samples", str(bench.args.e2e_samples // 5)]
+    argv = end_to_end_argv(bench.args)
     repeats = bench.args.repeats if bench.args.quick else max(3, bench.args.repeats // 5)
+    threads = bench.args.e2e_threads or bench.results["default_threads"]
     pairs: list[tuple[float, float]] = []
+    cpu_pairs: list[tuple[float, float]] = []
     per_callback: dict[str, list[float]] = {}
-
-    def bare(callbacks: list[Callback]) -> list[Callback]:
-        return [ProgressBar(bar=False, summary=False)]
-
-    for repeat in range(repeats):
-        timer = EventTimer(bench.device)
-        runs = {}
-        for kind in ("full", "bare") if repeat % 2 == 0 else ("bare", "full"):
-            runs[kind] = _run(argv, timer.instrument if kind == "full" else bare)
-        pairs.append((runs["full"], runs["bare"]))
-        seconds: dict[str, float] = {}
-        for record in timer.records.values():
-            seconds[record["callback"]] = seconds.get(record["callback"], 0.0) + sum(s for _, _, s in record["calls"])
-        for name, value in seconds.items():
-            per_callback.setdefault(name, []).append(value)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for repeat in range(repeats):
+            runs, timer = _turn(argv, bench.device, full_first=repeat % 2 == 0)
+            pairs.append((runs["full"][0], runs["bare"][0]))
+            cpu_pairs.append((runs["full"][1], runs["bare"][1]))
+            seconds: dict[str, float] = {}
+            for record in timer.records.values():
+                name = record["callback"]
+                seconds[name] = seconds.get(name, 0.0) + sum(s for _, _, s in record["calls"])
+            for name, value in seconds.items():
+                per_callback.setdefault(name, []).append(value)
+    finally:
+        torch.set_num_threads(previous_threads)
     full = statistics.median(f for f, _ in pairs)
     base = statistics.median(b for _, b in pairs)
     rows = sorted(((name, statistics.median(v)) for name, v in per_callback.items()), key=lambda r: -r[1])
     return {
         "argv": argv,
         "repeats": repeats,
+        "threads": threads,
         "full_s": full,
         "bare_s": base,
         "ratio": statistics.median(f / b for f, b in pairs),
         "pairs": pairs,
+        "cpu_full_s": statistics.median(f for f, _ in cpu_pairs),
+        "cpu_bare_s": statistics.median(b for _, b in cpu_pairs),
+        "cpu_ratio": statistics.median(f / b for f, b in cpu_pairs),
+        "cpu_pairs": cpu_pairs,
         "callbacks": [{"callback": name, "s": s} for name, s in rows],
         "outside_callbacks_s": full - base - sum(s for _, s in rows),
     }
@@ -79,13 +114,17 @@ def run(bench: Bench) -> None:
     """Measure, print where the time goes, check the budget."""
     result = bench.results["end_to_end"] = bench_end_to_end(bench)
     extra = result["full_s"] - result["bare_s"]
+    turns = ", ".join(f"{f / b:.3f}" for f, b in result["pairs"])
     table = [[r["callback"], f"{r['s']:.3f}", f"{r['s'] / result['bare_s']:.2%}"] for r in result["callbacks"]]
     table.append(["(outside any callback call)", f"{result['outside_callbacks_s']:.3f}",
                   f"{result['outside_callbacks_s'] / result['bare_s']:.2%}"])  # fmt: skip
     print_table(
-        f"8. End to end: callbacks-kit {' '.join(result['argv'])}, wall time, median of {result['repeats']} turns: "
+        f"8. End to end: callbacks-kit {' '.join(result['argv'])}, {result['threads']} torch thread(s), "
+        f"wall time, median of {result['repeats']} turns: "
         f"{result['full_s']:.1f} s with the default callbacks, {result['bare_s']:.1f} s without "
-        f"({result['ratio']:.3f}x, {extra:+.1f} s); where the difference goes:",
+        f"({result['ratio']:.3f}x, {extra:+.1f} s; turns {turns}); CPU time of the process "
+        f"{result['cpu_full_s']:.1f} s against {result['cpu_bare_s']:.1f} s ({result['cpu_ratio']:.3f}x); "
+        "where the wall-time difference goes:",
         ["callback", "s per run", "share of the bare run"],
         table,
     )

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--e2e-samples", type=int, default=None, help="training images of section 8's main job (its default: 3000)"
     )
+    parser.add_argument(
+        "--e2e-threads", type=int, default=None, help="torch threads of section 8 (the main job's default: torch's)"
+    )
+    parser.add_argument("--e2e-epochs", type=int, default=None, help="epochs of section 8's main job (its default: 5)")
     parser.add_argument("--skip", nargs="*", default=[], choices=[s.skip for s in SECTIONS if s.skip])
     return parser
 
@@ -80,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every section not skipped, print the budgets, write --json; 1 when a budget is missed."""
     args = build_parser().parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 15)
+    default_threads = torch.get_num_threads()  # what `callbacks-kit train` gets, for section 8
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed_precision = "bf16" if device.type == "cuda" else "no"
@@ -92,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": str(device),
             "mixed_precision": mixed_precision,
             "threads": args.threads,
+            "default_threads": default_threads,
             "quick": args.quick,
             "budgets": [],
             "command": " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])]),

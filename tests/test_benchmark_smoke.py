@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.end_to_end import end_to_end_argv
+from benchmarks.suite import build_parser
+from callbacks_kit.cli import build_parser as cli_parser
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,8 +56,19 @@ def test_every_section(tmp_path: Path):
     assert [r["mode"] for r in results["checkpoints"]["rows"]] == ["no save", "synchronous save", "asynchronous save"]
     assert results["checkpoints"]["rows"][1]["save_call_s"] > 0 and results["end_to_end"]["bare_s"] > 0
     assert "ModelCheckpoint" in {r["callback"] for r in results["end_to_end"]["callbacks"]}
+    assert results["end_to_end"]["cpu_bare_s"] > 0 and results["end_to_end"]["threads"] >= 1
     assert 0 < results["ema"]["median_update_s"] and "EMA update / ResNet-18 step" in {
         b["budget"] for b in results["budgets"]
     }
     assert "TensorBoardLogger" in results["callbacks"]["inspection_found"]
     assert any(b["budget"].endswith("share of an epoch") for b in results["budgets"])
+
+
+def test_end_to_end_runs_the_main_job_as_the_readme_does():
+    """Section 8 measures `callbacks-kit train` with its own defaults: 5 epochs, 3000 images."""
+    argv = end_to_end_argv(build_parser().parse_args([]))
+    defaults = cli_parser().parse_args(["train"])
+    assert argv == ["train", "--epochs", str(defaults.epochs)] and defaults.epochs == 5
+    shorter = end_to_end_argv(build_parser().parse_args(["--e2e-epochs", "2", "--e2e-samples", "500"]))
+    assert shorter == ["train", "--epochs", "2", "--train-samples", "500", "--val-samples", "100"]
+    assert end_to_end_argv(build_parser().parse_args(["--quick"]))[:3] == ["train", "--epochs", "1"]
