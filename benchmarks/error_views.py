@@ -5,8 +5,9 @@ ClassReport are on) and `--embeddings M` (Embeddings' default M), times every ca
 three through section 2's `EventTimer`, and checks each against `VIEW_SHARE_BUDGET` as a
 share of the epoch without them. TopLosses and ClassReport work at every validation (one per
 epoch by default): their per-batch device work and their end-of-validation rendering fall
-in the epoch. Embeddings runs once, at the end of fit: its one call is set against one
-epoch, the strictest reading (the main job runs 5).
+in the epoch. Embeddings runs once, at the end of fit: at its default cadence that is once
+per main-job run of 5 epochs, so the budgeted share spreads its one call over the run's
+epochs; the share with the whole call in one epoch is printed beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def bench_views(bench: Bench) -> dict[str, Any]:
         return timer.instrument(callbacks)
 
     samples = 64 if bench.args.quick else DEFAULT_EMBEDDINGS
+    run_epochs = build_parser().parse_args(["train"]).epochs  # the main job's run, over which once-only work spreads
     argv = [*main_job_argv(bench.args), "--embeddings", str(samples)]
     with tempfile.TemporaryDirectory() as log_dir:
         ns = build_parser().parse_args([*argv, "--log-dir", log_dir])
@@ -57,13 +59,15 @@ def bench_views(bench: Bench) -> dict[str, Any]:
                 "s_per_working_call": sum(working) / len(working) if working else 0.0,
                 "epoch_s": in_epoch,
                 "after_epoch_s": after,
-                "at_default_cadence_s": in_epoch + after,  # per epoch: in it, or once after it (Embeddings)
+                "at_default_cadence_s": in_epoch + after / run_epochs,  # per epoch of the main job's run
+                "once_in_one_epoch_s": in_epoch + after,
             }
         )
     bare = (end - start) - sum(r["epoch_s"] for r in rows)
     for row in rows:
         row["share_of_epoch"] = row["at_default_cadence_s"] / bare
-    return {"argv": argv, "epoch_s": end - start, "epoch_without_views_s": bare, "rows": rows}
+        row["share_once_in_one_epoch"] = row["once_in_one_epoch_s"] / bare
+    return {"argv": argv, "epoch_s": end - start, "epoch_without_views_s": bare, "run_epochs": run_epochs, "rows": rows}
 
 
 def run(bench: Bench) -> None:
@@ -73,7 +77,15 @@ def run(bench: Bench) -> None:
     print_table(
         f"2b. Error-analysis views (callbacks-kit {' '.join(results['argv'])}): epoch {results['epoch_s']:.1f} s, "
         f"{results['epoch_without_views_s']:.1f} s without them",
-        ["callback", "calls doing work", "ms/call", "s in epoch", "s after epoch", "share of epoch"],
+        [
+            "callback",
+            "calls doing work",
+            "ms/call",
+            "s in epoch",
+            "s after epoch",
+            "share of epoch",
+            "all in one epoch",
+        ],
         [
             [
                 r["callback"],
@@ -82,12 +94,15 @@ def run(bench: Bench) -> None:
                 f"{r['epoch_s']:.3f}",
                 f"{r['after_epoch_s']:.3f}",
                 f"{r['share_of_epoch']:.2%}",
+                f"{r['share_once_in_one_epoch']:.2%}",
             ]
             for r in results["rows"]
         ],
     )
     print(
-        "  share: (seconds in the epoch + once after it) / the epoch without the views; a call 'does work' above 1 ms"
+        f"  share of epoch: (seconds in the epoch + the once-per-run seconds after it / {results['run_epochs']}, the "
+        "main job's epochs) / the epoch without the views; all in one epoch: the once-per-run seconds counted whole; "
+        "a call 'does work' above 1 ms"
     )
     found = {r["callback"] for r in results["rows"]}
     bench.check("error views found in the main job", len(found), len(VIEWS), at_least=True)
