@@ -7,13 +7,15 @@ need and nothing of the loop's own state.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import time
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DataLoaderConfiguration, DistributedType, is_lomo_available
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -90,6 +92,60 @@ def make_deterministic(warn_only: bool = False) -> None:
 def uses_fused_step(optimizer: torch.optim.Optimizer) -> bool:
     """True when a param group runs a fused kernel (`fused=True`), which skips fp16 steps itself."""
     return any(bool(group.get("fused")) for group in optimizer.param_groups)
+
+
+def unwrapped_optimizer(optimizer: Any) -> Any:
+    """The user's optimizer inside Accelerate's `AcceleratedOptimizer` (itself when not wrapped)."""
+    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+
+
+class OptimizerCalls:
+    """The loop's `step` and `zero_grad`, past Accelerate's optimizer wrapper where it adds nothing.
+
+    `AcceleratedOptimizer.step` asks importlib twice per call whether LOMO is installed
+    (`is_lomo_available`, about 75 us a call timed alone here) and its `zero_grad` inspects
+    the wrapped optimizer's signature (about 30 us): more than the rest of the loop costs a
+    small model. Without a loss scaler, XLA or a LOMO optimizer, on a step with synced
+    gradients (the loop calls these on no other), the wrapper's `step` and
+    `zero_grad(set_to_none=True)` are the wrapped optimizer's own, so these call it
+    directly. Whatever replaced the wrapper's method on the instance (an LR scheduler built
+    on the wrapper does, to count its calls) is called instead, as it expects.
+    """
+
+    def __init__(self, accelerator: Accelerator, optimizer: Any) -> None:
+        self.wrapper = optimizer
+        self.direct = _direct(accelerator, optimizer)
+
+    def step(self) -> None:
+        """One optimizer step."""
+        if self.direct is None or "step" in vars(self.wrapper):
+            self.wrapper.step()
+        else:
+            self.direct.step()
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (`set_to_none=True`)."""
+        if self.direct is None or "zero_grad" in vars(self.wrapper):
+            self.wrapper.zero_grad(set_to_none=True)
+        else:
+            self.direct.zero_grad(set_to_none=True)
+
+
+def _direct(accelerator: Accelerator, optimizer: Any) -> Any:
+    """The wrapped optimizer when the wrapper's step and zero_grad reduce to its own, else None."""
+    if not isinstance(optimizer, AcceleratedOptimizer):
+        return None
+    if optimizer.scaler is not None or accelerator.distributed_type == DistributedType.XLA:
+        return None  # the scaler's step and skip detection; XLA's gradient all-reduce
+    inner = optimizer.optimizer
+    if is_lomo_available():
+        from lomo_optim import AdaLomo, Lomo  # noqa: PLC0415 (optional, as in Accelerate)
+
+        if isinstance(inner, (AdaLomo, Lomo)):
+            return None  # Accelerate makes their step a no-op
+    if "set_to_none" not in inspect.signature(inner.zero_grad).parameters:
+        return None
+    return inner
 
 
 class SkippedSteps:

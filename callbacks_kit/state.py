@@ -65,21 +65,27 @@ class TrainState:
 class LossSums:
     """The epoch's running training loss, kept on the device so the loop never waits for it.
 
-    The interval's mean loss is the difference between `epoch` and `logged` (the sum at the
-    last log) over `interval_batches`. A mid-epoch checkpoint saves these (`to_list`), so a
-    resumed run logs the same `train/*` values as an uninterrupted one.
+    A batch only appends its detached loss to `pending`; `fold` adds those into `epoch`
+    one by one, in batch order, when a sum is needed (a log step, a checkpoint, the epoch's
+    end). The sum is then the same, bit for bit, whenever it is folded, and the loop pays
+    no device operation per batch for it. The interval's mean loss is the difference
+    between `epoch` and `logged` (the sum at the last log) over `interval_batches`. A
+    mid-epoch checkpoint saves these (`to_list`), so a resumed run logs the same `train/*`
+    values as an uninterrupted one.
 
     Attributes:
-        epoch: Sum of the batch losses of this epoch so far (a device scalar).
+        epoch: Sum of the folded batch losses of this epoch (a device scalar).
         logged: Value of `epoch` at the last log step.
-        epoch_batches: Batches summed into `epoch`.
-        interval_batches: Batches since the last log step.
+        epoch_batches: Batches added this epoch, folded or not.
+        interval_batches: Batches added since the last log step.
+        pending: Losses added and not folded yet (at most a logging interval's worth).
     """
 
     epoch: torch.Tensor
     logged: torch.Tensor
     epoch_batches: int = 0
     interval_batches: int = 0
+    pending: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
     def zeros(cls, device: torch.device) -> LossSums:
@@ -87,23 +93,30 @@ class LossSums:
         return cls(torch.zeros((), device=device), torch.zeros((), device=device))
 
     def add(self, loss: torch.Tensor) -> None:
-        """Add one batch's (detached) loss, on the device."""
-        self.epoch += loss
+        """Add one batch's (detached) loss."""
+        self.pending.append(loss)
         self.epoch_batches += 1
         self.interval_batches += 1
 
+    def fold(self) -> torch.Tensor:
+        """Add the pending losses into `epoch`, in order, and return it (a device scalar)."""
+        for loss in self.pending:
+            self.epoch += loss
+        self.pending.clear()
+        return self.epoch
+
     def interval_mean(self) -> torch.Tensor:
         """Mean loss of the batches since the last log step (a device scalar)."""
-        return (self.epoch - self.logged) / self.interval_batches
+        return (self.fold() - self.logged) / self.interval_batches
 
     def mark_logged(self) -> None:
         """Start a new logging interval."""
-        self.logged = self.epoch.clone()
+        self.logged = self.fold().clone()
         self.interval_batches = 0
 
     def to_list(self) -> list[float | int]:
         """`[epoch, logged, epoch_batches, interval_batches]` for a checkpoint (reads the device)."""
-        return [float(self.epoch), float(self.logged), self.epoch_batches, self.interval_batches]
+        return [float(self.fold()), float(self.logged), self.epoch_batches, self.interval_batches]
 
     def resume_from(self, saved: list[float | int]) -> None:
         """Continue from a checkpoint's `to_list()`, adding to these (fresh, zero) sums."""

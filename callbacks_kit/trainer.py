@@ -36,6 +36,7 @@ from callbacks_kit.checks import (
 from callbacks_kit.compat import compiled_inner
 from callbacks_kit.distributed import (
     HostAgreement,
+    OptimizerCalls,
     SkippedSteps,
     build_accelerator,
     check_strategy,
@@ -173,6 +174,7 @@ class Trainer:
         self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
         self._agreement = HostAgreement(accelerator.num_processes)
         self._skipped = SkippedSteps(accelerator, self.optimizer)
+        self._optimizer_calls = OptimizerCalls(accelerator, self.optimizer)  # made again by `fit`
         self._checked_first_step = False
 
     # ----------------------------------------------------------------------------- properties
@@ -257,6 +259,7 @@ class Trainer:
         sanity_check(self, val_loader if val_loader is not None else train_loader)
         resume = restore_training(self, resume_from) if resume_from is not None else None
         self._skipped.reset()  # the scaler may have been restored
+        self._optimizer_calls = OptimizerCalls(self.accelerator, self.optimizer)
         ended = False
         try:
             self.callbacks.fire("on_fit_start", self)
@@ -372,7 +375,7 @@ class Trainer:
         if sums.epoch_batches == 0 and skip == 0:
             raise TrainerError("train_loader yielded no batches; check the dataset and batch size (drop_last?)")
         if sums.epoch_batches:
-            mean = self.accelerator.reduce(sums.epoch / sums.epoch_batches, reduction="mean")
+            mean = self.accelerator.reduce(sums.fold() / sums.epoch_batches, reduction="mean")
             state.metrics["train/epoch_loss"] = float(mean)
         return True
 
@@ -395,9 +398,12 @@ class Trainer:
                 elif (state.global_step + 1) % self.log_every_n_steps == 0:  # this step logs: train/grad_norm
                     self.grad_norm = total_grad_norm(self.model.parameters())
                 self._skipped.before_step()
-            self.optimizer.step()  # Accelerate makes these no-ops on accumulation batches
-            state.step_skipped = state.optimizer_stepped and self._skipped.after_step()
-            self.optimizer.zero_grad(set_to_none=True)
+                # Not on accumulation batches, where Accelerate's step and zero_grad do nothing.
+                self._optimizer_calls.step()
+                state.step_skipped = self._skipped.after_step()
+                self._optimizer_calls.zero_grad()
+            else:
+                state.step_skipped = False
         return loss.detach(), outputs
 
     @torch.no_grad()

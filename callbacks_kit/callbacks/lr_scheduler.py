@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.checkpoint.codec import tag_json, untag_json
 from callbacks_kit.compat import nested_schedulers, one_cycle_phase_ends, scheduler_lr_lists
+from callbacks_kit.distributed import unwrapped_optimizer
 from callbacks_kit.errors import ScheduleError
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ class LRScheduler(Callback):
 
     Args:
         scheduler: A `torch.optim.lr_scheduler` scheduler, or a factory called at fit start
-            with the prepared optimizer; a factory with a `steps_per_epoch` parameter also
-            gets the optimizer steps per epoch on this process, e.g.
+            with the optimizer given to the Trainer (the one inside Accelerate's wrapper); a
+            factory with a `steps_per_epoch` parameter also gets the optimizer steps per epoch
+            on this process, e.g.
             `lambda opt, steps_per_epoch: OneCycleLR(opt, 1e-3, epochs=5, steps_per_epoch=steps_per_epoch)`.
         interval: "step" (OneCycleLR, CyclicLR) or "epoch".
         monitor: Metric that `ReduceLROnPlateau` reads at each epoch end.
@@ -228,15 +230,18 @@ class LRScheduler(Callback):
             wants_steps = "steps_per_epoch" in inspect.signature(self._factory).parameters
         except (TypeError, ValueError):
             wants_steps = False
+        # The user's optimizer itself, not Accelerate's wrapper: the scheduler then counts the
+        # steps the loop makes on it (`OptimizerCalls`), and the LRs it sets are the same.
+        optimizer = unwrapped_optimizer(trainer.optimizer)
         if wants_steps:
             batches = trainer.state.batches_per_epoch
             if batches is None:
                 raise ScheduleError("the factory asks for steps_per_epoch, but train_loader has no len()")
             # Accelerate ends every epoch with an optimizer step, even a short accumulation.
             steps = math.ceil(batches / trainer.accelerator.gradient_accumulation_steps)
-            build = functools.partial(self._factory, trainer.optimizer, steps_per_epoch=steps)
+            build = functools.partial(self._factory, optimizer, steps_per_epoch=steps)
         else:
-            build = functools.partial(self._factory, trainer.optimizer)
+            build = functools.partial(self._factory, optimizer)
         try:
             built = build()
         except ZeroDivisionError as exc:  # OneCycleLR steps once when built
