@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from benchmarks.common import LR, Batch
+from callbacks_kit.distributed import OptimizerCalls
 
 
 @dataclass
@@ -30,21 +31,27 @@ class Case:
 
 
 class HandLoop:
-    """The loop a user writes by hand with Accelerate: the baseline, one step at a time."""
+    """The loop a user writes by hand with Accelerate: the baseline, one step at a time.
 
-    def __init__(self, case: Case) -> None:
+    With `direct`, its optimizer calls are the Trainer's (`OptimizerCalls`: the optimizer
+    inside Accelerate's wrapper where the wrapper adds nothing), so that the Trainer's
+    time beside it is its own bookkeeping alone.
+    """
+
+    def __init__(self, case: Case, direct: bool = False) -> None:
         self.accelerator = Accelerator(cpu=case.device.type == "cpu", mixed_precision=case.mixed_precision)
         self.model, self.optimizer = self.accelerator.prepare(*case.fresh())
         self.model.train()
         self.loss_fn = case.loss_fn
+        self.calls = OptimizerCalls(self.accelerator, self.optimizer) if direct else self.optimizer
 
     @torch.enable_grad()
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One forward, backward and optimizer step."""
         loss = self.loss_fn(self.model(inputs), targets)
         self.accelerator.backward(loss)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.calls.step()
+        self.calls.zero_grad()
 
 
 def tiny_mlp() -> nn.Module:

@@ -35,9 +35,11 @@ def test_loop_and_syncs_sections(tmp_path: Path):
     assert {r["runner"] for r in rows} == {
         "hand-written Accelerate loop",
         "hand-written loop (control)",
+        "hand-written loop, the Trainer's optimizer calls",
         "callbacks_kit Trainer",
     }
     assert all(r["median_s_per_step"] > 0 for r in rows)
+    assert "The Trainer's own bookkeeping" in stdout and results["loop"]["cases"][0]["bookkeeping_ratio"] > 0
     assert results["syncs"]["rows"][0]["max_syncs_non_logging"] == 0
     assert {b["budget"] for b in results["budgets"]} >= {
         "Trainer / hand loop, tiny MLP",
