@@ -7,8 +7,11 @@ command whose callbacks are replaced by nothing (a `ProgressBar(bar=False, summa
 stands in for the bar the Trainer would add: it only counts batches). The two take turns,
 `--repeats` times (3 at least); wall time of the whole command, median of the per-turn
 ratios, with torch's default number of threads, as the main job runs (`--e2e-threads` to
-change it). The process's CPU time (every thread) is printed beside it: on a shared machine it
-shows the work added, which wall time mixes with waiting. Where the rest goes: every
+change it). Every run is a fresh Python process, as a user's main job is: nothing the earlier
+sections leave in the benchmark's own process (its heap, its threads, the objects the garbage
+collector walks) slows either side. The clock starts once the child has imported torch and
+callbacks_kit and stops when `train` returns. The child's CPU time (every thread) is printed
+beside it: on a shared machine it shows the work added, which wall time mixes with waiting. Where the rest goes: every
 callback's own time in the full runs (all its events, fit start and end included), and what
 no callback call explains (a background checkpoint save competing for the CPU, the
 TensorBoard writer's thread, noise).
@@ -16,9 +19,13 @@ TensorBoard writer's thread, noise).
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +37,7 @@ from callbacks_kit.cli import build_parser
 from callbacks_kit.cli.train import train
 from callbacks_kit.compat import reset_accelerator_singletons
 
+REPO = Path(__file__).resolve().parents[1]
 END_TO_END_BUDGET = 1.10  # the main job with its callbacks / the same training without them, wall time
 
 
@@ -42,6 +50,29 @@ def _run(argv: list[str], customize: Any) -> tuple[float, float]:
         with quiet():
             train(ns, customize=customize)
         return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _child(kind: str, threads: int, argv: list[str]) -> dict[str, Any]:
+    """One run in this (fresh) process: wall and CPU seconds, and each callback's seconds when full."""
+    torch.set_num_threads(threads)
+    timer = EventTimer(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    wall, cpu = _run(argv, timer.instrument if kind == "full" else _bare)
+    seconds: dict[str, float] = {}
+    for record in timer.records.values():
+        name = record["callback"]
+        seconds[name] = seconds.get(name, 0.0) + sum(s for _, _, s in record["calls"])
+    return {"wall_s": wall, "cpu_s": cpu, "callbacks": seconds}
+
+
+def _run_in_child(kind: str, threads: int, argv: list[str]) -> dict[str, Any]:
+    """`_child` in a new Python process; its result, or an error carrying the child's stderr."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, "-m", "benchmarks.end_to_end", kind, str(threads), str(out), *argv]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"section 8's {kind} run failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+        return json.loads(out.read_text())
 
 
 def end_to_end_argv(args: Any) -> list[str]:
@@ -58,13 +89,9 @@ def _bare(callbacks: list[Callback]) -> list[Callback]:
     return [ProgressBar(bar=False, summary=False)]
 
 
-def _turn(argv: list[str], device: torch.device, full_first: bool) -> tuple[dict[str, tuple[float, float]], EventTimer]:
-    """One full and one bare run, in the order given: their (wall, CPU) seconds and the full run's timer."""
-    timer = EventTimer(device)
-    runs = {}
-    for kind in ("full", "bare") if full_first else ("bare", "full"):
-        runs[kind] = _run(argv, timer.instrument if kind == "full" else _bare)
-    return runs, timer
+def _turn(argv: list[str], threads: int, full_first: bool) -> dict[str, dict[str, Any]]:
+    """One full and one bare run, each in its own process, in the order given."""
+    return {kind: _run_in_child(kind, threads, argv) for kind in (("full", "bare") if full_first else ("bare", "full"))}
 
 
 def bench_end_to_end(bench: Bench) -> dict[str, Any]:
@@ -75,21 +102,12 @@ def bench_end_to_end(bench: Bench) -> dict[str, Any]:
     pairs: list[tuple[float, float]] = []
     cpu_pairs: list[tuple[float, float]] = []
     per_callback: dict[str, list[float]] = {}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for repeat in range(repeats):
-            runs, timer = _turn(argv, bench.device, full_first=repeat % 2 == 0)
-            pairs.append((runs["full"][0], runs["bare"][0]))
-            cpu_pairs.append((runs["full"][1], runs["bare"][1]))
-            seconds: dict[str, float] = {}
-            for record in timer.records.values():
-                name = record["callback"]
-                seconds[name] = seconds.get(name, 0.0) + sum(s for _, _, s in record["calls"])
-            for name, value in seconds.items():
-                per_callback.setdefault(name, []).append(value)
-    finally:
-        torch.set_num_threads(previous_threads)
+    for repeat in range(repeats):
+        runs = _turn(argv, threads, full_first=repeat % 2 == 0)
+        pairs.append((runs["full"]["wall_s"], runs["bare"]["wall_s"]))
+        cpu_pairs.append((runs["full"]["cpu_s"], runs["bare"]["cpu_s"]))
+        for name, value in runs["full"]["callbacks"].items():
+            per_callback.setdefault(name, []).append(value)
     full = statistics.median(f for f, _ in pairs)
     base = statistics.median(b for _, b in pairs)
     rows = sorted(((name, statistics.median(v)) for name, v in per_callback.items()), key=lambda r: -r[1])
@@ -129,3 +147,7 @@ def run(bench: Bench) -> None:
         table,
     )
     bench.check("main job end to end, callbacks / none", result["ratio"], END_TO_END_BUDGET, enforced=bench.enforce)
+
+
+if __name__ == "__main__":  # one run of a turn: python -m benchmarks.end_to_end KIND THREADS OUT ARGV...
+    Path(sys.argv[3]).write_text(json.dumps(_child(sys.argv[1], int(sys.argv[2]), sys.argv[4:])))
