@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-peers", action="store_true", help="leave Lightning and pytorch-accelerated out")
     parser.add_argument("--throughput", action="store_true", help="run section 6 on a CPU too (a smoke run)")
     parser.add_argument("--gpu-batch", type=int, default=256, help="ResNet-50 batch size of section 6 on a GPU")
-    parser.add_argument("--checkpoint-batch", type=int, default=64, help="section 7's batch size (main job: 64)")
+    parser.add_argument(
+        "--checkpoint-batch", type=int, default=16, help="section 7's batch size (16: short steps; the main job's: 64)"
+    )
     parser.add_argument(
         "--e2e-samples", type=int, default=None, help="training images of section 8's main job (its default: 3000)"
     )

@@ -88,6 +88,29 @@ def test_non_finite_weights_never_replace_a_clean_checkpoint(tmp_path):
     assert _finite(tmp_path / "best.safetensors")
 
 
+class SetBuffer(Callback):
+    """Registers an unused float buffer holding `values` on the model at fit start (state the loss never touches)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def on_fit_start(self, trainer) -> None:
+        trainer.unwrapped_model.register_buffer("probe", torch.tensor(self.values))
+
+
+def test_finite_weights_whose_sum_overflows_are_saved(tmp_path):
+    # The check sums each tensor first; 3e38 + 3e38 overflows float32 although both values are finite.
+    make_trainer([SetBuffer([3e38, 3e38]), ModelCheckpoint(tmp_path)]).fit(*loaders(), epochs=1)
+    saved = safetensors.torch.load_file(str(tmp_path / "epoch=0001-step=00000008" / "model.safetensors"))
+    assert torch.equal(saved["probe"], torch.tensor([3e38, 3e38]))
+
+
+def test_plus_and_minus_infinity_in_one_tensor_are_caught(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"non-finite weights in 1 tensor\(s\) \(probe\)"):
+        make_trainer([SetBuffer([math.inf, -math.inf]), ModelCheckpoint(tmp_path)]).fit(*loaders(), epochs=1)
+    assert not (tmp_path / "last.json").exists()
+
+
 def test_a_nan_score_does_not_replace_the_last_checkpoint(tmp_path):
     checkpoint = ModelCheckpoint(tmp_path, monitor="val/score", mode="max")
     with pytest.warns(UserWarning, match=r"val/score is nan .* the last checkpoint, epoch=0001-step=00000008, is kept"):
