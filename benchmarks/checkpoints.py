@@ -82,8 +82,9 @@ def bench_checkpoints(bench: Bench, template: nn.Module | None = None) -> dict[s
     `template`: another model than the main job's ResNet-18 (a smoke run).
     """
     args = bench.args
-    batch, size = (8, 32) if args.quick else (args.checkpoint_batch, 64)
-    save_every, tail = (2, 2) if args.quick else (4, 7)  # tail: steps after the measured save, the most a window has
+    batch, size = (8, 32) if args.quick else (getattr(args, "checkpoint_batch", 16), 64)
+    # tail: steps after the measured save, the most a window has; a GPU step is far shorter than the save
+    save_every, tail = (2, 2) if args.quick else (4, 7 if bench.device.type == "cpu" else 200)
     steps = 2 * save_every + tail
     i = 2 * save_every - 1  # index of the measured save's step
     repeats = max(args.repeats if args.quick else max(args.repeats // 2, 5), 1)
