@@ -1,11 +1,17 @@
-"""CPU thread control for the many tiny tensor operations the toolkit runs on the host."""
+"""The CPU: whether the launch forces it, and thread control for the toolkit's many tiny host-side operations."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+
+def cpu_forced() -> bool:
+    """True when the launch asks for the CPU through `ACCELERATE_USE_CPU` (as Accelerate reads it)."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "y", "on")
 
 
 @contextmanager

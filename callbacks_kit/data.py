@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from callbacks_kit.cpu import one_cpu_thread
+from callbacks_kit.cpu import cpu_forced, one_cpu_thread
 from callbacks_kit.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -407,8 +407,7 @@ def default_workers() -> int:
 
 def pin_by_default() -> bool:
     """Whether `make_loader` pins memory by default: a GPU is there and `ACCELERATE_USE_CPU` does not force the CPU."""
-    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return torch.cuda.is_available() and not forced
+    return torch.cuda.is_available() and not cpu_forced()
 
 
 def make_loader(

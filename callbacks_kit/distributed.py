@@ -13,23 +13,36 @@ import time
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import DataLoaderConfiguration, DistributedType, is_lomo_available
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from callbacks_kit.compat import compiled_inner, detach_ddp_reducer, reset_accelerator_singletons, swap_prepared_model
+from callbacks_kit.cpu import cpu_forced
 from callbacks_kit.errors import TrainerError
 
 
-def use_cpu(requested: bool) -> bool:
-    """Whether to train on the CPU: when asked, and always for a multi-process launch without a GPU.
+def use_cpu(requested: bool = False) -> bool:
+    """Whether to train on the CPU: when asked (`cpu=True`, `--cpu` or `ACCELERATE_USE_CPU`), and always
+    for a multi-process launch without a GPU.
 
     Without the CPU flag Accelerate sees one process in each launched one, every one of
     them "main"; with it, the processes form one gloo group.
     """
-    return requested or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    return requested or cpu_forced() or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+
+def process_state(cpu: bool = False) -> PartialState:
+    """The place of this process in the launch (rank, world size, main process, device), from one source.
+
+    The CLI and the Trainer (`build_accelerator` starts from it) both ask here, so they cannot
+    disagree. Accelerate keeps this state once per process; the first call decides it. A bare
+    `PartialState()` does not apply `use_cpu`: under torchrun on a host without a GPU,
+    Accelerate 1.16 then gives every launched process a world of its own, each one "main".
+    """
+    return PartialState(cpu=use_cpu(cpu))
 
 
 def build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Accelerator:
@@ -40,6 +53,7 @@ def build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Acc
     process group is kept.
     """
     reset_accelerator_singletons()
+    process_state(cpu)  # the process group, as the CLI sees it when it asked first
     return Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=accumulation,

@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
         args.lr = 1e-3  # only the groups' ratios matter to the sweep
     job = build_job(args)
     trainer = job.trainer(args, [], progress_bar=False)
-    run_dir = pick_run_dir(args.log_dir)
-    with lock_run(run_dir):
+    trainer.print(f"LR range test of {job.describe(args)}, up to {args.lr_find_steps} steps, {job.processes(trainer)}")
+    run_dir = pick_run_dir(args.log_dir, job.state)
+    with lock_run(run_dir, job.state):
         result = options.sweep_lr(args, trainer, job.train_loader, run_dir)
     if result.suggestion is not None:
         trainer.print(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from callbacks_kit.cli import options
 from callbacks_kit.csv_dataset import csv_datasets
 from callbacks_kit.data import ShapesDataset, augmentation, default_workers, image_folder_datasets, make_loader
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
-from callbacks_kit.distributed import use_cpu
+from callbacks_kit.distributed import process_state, use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
 from callbacks_kit.metrics import accuracy
@@ -205,18 +206,17 @@ def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -
     )
 
 
-def pick_run_dir(requested: str | None) -> str:
+def pick_run_dir(requested: str | None, state: PartialState) -> str:
     """One run folder for all processes: the main process picks it, the others receive it."""
-    state = PartialState()
     chosen = [requested or (default_log_dir() if state.is_main_process else None)]
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return chosen[0]
 
 
-def lock_run(run_dir: str) -> FolderLock:
-    """The run folder's lock, taken by the main process; every process raises if it is refused."""
-    state = PartialState()
+@contextlib.contextmanager
+def lock_run(run_dir: str, state: PartialState) -> Iterator[None]:
+    """Hold the run folder's lock: the main process takes it; every process raises if it is refused."""
     lock = FolderLock(run_dir, "the run folder", "Wait for that run to end, or pass another --log-dir.")
     box: list[tuple[bool, str] | None] = [None]
     if state.is_main_process:
@@ -234,7 +234,10 @@ def lock_run(run_dir: str) -> FolderLock:
     if box[0]:
         in_use, message = box[0]
         raise FolderInUseError(message) if in_use else CLIError(message)
-    return lock
+    try:
+        yield
+    finally:
+        lock.release()  # held by the main process alone; a no-op on the others
 
 
 @dataclass
@@ -250,6 +253,16 @@ class Job:
     resize: int  # the side images are resized to before the centre crop (run.json)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+
+    def describe(self, args: argparse.Namespace) -> str:
+        """The model and the data, for the line a command prints at start."""
+        source = args.data or f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {self.size}px)"
+        return f"{args.model} on {source}: {len(self.classes)} classes"
+
+    def processes(self, trainer: Trainer) -> str:
+        """Where it runs, for the same line: processes, device and precision."""
+        precision = trainer.accelerator.mixed_precision
+        return f"{self.state.num_processes} process(es) on {trainer.device}, mixed precision {precision}"
 
     def trainer(self, args: argparse.Namespace, callbacks: list[Callback], progress_bar: bool = True) -> Trainer:
         """The Trainer of this job with `callbacks`."""
@@ -279,8 +292,8 @@ def build_job(args: argparse.Namespace) -> Job:
     options.check_head_args(args)
     check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
-    cpu_only = use_cpu(args.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
-    state = PartialState(cpu=cpu_only)
+    cpu_only = use_cpu(args.cpu)
+    state = process_state(cpu_only)
     torch.manual_seed(args.seed)
     options.label_smoothing(args)
     if args.data or args.labels:
@@ -369,7 +382,7 @@ def train(
     job = build_job(args)
     state, classes, size = job.state, job.classes, job.size
     train_loader, val_loader = job.train_loader, job.val_loader
-    run_dir = pick_run_dir(args.log_dir)
+    run_dir = pick_run_dir(args.log_dir, state)
     steps_per_epoch = max(1, len(train_loader) // max(1, state.num_processes) // args.grad_accum)
     hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     logger = TensorBoardLogger(run_dir, hparams=hparams)
@@ -395,13 +408,9 @@ def train(
     if customize is not None:
         callbacks = customize(callbacks)
     trainer = job.trainer(args, callbacks)
-    source = args.data or f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {size}px)"
-    trainer.print(
-        f"training {args.model} on {source}: {len(classes)} classes, {args.epochs} epochs, "
-        f"{state.num_processes} process(es) on {trainer.device}, mixed precision {args.mixed_precision}"
-    )
+    trainer.print(f"training {job.describe(args)}, {args.epochs} epochs, {job.processes(trainer)}")
     start = time.perf_counter()
-    with lock_run(run_dir):  # one run per folder: a second one is refused before it writes anything
+    with lock_run(run_dir, state):  # one run per folder: a second one is refused before it writes anything
         if args.lr == "auto":
             args.lr = logger.hparams["lr"] = options.auto_lr(
                 args, trainer, train_loader, os.path.join(run_dir, "lr_find")
