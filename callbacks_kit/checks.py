@@ -14,7 +14,13 @@ from accelerate.utils import send_to_device
 
 from callbacks_kit.batches import len_or_none, side_forward
 from callbacks_kit.compat import BATCH_NORMS
-from callbacks_kit.errors import CallbacksKitError, TrainerError
+from callbacks_kit.errors import (
+    CallbacksKitError,
+    PeerProcessError,
+    TrainerError,
+    is_peer_failure,
+    peer_failure_message,
+)
 from callbacks_kit.metrics import StatefulMetric, compute_gathered, is_stateful_metric
 
 if TYPE_CHECKING:
@@ -204,6 +210,8 @@ def sanity_check(trainer: Trainer, loader: Any) -> None:
         except CallbacksKitError:
             raise
         except Exception as exc:  # the model or the loss cannot take this batch: say so in one line
+            if is_peer_failure(exc):  # DDP's forward waited for a process that had died: not this batch's fault
+                raise PeerProcessError(peer_failure_message(exc)) from exc
             raise TrainerError(
                 f"the first batch fails in the model or the loss: {type(exc).__name__}: {_first_line(exc)}. "
                 f"The batch: inputs {describe(inputs)}, targets {describe(targets)}. {_hint(exc, trainer, inputs)}"

@@ -71,6 +71,44 @@ class CLIError(CallbacksKitError):
     """A command-line option that cannot be used; printed as one line, exit status 2."""
 
 
+class PeerProcessError(CallbacksKitError):
+    """Another process of a multi-process launch failed, and this one stopped at a collective waiting for it.
+
+    The cause is that other process's own error, printed above this one (or in its log).
+    """
+
+
+# What gloo, NCCL and c10d say when the other end of a collective went away or never came.
+_PEER_SIGNS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "communicator was aborted",
+    "remote process exited",
+)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """True when `exc` is how a collective fails because another process of the launch died or hung."""
+    if {cls.__name__ for cls in type(exc).__mro__} & {"DistBackendError", "DistNetworkError", "DistStoreError"}:
+        return True
+    text = str(exc).lower()
+    backend = any(word in text for word in ("gloo", "nccl", "c10d", "processgroup"))
+    return isinstance(exc, RuntimeError) and backend and any(sign in text for sign in _PEER_SIGNS)
+
+
+def peer_failure_message(exc: BaseException) -> str:
+    """One line for a peer's failure: the other process's error is the one to read, not this one."""
+    lines = str(exc).strip().splitlines()
+    return (
+        "another process of this launch failed, and this one stopped waiting for it at a collective "
+        f"({type(exc).__name__}: {lines[0] if lines else 'no message'}). Its own error, printed above or in its "
+        "log, says what went wrong; fix that and launch again"
+    )
+
+
 __all__ = [
     "AugmentationError",
     "CLIError",
@@ -84,7 +122,10 @@ __all__ = [
     "LayerNotFoundError",
     "LossInputError",
     "NonFiniteError",
+    "PeerProcessError",
     "ScheduleError",
     "StateFormatError",
     "TrainerError",
+    "is_peer_failure",
+    "peer_failure_message",
 ]

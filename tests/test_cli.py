@@ -130,3 +130,27 @@ def test_main_job_default_reaches_90_percent(tmp_path: Path):
 def test_main_job_one_cycle_on_one_two_and_four_steps(tmp_path: Path, samples: str):
     # With pct_start 0.25, 4 steps made OneCycleLR divide by zero (its warm-up phase ended at step 0).
     assert main(["train", *TINY, "--train-samples", samples, "--log-dir", str(tmp_path / "run")]) == 0
+
+
+def test_a_dead_peer_during_training_is_one_line_that_points_at_the_other_process(monkeypatch, capsys):
+    from callbacks_kit import cli
+
+    def lost_peer(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:4107")
+
+    monkeypatch.setattr(cli.train, "run", lost_peer)
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("callbacks-kit train: error: another process of this launch failed"), err
+    assert "Connection closed by peer" in err and err.count("\n") == 1
+
+
+def test_an_error_that_is_not_a_peer_failure_still_raises(monkeypatch):
+    from callbacks_kit import cli
+
+    def broken(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    monkeypatch.setattr(cli.train, "run", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["train"])

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from callbacks_kit.cli import evaluate, export, inspect, lr_find, predict, train
-from callbacks_kit.errors import CallbacksKitError
+from callbacks_kit.errors import CallbacksKitError, PeerProcessError, is_peer_failure, peer_failure_message
 
 COMMANDS = {
     "train": train,
@@ -33,6 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
+    except PeerProcessError as exc:
+        print(f"callbacks-kit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except CallbacksKitError as exc:
         print(f"callbacks-kit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not is_peer_failure(exc):
+            raise
+        print(f"callbacks-kit {args.command}: error: {peer_failure_message(exc)}", file=sys.stderr)
+        return 1
