@@ -335,7 +335,9 @@ class Trainer:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(state.epoch)  # the seedable shuffle is a function of (seed, epoch), resumed or not
         if skip:
-            loader = self.accelerator.skip_first_batches(loader, skip)
+            left = None if state.batches_per_epoch is None else state.batches_per_epoch - skip
+            # Resumed after the epoch's last batch: nothing is left (Accelerate 1.0 fails to skip them all).
+            loader = () if left is not None and left <= 0 else self.accelerator.skip_first_batches(loader, skip)
         self.loss_sums = sums = LossSums.zeros(self.device)
         if resume is not None and skip and resume.loss_sums:
             sums.resume_from(resume.loss_sums)
