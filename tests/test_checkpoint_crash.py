@@ -15,7 +15,9 @@ from callbacks_kit.checkpoint.restore import read_checkpoint, resolve_checkpoint
 
 KILLS = 6
 # A wider model makes each save (~4 MB with the optimizer moments) take most of each step's time.
+# 12 epochs of 8 steps: the kills use at most KILLS * (MAX_STEPS_BEFORE_KILL + 1) of the 96 steps.
 ARGS = ("--epochs", "12", "--width", "30000")
+MAX_STEPS_BEFORE_KILL = 4
 
 
 @pytest.mark.slow
@@ -27,10 +29,15 @@ def test_repeated_sigkill_during_saves_never_leaves_last_unloadable(tmp_path):
         process = start_worker("--dir", str(directory), "--every-n-steps", "1", "--resume", "last", *ARGS)
         seen: list[str] = []
         wait_for_line(process, "ready", seen)  # the resume is done; saving starts with the first step
-        time.sleep(rng.uniform(0.05, 1.0))
+        # Kill a few steps into the run, at a random moment of a step (its save may be in flight), however
+        # fast the machine: the kill is timed by the steps the worker reports, not by the clock alone.
+        for _ in range(rng.randint(1, MAX_STEPS_BEFORE_KILL)):
+            wait_for_line(process, "step ", seen)
+        time.sleep(rng.uniform(0.0, 0.05))
         process.kill()
         process.communicate(timeout=60)
-        assert process.returncode == -9, "".join(seen)
+        assert process.returncode == -9, "".join(seen)  # it was killed, not finished before the kill
+        assert not any(line.startswith("finished") for line in seen), "".join(seen)
         folder = resolve_checkpoint("last", directory)
         if folder is None:
             assert not progress, "a committed checkpoint was lost"
