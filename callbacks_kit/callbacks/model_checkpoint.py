@@ -17,7 +17,6 @@ from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.monitor import Monitor
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.layout import MODEL, Position
-from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
 from callbacks_kit.checkpoint.store import (
     CheckpointError,
@@ -30,6 +29,7 @@ from callbacks_kit.checkpoint.store import (
     write_pointer,
 )
 from callbacks_kit.errors import FolderInUseError, NonFiniteError
+from callbacks_kit.folder_lock import FolderLock
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
