@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger, default_log_dir
-from callbacks_kit.checkpoint.layout import MODEL
+from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
 from callbacks_kit.csv_dataset import csv_datasets
