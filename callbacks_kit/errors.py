@@ -64,7 +64,7 @@ class AugmentationError(CallbacksKitError):
 
 
 class DeployError(CallbacksKitError):
-    """A trained run that cannot be used as asked: an export that is missing its package or does not match."""
+    """A trained run that cannot be used as asked: an export missing its package or not matching, an unknown output."""
 
 
 class CLIError(CallbacksKitError):

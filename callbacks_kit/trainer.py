@@ -257,7 +257,8 @@ class Trainer:
         self.state = TrainState(max_epochs=epochs, batches_per_epoch=len_or_none(self.train_loader))
         self.exception = None
         sanity_check(self, val_loader if val_loader is not None else train_loader)
-        resume = restore_training(self, resume_from) if resume_from is not None else None
+        folder = self.callbacks.checkpoint_dir()  # where resume_from="last" looks
+        resume = restore_training(self, resume_from, folder) if resume_from is not None else None
         self._skipped.reset()  # the scaler may have been restored
         self._optimizer_calls = OptimizerCalls(self.accelerator, self.optimizer)
         ended = False

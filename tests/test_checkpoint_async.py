@@ -13,7 +13,7 @@ from helpers.checkpoints import loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
 from callbacks_kit.callbacks import model_checkpoint
-from callbacks_kit.checkpoint import store as io
+from callbacks_kit.checkpoint import store
 from callbacks_kit.checkpoint.codec import safetensors_parts
 from callbacks_kit.checkpoint.restore import read_checkpoint
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
@@ -38,14 +38,14 @@ class _Recorder(Callback):
 
 
 def test_training_goes_on_while_the_snapshot_is_written(tmp_path, monkeypatch):
-    gate, real_write, waited = threading.Event(), io._write_file, []
+    gate, real_write, waited = threading.Event(), store._write_file, []
 
     def slow_write(path, data):
         if path.name == "model.safetensors":
             waited.append(gate.wait(timeout=30))  # the loop must reach step 5 while this save is in flight
         real_write(path, data)
 
-    monkeypatch.setattr(io, "_write_file", slow_write)
+    monkeypatch.setattr(store, "_write_file", slow_write)
     monkeypatch.setattr(model_checkpoint, "remove_folder", lambda folder: None)  # keep step 3's to read it
     recorder = _Recorder(release_at=5, gate=gate)
     checkpoint = ModelCheckpoint(tmp_path, every_n_steps=3, every_n_epochs=None)
@@ -59,7 +59,7 @@ def test_training_goes_on_while_the_snapshot_is_written(tmp_path, monkeypatch):
 
 
 def test_a_failed_background_save_surfaces_at_the_next_save_and_keeps_the_previous(tmp_path, monkeypatch):
-    real_write, calls = io._write_file, []
+    real_write, calls = store._write_file, []
 
     def full_once(path, data):
         calls.append(path.name)
@@ -67,7 +67,7 @@ def test_a_failed_background_save_surfaces_at_the_next_save_and_keeps_the_previo
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(io, "_write_file", full_once)
+    monkeypatch.setattr(store, "_write_file", full_once)
     checkpoint = ModelCheckpoint(tmp_path, every_n_steps=2, every_n_epochs=None)
     trainer = make_trainer([checkpoint])
     with pytest.raises(CheckpointError) as info:
@@ -92,7 +92,7 @@ class _Boom(Callback):
 
 
 def test_an_exception_waits_for_the_save_in_flight(tmp_path, monkeypatch):
-    real_write = io._write_file
+    real_write = store._write_file
     started = threading.Event()
 
     def slow_write(path, data):
@@ -100,7 +100,7 @@ def test_an_exception_waits_for_the_save_in_flight(tmp_path, monkeypatch):
         threading.Event().wait(0.3)  # still writing when the loop raises
         real_write(path, data)
 
-    monkeypatch.setattr(io, "_write_file", slow_write)
+    monkeypatch.setattr(store, "_write_file", slow_write)
     checkpoint = ModelCheckpoint(tmp_path, every_n_steps=2, every_n_epochs=None)
     with pytest.raises(RuntimeError, match="boom"):
         make_trainer([checkpoint, _Boom()]).fit(*loaders(), epochs=1)

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks_kit.cli import main
 from callbacks_kit.deploy import evaluate_run, export_run, load_run_model, predict, read_run_info
+from callbacks_kit.deploy.predict import Prediction, PredictionResult, write_predictions
 from callbacks_kit.deploy.run_info import RUN_INFO
 from callbacks_kit.errors import CheckpointError, DataError, DeployError
 
@@ -111,6 +112,13 @@ def test_predict_skips_unreadable_images_and_converts_every_mode(trained: tuple[
 
     assert probs("b_rgba.png") == pytest.approx(probs("a_rgb.png"), abs=1e-6)  # opaque alpha dropped
     assert probs("d_grey16.png") == pytest.approx(probs("c_grey.png"), abs=1e-6)  # 16-bit scaled, not white
+
+
+def test_predictions_to_an_unknown_kind_of_file_are_a_deploy_error(tmp_path: Path):
+    result = PredictionResult([Prediction("a.png", ["ring"], [1.0])])
+    with pytest.raises(DeployError, match=r"--output .*out\.txt: give a \.csv or \.json file name"):
+        write_predictions(result, tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
 
 
 def test_evaluate_writes_test_scalars_and_reports_missing_classes(

@@ -1,4 +1,4 @@
-"""Issue 11, class 1: one writer per run folder and per checkpoint folder."""
+"""One writer per run folder and per checkpoint folder."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from helpers.checkpoints import loaders, make_trainer
 from helpers.paths import REPO
 
 from callbacks_kit import ModelCheckpoint
-from callbacks_kit.checkpoint.lock import FolderLock
 from callbacks_kit.cli import main
 from callbacks_kit.errors import CheckpointError, FolderInUseError
+from callbacks_kit.folder_lock import FolderLock
 
 TINY = ["--epochs", "1", "--train-samples", "32", "--val-samples", "16", "--batch-size", "16", "--image-size", "32",
         "--no-progress", "--no-inspection", "--model", "resnet18"]  # fmt: skip
 
 HOLDER = """
 import sys, time
-from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.folder_lock import FolderLock
 lock = FolderLock(sys.argv[1], "the run folder", "fix")
 lock.acquire()
 print("locked", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from callbacks_kit.errors import CallbackError
@@ -75,6 +76,15 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict()` returned."""
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The folder this callback saves checkpoints into, where `fit(resume_from="last")` looks; None here.
+
+        `ModelCheckpoint` returns its `dirpath`; a callback of your own that writes checkpoints
+        in its format may too.
+        """
+        return None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Once, after the model, optimizer and loaders are prepared, before the first epoch."""
@@ -183,6 +193,10 @@ class CallbackList:
     def find(self, kind: type[C]) -> list[C]:
         """Every callback that is an instance of `kind`: the documented way for one callback to find another."""
         return [c for c in self._callbacks if isinstance(c, kind)]
+
+    def checkpoint_dir(self) -> Path | None:
+        """The first callback's `checkpoint_dir` that is not None: the folder `resume_from="last"` means."""
+        return next((c.checkpoint_dir for c in self._callbacks if c.checkpoint_dir is not None), None)
 
     def stateful(self) -> list[Callback]:
         """The callbacks whose `state_dict()` goes into checkpoints (those that override it)."""

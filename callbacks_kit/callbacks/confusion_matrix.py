@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image, ImageDraw
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
+from callbacks_kit.inspection.confusion_image import confusion_image
 from callbacks_kit.inspection.probe import class_names_of, logits_of, warn_once
-from callbacks_kit.inspection.render import BLACK, WHITE, blues, font, from_pil, text_size
 from callbacks_kit.metrics import hard_labels
 
 if TYPE_CHECKING:
@@ -101,53 +100,4 @@ class ConfusionMatrix(Callback):
 
     def render(self, matrix: torch.Tensor, subtitle: str = "") -> torch.Tensor:
         """A `(3, H, W)` image of a `(classes, classes)` count matrix (rows: true classes)."""
-        classes = matrix.shape[0]
-        names = [self._name(i) for i in range(classes)]
-        # About 330 px wide for a few classes: TensorBoard shows images up to that unscaled.
-        cell = max(6, min(48, 240 // classes))
-        with_text = classes <= self.max_text_classes
-        size = max(9, min(13, cell // 3))
-        label_w = max(text_size(n, size)[0] for n in names) + 8 if with_text else 8
-        total = int(matrix.sum())
-        accuracy = matrix.diag().sum().item() / max(total, 1)
-        summary = f"accuracy {accuracy:.3f} on {total} samples"
-        titles = ["confusion matrix (colour: share of the row)", f"{subtitle}, {summary}" if subtitle else summary]
-        top = 62 + (label_w if with_text else 8)
-        left = 22 + label_w
-        side = cell * classes
-        width = max(left + side + 10, *(text_size(t, 12)[0] + 16 for t in titles))
-        canvas = Image.new("RGB", (width, top + side + 10), WHITE)
-        draw = ImageDraw.Draw(canvas)
-        for i, title in enumerate(titles):
-            draw.text((8, 4 + 16 * i), title, fill=BLACK, font=font(12))
-        draw.text((left, 42), "predicted class", fill=BLACK, font=font(11))
-        _vertical_text(canvas, "true class", (4, top), 11)
-        rows = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1).double()
-        for r in range(classes):
-            for c in range(classes):
-                x, y = left + c * cell, top + r * cell
-                value = float(rows[r, c])
-                draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=blues(value), outline=(200, 200, 200))
-                if with_text and cell >= 14:
-                    text = str(int(matrix[r, c]))
-                    w, h = text_size(text, size)
-                    colour = WHITE if value > 0.5 else BLACK
-                    draw.text((x + (cell - w) / 2, y + (cell - h) / 2 - 1), text, fill=colour, font=font(size))
-        if with_text:
-            for i, name in enumerate(names):
-                w, h = text_size(name, size)
-                draw.text((left - w - 4, top + i * cell + (cell - h) / 2 - 1), name, fill=BLACK, font=font(size))
-                _vertical_text(canvas, name, (left + i * cell + (cell - h) // 2, top - 4 - w), size)
-        return from_pil(canvas)
-
-    def _name(self, index: int) -> str:
-        names = self.class_names
-        return names[index] if names is not None and index < len(names) else str(index)
-
-
-def _vertical_text(canvas: Image.Image, text: str, at: tuple[int, int], size: int) -> None:
-    """Draw `text` rotated to read bottom-up with its top-left corner at `at`."""
-    w, h = text_size(text, size)
-    strip = Image.new("RGB", (w + 2, h + 4), WHITE)
-    ImageDraw.Draw(strip).text((1, 1), text, fill=BLACK, font=font(size))
-    canvas.paste(strip.rotate(90, expand=True), at)
+        return confusion_image(matrix, self.class_names, subtitle, self.max_text_classes)

@@ -13,14 +13,14 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.checkpoint_state import collect_files
 from callbacks_kit.callbacks.ema import EMA
 from callbacks_kit.callbacks.monitor import Monitor
 from callbacks_kit.checkpoint.background import BackgroundSave
-from callbacks_kit.checkpoint.layout import MODEL, Position
-from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.checkpoint.files import MainFiles
+from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL, Position, folder_name
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
 from callbacks_kit.checkpoint.store import (
-    CheckpointError,
     begin_save,
     check_writable,
     clean_leftovers,
@@ -29,16 +29,15 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
-from callbacks_kit.errors import FolderInUseError, NonFiniteError
+from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError
+from callbacks_kit.folder_lock import FolderLock
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
 
-BEST_WEIGHTS = "best.safetensors"
-
 
 class ModelCheckpoint(Callback):
-    """Saves the full training state (the layout: `callbacks_kit.checkpoint.layout`).
+    """Saves the full training state (the layout: `callbacks_kit.checkpoint.format`).
 
     Saves at the end of every `every_n_epochs`-th epoch, of the last epoch and of an
     early-stopped one; every `every_n_steps` optimizer steps if given; and when `fit` ends
@@ -131,6 +130,11 @@ class ModelCheckpoint(Callback):
     def last_path(self) -> Path | None:
         """The newest checkpoint folder, or None."""
         return self.dirpath / self.last_name if self.last_name else None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The checkpoint folder, where `fit(resume_from="last")` looks."""
+        return self.dirpath
 
     @property
     def position(self) -> Position | None:
@@ -257,19 +261,18 @@ class ModelCheckpoint(Callback):
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
         if not self._finite(trainer, score):  # with or without the guard, never replace a clean checkpoint
             return
-        name = f"epoch={position.epoch:04d}-step={state.global_step:08d}"  # epochs done
-        if position.batch:
-            name = f"epoch={position.epoch + 1:04d}-batch={position.batch:04d}-step={state.global_step:08d}"
+        name = folder_name(position, state.global_step)
         old_best, old_last, old_saved = dict(self.best_k), self.last_name, self._saved_at
         ema_weights = self._ema_weights(trainer) if ranked else None  # taken now: training goes on during the write
 
-        def on_name(final: str) -> None:
+        def collect(final: str) -> tuple[dict[str, bytes], MainFiles | None]:
             if ranked:
                 self.best_k[final] = score
                 if self.save_top_k > 0 and len(self.best_k) > self.save_top_k:
                     worst = (max if self.mode == "min" else min)(self.best_k, key=self.best_k.__getitem__)
                     del self.best_k[worst]
-            self.last_name, self._saved_at = final, position
+            self.last_name, self._saved_at = final, position  # recorded in the state saved now
+            return collect_files(trainer, position, should_stop, meta, self._snapshot)
 
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
@@ -284,8 +287,10 @@ class ModelCheckpoint(Callback):
 
         meta = {"monitor": self.monitor.key, "score": repr(score)} if self.monitor and score is not None else {}
         try:
-            pending = begin_save(trainer, self.dirpath, name, position, should_stop=should_stop, metadata=meta,
-                                 on_name=on_name, after_commit=after_commit, snapshot=self._snapshot)  # fmt: skip
+            accelerator = trainer.accelerator
+            pending = begin_save(self.dirpath, name, position, collect, global_step=state.global_step,
+                                 world_size=accelerator.num_processes, is_main=accelerator.is_main_process,
+                                 after_commit=after_commit)  # fmt: skip
             if self.async_save:
                 self._background.submit(pending, rollback)
                 return

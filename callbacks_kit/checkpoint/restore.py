@@ -21,10 +21,19 @@ import safetensors.torch
 import torch
 from accelerate.utils import set_seed
 
-from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.checkpoint.codec import apply_rng_states, join_tensors
-from callbacks_kit.checkpoint.layout import FORMAT, META, MODEL, STATE_JSON, STATE_TENSORS, VERSION, rank_file
-from callbacks_kit.checkpoint.store import POINTER, TMP_PREFIX, describe, list_checkpoints, read_pointer
+from callbacks_kit.checkpoint.format import (
+    FORMAT,
+    META,
+    MODEL,
+    POINTER,
+    STATE_JSON,
+    STATE_TENSORS,
+    TMP_PREFIX,
+    VERSION,
+    rank_file,
+)
+from callbacks_kit.checkpoint.store import describe, list_checkpoints, read_pointer
 from callbacks_kit.errors import CheckpointError
 from callbacks_kit.state import ResumePoint
 
@@ -49,17 +58,11 @@ class LoadedCheckpoint:
         return safetensors.torch.load(self.files[name])
 
 
-def checkpoint_dir_of(trainer: Trainer) -> Path | None:
-    """The folder of the trainer's `ModelCheckpoint`, where `resume_from="last"` looks."""
-    found = trainer.callbacks.find(ModelCheckpoint)
-    return Path(found[0].dirpath) if found else None
-
-
 def resolve_checkpoint(resume_from: str | os.PathLike[str], directory: Path | None) -> Path | None:
     """The checkpoint folder `resume_from` names; None for "last" when nothing was saved yet.
 
-    Accepts "last" (in `directory`), a checkpoint folder, a folder holding `last.json`, or
-    `last.json` itself.
+    Accepts "last" (in `directory`, the `ModelCheckpoint`'s folder; None when there is
+    none), a checkpoint folder, a folder holding `last.json`, or `last.json` itself.
     """
     if str(resume_from) == "last":
         if directory is None:
@@ -172,20 +175,29 @@ def _check_optimizer(saved: dict[str, Any], optimizer: torch.optim.Optimizer, pa
         )
 
 
-def restore_training(trainer: Trainer, resume_from: str | os.PathLike[str]) -> ResumePoint | None:
+def restore_training(
+    trainer: Trainer, resume_from: str | os.PathLike[str], directory: str | os.PathLike[str] | None
+) -> ResumePoint | None:
     """Restore model, optimizer, scaler, callbacks and `trainer.state` from a checkpoint.
 
     Called by `Trainer.fit` after the loaders are prepared and before `on_fit_start`. Every
     check runs before the first thing is changed, except the optimizer's group sizes,
     which are compared after the callbacks' states (a freeze callback may add groups).
 
+    Args:
+        trainer: The trainer to restore, read and written through its public state.
+        resume_from: "last", or a path `resolve_checkpoint` accepts.
+        directory: Where "last" looks: the folder the trainer's callbacks save checkpoints
+            into (`CallbackList.checkpoint_dir()`), None when none does.
+
     Returns:
         Where the loop goes on (batches to skip, RNG states, loss sums), or None when
         `resume_from="last"` found nothing yet (the run starts from scratch).
     """
-    path = resolve_checkpoint(resume_from, checkpoint_dir_of(trainer))
+    directory = Path(directory) if directory is not None else None
+    path = resolve_checkpoint(resume_from, directory)
     if path is None:
-        trainer.print(f"resume: no checkpoint yet in {checkpoint_dir_of(trainer)}; starting from scratch")
+        trainer.print(f"resume: no checkpoint yet in {directory}; starting from scratch")
         return None
     ckpt = read_checkpoint(path)
     try:

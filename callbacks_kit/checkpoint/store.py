@@ -1,18 +1,18 @@
-"""Crash-safe checkpoint folders: an atomic save of the full training state, verified loads.
+"""Crash-safe checkpoint folders: an atomic save of the files of one checkpoint, verified loads.
 
-One checkpoint is one folder (its files: `callbacks_kit.checkpoint.layout`), committed by a
+One checkpoint is one folder (its names: `callbacks_kit.checkpoint.format`), committed by a
 single atomic rename, with a meta.json giving the size and sha256 of every file. Next to the
 folders: `last.json` (the newest committed folder, replaced atomically after each
 commit), `best.safetensors` (see `ModelCheckpoint`), and `.tmp-*` / `.trash-*` leftovers of a
 killed save or prune, which `clean_leftovers` removes. Writes go into `.tmp-<name>`, are
 fsynced, then renamed; a kill at any moment leaves `last.json` pointing at a whole checkpoint.
-Resuming is in `callbacks_kit.checkpoint.restore`.
+This module knows nothing of training: the caller hands it files (`checkpoint.files`) and
+says which process it runs in. Resuming is in `callbacks_kit.checkpoint.restore`.
 
 A save has three steps (`begin_save`, `PendingSave.write`, `finish_save`) so that the middle
-one can run on a background thread (`checkpoint.background`): `begin_save` collects the
-state on the loop thread, `write` encodes, writes, hashes and fsyncs the files, and
-`finish_save` agrees across processes, commits, and runs `after_commit`. `save_checkpoint`
-runs the three in a row.
+one can run on a background thread (`checkpoint.background`): `begin_save` names the folder
+and has the caller collect its files on the loop thread, `write` encodes, writes, hashes and
+fsyncs them, and `finish_save` agrees across processes, commits, and runs `after_commit`.
 """
 
 from __future__ import annotations
@@ -25,18 +25,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from callbacks_kit.checkpoint.layout import FORMAT, META, VERSION, MainState, Position, main_state, rank_files
-from callbacks_kit.checkpoint.snapshot import HostSnapshot
+from callbacks_kit.checkpoint.files import MainFiles
+from callbacks_kit.checkpoint.format import (
+    FORMAT,
+    META,
+    POINTER,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    VERSION,
+    Position,
+    numbered_name,
+)
 from callbacks_kit.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from callbacks_kit.trainer import Trainer
-
-POINTER, TMP_PREFIX, TRASH_PREFIX = "last.json", ".tmp-", ".trash-"
+# Given the final folder name: this process's own files, and the main files on the main process.
+Collect = Callable[[str], tuple[dict[str, bytes], MainFiles | None]]
 FINISHING = "updating last.json and best.safetensors or pruning"
 
 
@@ -160,7 +167,7 @@ def _free_name(dirpath: Path, name: str) -> str:
     candidate, version = name, 0
     while (dirpath / candidate).exists():
         version += 1
-        candidate = f"{name}-v{version}"
+        candidate = numbered_name(name, version)
     return candidate
 
 
@@ -221,7 +228,7 @@ class PendingSave:
     global_step: int
     is_main: bool
     files: dict[str, bytes] = field(default_factory=dict)
-    main: MainState | None = None
+    main: MainFiles | None = None
     after_commit: Callable[[Path], None] | None = None
     digests: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -240,7 +247,7 @@ class PendingSave:
     def write(self) -> None:
         """Encode, write and fsync this process's files into the temporary folder; a failure sets `error`.
 
-        Touches no collective and nothing of the trainer: safe on a background thread.
+        Touches no collective and nothing the loop changes: safe on a background thread.
         """
         doing = "encoding the state"
         try:
@@ -262,46 +269,55 @@ class PendingSave:
 
 
 def begin_save(
-    trainer: Trainer,
     dirpath: str | os.PathLike[str],
     name: str,
     position: Position,
+    collect: Collect,
     *,
-    should_stop: bool = False,
-    metadata: dict[str, str] | None = None,
-    on_name: Callable[[str], None] | None = None,
+    global_step: int,
+    world_size: int,
+    is_main: bool,
     after_commit: Callable[[Path], None] | None = None,
-    snapshot: HostSnapshot | None = None,
 ) -> PendingSave:
-    """Name the checkpoint and collect this process's state (the loop thread; every process).
+    """Name the checkpoint and collect this process's files (the loop thread; every process calls it).
 
-    Raises `CheckpointError` on every process when the folder cannot be created or the
-    state cannot be collected (nothing was written then). With a `snapshot`, tensors are
-    copied to its host buffers, so training may go on while `write` runs.
+    The main process picks a free name (`-v<n>` added if `name` is taken) and creates the
+    temporary folder; every process then gets that name and calls `collect(name)`, which
+    returns its own files and, on the main process, the main files (`checkpoint.files`):
+    host copies that nothing changes any more, so training may go on while `write` runs.
+
+    Args:
+        dirpath: The checkpoint directory.
+        name: The folder name wanted (`format.folder_name`).
+        position: Where a resume continues (written to meta.json).
+        collect: Called with the final name; may record it in the state it collects.
+        global_step: The optimizer step saved (written to meta.json).
+        world_size: How many processes save together; with more than one, the agreements are collectives.
+        is_main: True on the process that creates, commits and cleans up the folder.
+        after_commit: Called on the main process with the committed folder (pointer, pruning).
+
+    Raises:
+        CheckpointError: on every process, when the folder cannot be created or the state
+            cannot be collected anywhere (nothing was written then).
     """
-    dirpath, accelerator = Path(dirpath), trainer.accelerator
+    dirpath = Path(dirpath)
     error: str | None = None
-    if accelerator.is_main_process:
+    if is_main:
         try:
             name = _free_name(dirpath, name)
             shutil.rmtree(dirpath / f"{TMP_PREFIX}{name}", ignore_errors=True)
             (dirpath / f"{TMP_PREFIX}{name}").mkdir(parents=True)
         except OSError as exc:
             error = _failure(dirpath, name, "creating its temporary folder", exc)
-    if accelerator.num_processes > 1:
+    if world_size > 1:
         box = [name, error]
         broadcast_object_list(box, from_process=0)
         name, error = box
     if error:
         raise CheckpointError(error)
-    pending = PendingSave(dirpath, name, position, accelerator.num_processes, trainer.state.global_step,
-                          accelerator.is_main_process, after_commit=after_commit)  # fmt: skip
-    if on_name is not None:
-        on_name(name)
+    pending = PendingSave(dirpath, name, position, world_size, global_step, is_main, after_commit=after_commit)
     try:
-        pending.files = rank_files(trainer, position)
-        if pending.is_main:
-            pending.main = main_state(trainer, position, should_stop, metadata or {}, snapshot)
+        pending.files, pending.main = collect(name)
     except Exception as exc:  # any failure must reach every process, or they would wait forever
         error = _failure(dirpath, name, "collecting the state", exc)
     error = _agree(pending.world_size, error)
@@ -336,41 +352,3 @@ def finish_save(pending: PendingSave) -> Path:
         pending.discard()
         raise CheckpointError(error)
     return pending.final
-
-
-def save_checkpoint(
-    trainer: Trainer,
-    dirpath: str | os.PathLike[str],
-    name: str,
-    position: Position,
-    *,
-    should_stop: bool = False,
-    metadata: dict[str, str] | None = None,
-    on_name: Callable[[str], None] | None = None,
-    after_commit: Callable[[Path], None] | None = None,
-) -> Path:
-    """Save the full training state as the folder `dirpath/name` (`-v<n>` added if taken), synchronously.
-
-    Every process must call it at the same point: each writes its RNG states, the main
-    process writes the rest, then commits with one rename and runs `after_commit(folder)`
-    (pointer update, pruning). A failure anywhere leaves the earlier checkpoints as they
-    were and raises the same `CheckpointError` on every process.
-
-    Args:
-        trainer: The trainer whose state is saved.
-        dirpath: The checkpoint directory.
-        name: The folder name wanted.
-        position: Where a resume continues.
-        should_stop: Saved as `TrainState.should_stop` (True: a resume stops at once).
-        metadata: Extra string entries for the header of model.safetensors.
-        on_name: Called on every process with the final folder name before any state is
-            collected, so a callback can record it in the state it saves.
-        after_commit: Called on the main process with the committed folder.
-
-    Returns:
-        The committed folder.
-    """
-    pending = begin_save(trainer, dirpath, name, position, should_stop=should_stop, metadata=metadata,
-                         on_name=on_name, after_commit=after_commit)  # fmt: skip
-    pending.write()
-    return finish_save(pending)

@@ -21,8 +21,7 @@ from torchvision.transforms import v2
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger, default_log_dir
-from callbacks_kit.checkpoint.layout import MODEL
-from callbacks_kit.checkpoint.lock import FolderLock
+from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
 from callbacks_kit.csv_dataset import csv_datasets
@@ -31,6 +30,7 @@ from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.distributed import process_state, use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError
 from callbacks_kit.finetune import backbone_blocks, build_classifier, head_name, load_weights, param_groups
+from callbacks_kit.folder_lock import FolderLock
 from callbacks_kit.metrics import accuracy
 from callbacks_kit.trainer import Trainer
 

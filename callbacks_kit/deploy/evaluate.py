@@ -11,12 +11,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.data import CheckedImageFolder, drop_unreadable
 from callbacks_kit.deploy.images import best_device
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DataError
 from callbacks_kit.inspection.classification import ConfusionCounts, class_stats
+from callbacks_kit.inspection.confusion_image import confusion_image
 
 
 @dataclass
@@ -151,6 +151,5 @@ def write_tensorboard(run_dir: str | os.PathLike[str], report: EvaluationReport)
         for metric in ("precision", "recall", "f1"):
             for name, value in zip(report.classes, getattr(report, metric), strict=True):
                 writer.add_scalar(f"test/{metric}/{name}", value, 0)
-        image = ConfusionMatrix(class_names=report.classes).render(report.confusion, "test set")
-        writer.add_image("confusion_matrix/test", image, 0)
+        writer.add_image("confusion_matrix/test", confusion_image(report.confusion, report.classes, "test set"), 0)
         writer.add_text("test/report", "    " + report.table().replace("\n", "\n    "), 0)

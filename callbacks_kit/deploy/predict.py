@@ -15,7 +15,7 @@ from torch import nn
 
 from callbacks_kit.deploy.images import best_device, expand_images, read_image
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model
-from callbacks_kit.errors import CLIError, DataError
+from callbacks_kit.errors import DataError, DeployError
 
 
 @dataclass
@@ -127,5 +127,5 @@ def write_predictions(result: PredictionResult, path: str | os.PathLike[str]) ->
             for p in result.predictions:
                 writer.writerow([p.path] + [x for pair in zip(p.classes, p.probabilities, strict=True) for x in pair])
     else:
-        raise CLIError(f"--output {path}: give a .csv or .json file name")
+        raise DeployError(f"--output {path}: give a .csv or .json file name")
     return path

@@ -20,8 +20,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from callbacks_kit.callbacks.base import Callback
-from callbacks_kit.callbacks.model_checkpoint import BEST_WEIGHTS
-from callbacks_kit.checkpoint.layout import MODEL
+from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL
 from callbacks_kit.checkpoint.store import read_pointer, write_atomic
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import CheckpointError

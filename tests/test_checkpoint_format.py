@@ -14,7 +14,7 @@ import torch
 from helpers.checkpoints import StopAtStep, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
-from callbacks_kit.checkpoint import store as io
+from callbacks_kit.checkpoint import store
 from callbacks_kit.checkpoint.codec import (
     StateFormatError,
     apply_rng_states,
@@ -143,14 +143,14 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=1)
     previous = directory / "epoch=0001-step=00000008"
     pointer = (directory / "last.json").read_bytes()
-    real_write = io._write_file
+    real_write = store._write_file
 
     def full_disk(path, data):
         if path.name == "state.json":  # after model.safetensors is already written
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(io, "_write_file", full_disk)
+    monkeypatch.setattr(store, "_write_file", full_disk)
     trainer = make_trainer([ModelCheckpoint(directory, async_save=async_save)])
     with pytest.raises(CheckpointError) as info:
         trainer.fit(*loaders(), epochs=2, resume_from="last")
@@ -160,7 +160,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     assert sorted(p.name for p in directory.iterdir()) == [previous.name, "last.json"]  # temp folder removed
     assert (directory / "last.json").read_bytes() == pointer
     read_checkpoint(previous)  # still whole
-    monkeypatch.setattr(io, "_write_file", real_write)
+    monkeypatch.setattr(store, "_write_file", real_write)
     make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=2, resume_from="last")
     assert json.loads((directory / "last.json").read_text())["checkpoint"] == "epoch=0002-step=00000016"
 
@@ -169,9 +169,9 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
 def test_failed_pointer_update_is_reported_and_last_stays_loadable(tmp_path, monkeypatch, async_save):
     directory = tmp_path / "ckpt"
     make_trainer([ModelCheckpoint(directory)]).fit(*loaders(), epochs=1)
-    real_write = io._write_file
+    real_write = store._write_file
     monkeypatch.setattr(
-        io,
+        store,
         "_write_file",
         lambda p, d: (
             (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device", str(p)))
@@ -211,3 +211,23 @@ def test_leftovers_of_a_killed_save_are_cleaned_at_start(tmp_path):
     (directory / ".tmp-last.json").write_text("{")
     make_trainer([ModelCheckpoint(directory), StopAtStep(1)]).fit(*loaders(), epochs=1)
     assert sorted(p.name for p in directory.iterdir()) == ["epoch=0001-batch=0001-step=00000001", "last.json"]
+
+
+class _Folder(Callback):
+    """A callback that names a checkpoint folder without being a ModelCheckpoint."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    @property
+    def checkpoint_dir(self):
+        return self.folder
+
+
+def test_resume_from_last_looks_in_the_folder_a_callback_names(tmp_path):
+    _train(tmp_path)
+    assert make_trainer([]).callbacks.checkpoint_dir() is None
+    trainer = make_trainer([_Folder(tmp_path / "ckpt")])
+    assert trainer.callbacks.checkpoint_dir() == tmp_path / "ckpt"
+    trainer.fit(*loaders(), epochs=1, resume_from="last")
+    assert trainer.state.global_step == 8  # restored, nothing left to train

@@ -1,0 +1,83 @@
+"""What a checkpoint saves of a trainer, gathered from its public state into the plain data `checkpoint/` writes.
+
+`ModelCheckpoint` calls these on the loop thread, at the position it saves. They read only
+the trainer's public state (`state`, `optimizer`, `accelerator`, `train_loader`,
+`loss_sums`, `callbacks.stateful()`, `unwrapped_model`); `callbacks_kit.checkpoint.files`
+turns the result into files and `checkpoint.restore` puts it back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from callbacks_kit.checkpoint.codec import capture_rng_states
+from callbacks_kit.checkpoint.files import MainFiles, MainState, main_files, rank_files
+from callbacks_kit.checkpoint.format import Position
+from callbacks_kit.checkpoint.snapshot import HostSnapshot
+
+if TYPE_CHECKING:
+    from callbacks_kit.trainer import Trainer
+
+
+def train_sampler_seed(trainer: Trainer) -> int | None:
+    """The seed of the seedable sampler that shuffles the training data, if it has one."""
+    loader = trainer.train_loader
+    sampler = loader.get_sampler() if hasattr(loader, "get_sampler") else None
+    return getattr(sampler, "initial_seed", None)
+
+
+def own_files(trainer: Trainer, position: Position) -> dict[str, bytes]:
+    """The file of the calling process: its RNG states, the sampler's seed, the running train-loss sums."""
+    sums = trainer.loss_sums if position.batch else None  # only a mid-epoch resume continues them
+    return rank_files(
+        trainer.accelerator.process_index,
+        capture_rng_states(),
+        train_sampler_seed(trainer),
+        sums.to_list() if sums is not None else None,
+    )
+
+
+def main_state(trainer: Trainer, position: Position, should_stop: bool) -> MainState:
+    """The model's weights; the trainer's, optimizer's, scaler's and callbacks' states (live, not copied).
+
+    The saved `TrainState` holds `position` (not the live batch index) and no transient flags.
+    """
+    accelerator = trainer.accelerator
+    trainer_state: dict[str, Any] = {
+        **trainer.state.state_dict(),
+        "epoch": position.epoch,
+        "batch_idx": position.batch,
+        "should_stop": should_stop,
+        "stage": "idle",
+        "is_log_step": False,
+        "optimizer_stepped": False,
+        "step_skipped": False,
+    }
+    return MainState(
+        weights=trainer.unwrapped_model.state_dict(),
+        trainer=trainer_state,
+        accelerator_step=accelerator.step,
+        global_batch_size=getattr(trainer.train_loader, "total_batch_size", None),
+        optimizer=trainer.optimizer.state_dict(),
+        scaler=accelerator.scaler.state_dict() if accelerator.scaler else None,
+        callbacks={cb.state_key: cb.state_dict() for cb in trainer.callbacks.stateful()},
+    )
+
+
+def collect_files(
+    trainer: Trainer,
+    position: Position,
+    should_stop: bool,
+    metadata: dict[str, str],
+    snapshot: HostSnapshot | None,
+) -> tuple[dict[str, bytes], MainFiles | None]:
+    """The calling process's files of a checkpoint at `position`, and the main files on the main process.
+
+    With a `snapshot`, the main process's tensors are copied into its host buffers (an
+    asynchronous save), so training may go on as soon as this returns.
+    """
+    own = own_files(trainer, position)
+    if not trainer.is_main_process:
+        return own, None
+    state = main_state(trainer, position, should_stop)
+    return own, main_files(state, position, trainer.state.global_step, metadata, snapshot)
