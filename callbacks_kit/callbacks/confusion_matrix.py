@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageDraw
 
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
-from callbacks_kit.inspection.probe import class_names_of, logits_of, warn_once
+from callbacks_kit.inspection.probe import class_names_of, logits_of
 from callbacks_kit.inspection.render import BLACK, WHITE, blues, font, from_pil, text_size
 from callbacks_kit.metrics import hard_labels
 
