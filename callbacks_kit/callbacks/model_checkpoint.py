@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.ema import EMA
-from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.callbacks.monitor import Monitor, check_mode
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.layout import MODEL, Position
 from callbacks_kit.checkpoint.lock import FolderLock
@@ -83,8 +83,7 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         async_save: bool = True,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
+        check_mode(mode, "ModelCheckpoint")  # also without a monitor: the mode is part of state_key
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise CheckpointError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
@@ -119,8 +118,7 @@ class ModelCheckpoint(Callback):
         """Folder of the best checkpoint so far, or None."""
         if not self.best_k or self.monitor is None:
             return None
-        pick = min if self.mode == "min" else max
-        return pick(self.best_k, key=self.best_k.__getitem__)
+        return self.monitor.best_of(self.best_k)
 
     @property
     def best_model_path(self) -> Path | None:
@@ -265,10 +263,10 @@ class ModelCheckpoint(Callback):
 
         def on_name(final: str) -> None:
             if ranked:
+                assert self.monitor is not None and score is not None
                 self.best_k[final] = score
                 if self.save_top_k > 0 and len(self.best_k) > self.save_top_k:
-                    worst = (max if self.mode == "min" else min)(self.best_k, key=self.best_k.__getitem__)
-                    del self.best_k[worst]
+                    del self.best_k[self.monitor.worst_of(self.best_k)]
             self.last_name, self._saved_at = final, position
 
         def after_commit(folder: Path) -> None:
@@ -356,5 +354,4 @@ class ModelCheckpoint(Callback):
         assert self.monitor is not None
         if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
             return True
-        worst = (max if self.mode == "min" else min)(self.best_k.values())
-        return self.monitor.is_better(score, worst)
+        return self.monitor.is_better(score, self.best_k[self.monitor.worst_of(self.best_k)])

@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.ema import EMA
+from callbacks_kit.callbacks.monitor import MODES, is_better
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.hparams import HParamValue, collect_hparams, group_names, hparam_value, hparams_summaries
 from callbacks_kit.inspection.probe import probe_batch
@@ -92,7 +93,7 @@ class TensorBoardLogger(Callback):
         modes: Mapping[str, str] | None = None,
         hparams_metrics: Sequence[str] = (),
     ) -> None:
-        bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in ("min", "max")}
+        bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in MODES}
         if bad:
             raise TrainerError(f"TensorBoardLogger: modes {bad}: each mode must be 'min' or 'max'")
         self.modes = dict(modes or {})
@@ -163,9 +164,8 @@ class TensorBoardLogger(Callback):
         prefix = f"{state.validation_prefix}/"  # "val/", or "val_ema/" for the EMA weights' validation
         for tag, value in state.metrics.items():
             if tag.startswith(prefix) and math.isfinite(value):
-                old = self.best.get(tag)
-                better = old is None or (value < old if self.lower_is_better(tag) else value > old)
-                self.best[tag] = value if better else old  # type: ignore[assignment]
+                if is_better(value, self.best.get(tag), "min" if self.lower_is_better(tag) else "max"):
+                    self.best[tag] = value
         writer = trainer.tb_writer
         if writer is None:
             return
