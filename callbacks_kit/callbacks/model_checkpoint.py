@@ -28,7 +28,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
-from callbacks_kit.errors import FolderInUseError, NonFiniteError
+from callbacks_kit.errors import FolderInUseError, NonFiniteError, TrainerError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -86,15 +86,15 @@ class ModelCheckpoint(Callback):
         check_mode(mode, "ModelCheckpoint")  # also without a monitor: the mode is part of state_key
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise CheckpointError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
+            raise TrainerError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise CheckpointError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
+                raise TrainerError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         if not isinstance(async_save, bool):
-            raise CheckpointError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
+            raise TrainerError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
         self.async_save = async_save
         self._background = BackgroundSave()
         self._snapshot = HostSnapshot() if async_save else None
