@@ -2,6 +2,8 @@
 LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
+from typing import Any
+
 from callbacks_kit.callbacks import (
     EMA,
     BatchGrid,
@@ -15,7 +17,7 @@ from callbacks_kit.callbacks import (
     GradCAM,
     KernelGrid,
     LayerStats,
-    LRScheduler,
+    LearningRateScheduler,
     MixUpCutMix,
     ModelCheckpoint,
     Order,
@@ -26,6 +28,7 @@ from callbacks_kit.callbacks import (
     TopLosses,
     WeightHistograms,
 )
+from callbacks_kit.callbacks.lr_scheduler import deprecated_alias
 from callbacks_kit.csv_dataset import CsvImageDataset
 from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
@@ -59,7 +62,7 @@ __all__ = [
     "LRFinder",
     "LRFinderResult",
     "LayerStats",
-    "LRScheduler",
+    "LearningRateScheduler",
     "MixUpCutMix",
     "MLPHead",
     "ModelCheckpoint",
@@ -81,3 +84,8 @@ __all__ = [
     "predict",
     "resolve_module",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`LRScheduler`, the deprecated name of `LearningRateScheduler` until 0.2.0, with a `DeprecationWarning`."""
+    return deprecated_alias(__name__, name)
