@@ -2,8 +2,6 @@
 LR scheduling, fine-tuning, checkpointing and TensorBoard inspection.
 """
 
-from typing import Any
-
 from callbacks_kit.callbacks import (
     EMA,
     BatchGrid,
@@ -28,7 +26,7 @@ from callbacks_kit.callbacks import (
     TopLosses,
     WeightHistograms,
 )
-from callbacks_kit.callbacks.lr_scheduler import deprecated_alias
+from callbacks_kit.callbacks import LRScheduler as LRScheduler  # deprecated name, not in __all__
 from callbacks_kit.csv_dataset import CsvImageDataset
 from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
@@ -84,8 +82,3 @@ __all__ = [
     "predict",
     "resolve_module",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """`LRScheduler`, the deprecated name of `LearningRateScheduler` until 0.2.0, with a `DeprecationWarning`."""
-    return deprecated_alias(__name__, name)

@@ -361,18 +361,19 @@ def test_resuming_with_more_epochs_than_the_saved_one_cycle_is_explained(tmp_pat
         )
 
 
-def test_the_former_name_is_a_deprecated_alias_with_the_same_state_key():
+def test_the_former_name_is_a_deprecated_subclass_with_the_same_state_key():
+    from callbacks_kit import LRScheduler
+    from callbacks_kit.callbacks import LRScheduler as from_callbacks
+
+    assert from_callbacks is LRScheduler and issubclass(LRScheduler, LearningRateScheduler)
     with pytest.warns(DeprecationWarning, match="LRScheduler was renamed LearningRateScheduler.*removed in 0.2.0"):
-        from callbacks_kit import LRScheduler
-    assert LRScheduler is LearningRateScheduler
-    with pytest.warns(DeprecationWarning, match="renamed LearningRateScheduler"):
-        from callbacks_kit.callbacks import LRScheduler as from_callbacks
-    assert from_callbacks is LearningRateScheduler
-    with pytest.raises(ImportError):
-        from callbacks_kit import LRSchedular  # noqa: F401
-    # Checkpoints of 0.1.0 hold its state under "LRScheduler"; a subclass keeps its own key.
-    scheduler = LearningRateScheduler(warmup=1)
-    assert scheduler.state_key == "LRScheduler"
+        old = LRScheduler(PER_EPOCH["StepLR"], warmup=2)
+    # Checkpoints of 0.1.0 hold its state under "LRScheduler", whichever name built it.
+    assert old.state_key == LearningRateScheduler(warmup=1).state_key == "LRScheduler"
+    probe, trainer = train(old, val=False)
+    assert trainer.callbacks.find(LearningRateScheduler) == [old]
+    again, _ = train(LearningRateScheduler(PER_EPOCH["StepLR"], warmup=2), val=False)
+    assert probe.lrs == again.lrs
 
     class Custom(LearningRateScheduler):
         pass

@@ -1,7 +1,5 @@
 """Built-in callbacks, one per module named for its class."""
 
-from typing import Any
-
 from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
 from callbacks_kit.callbacks.batch_grid import BatchGrid
 from callbacks_kit.callbacks.class_report import ClassReport
@@ -14,7 +12,8 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.layer_stats import LayerStats
-from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler, deprecated_alias
+from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler
+from callbacks_kit.callbacks.lr_scheduler import LRScheduler as LRScheduler  # deprecated name, not in __all__
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
@@ -53,8 +52,3 @@ __all__ = [
     "TopLosses",
     "WeightHistograms",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """`LRScheduler`, the deprecated name of `LearningRateScheduler` until 0.2.0, with a `DeprecationWarning`."""
-    return deprecated_alias(__name__, name)

@@ -1,6 +1,6 @@
 """LearningRateScheduler: steps any PyTorch LR scheduler, a plain `lr_at` function, and warmup, after the optimizer.
 
-`LRScheduler` is its former name, kept until 0.2.0 as a deprecated alias (`deprecated_alias`).
+`LRScheduler` is its former name, kept until 0.2.0 as a deprecated subclass that warns when built.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class LearningRateScheduler(Callback):
             `(k + 1) / (warmup + 1)` at the k-th one, on top of whatever the schedule says.
         warmup_interval: Unit of `warmup`: "step" or "epoch"; default `interval`.
 
-    Named as Keras names it; `LRScheduler`, its name up to 0.1.0, still imports with a
-    `DeprecationWarning` until 0.2.0. Its checkpointed state keeps the key "LRScheduler", so
-    checkpoints written before the rename resume.
+    Named as Keras names it. `LRScheduler`, its name up to 0.1.0, still works until 0.2.0
+    (building one warns). Its checkpointed state keeps the key "LRScheduler", so checkpoints
+    written before the rename resume.
     """
 
     order = Order.SCHEDULE
@@ -332,30 +332,22 @@ class LearningRateScheduler(Callback):
         self._scheduled = None if scheduled is None else list(scheduled)
 
 
-DEPRECATED_NAMES = {"LRScheduler": LearningRateScheduler}  # old name -> class, until 0.2.0
+class LRScheduler(LearningRateScheduler):
+    """Deprecated: `LearningRateScheduler` under its name up to 0.1.0; removed in 0.2.0.
 
-
-def deprecated_alias(module: str, name: str) -> type[LearningRateScheduler]:
-    """The class a deprecated name of `module` stands for, with a `DeprecationWarning` (for a module's `__getattr__`).
-
-    `LRScheduler` is `LearningRateScheduler` itself, so `isinstance` and `callbacks.find`
-    treat both names alike; the alias is removed in 0.2.0.
-
-    Raises:
-        AttributeError: `name` is not a deprecated name either (what a missing attribute raises).
+    Building one warns (`DeprecationWarning`) and gives a `LearningRateScheduler` in all but
+    the name: the same arguments, schedule and checkpointed state (key "LRScheduler"), and
+    `trainer.callbacks.find(LearningRateScheduler)` finds it.
     """
-    if name not in DEPRECATED_NAMES:
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{name} was renamed LearningRateScheduler (as Keras names it); the name {name} is removed in 0.2.0",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return DEPRECATED_NAMES[name]
 
-
-def __getattr__(name: str) -> type[LearningRateScheduler]:
-    return deprecated_alias(__name__, name)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "LRScheduler was renamed LearningRateScheduler (as Keras names it); the name LRScheduler is removed "
+            "in 0.2.0",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
 
 
 def _is_scheduler(obj: Any) -> bool:
