@@ -133,7 +133,7 @@ def fp16_steps() -> str:
 
 
 def _skipped_steps(fused: bool) -> str:
-    from callbacks_kit import Callback, LRScheduler
+    from callbacks_kit import Callback, LearningRateScheduler
 
     seen: list[bool] = []
 
@@ -141,7 +141,9 @@ def _skipped_steps(fused: bool) -> str:
         def on_train_batch_end(self, trainer: Any) -> None:
             seen.append(trainer.state.step_skipped)
 
-    schedule = LRScheduler(lr_at=lambda step, lr: lr * 0.9**step, interval="step", warmup=2, warmup_interval="step")
+    schedule = LearningRateScheduler(
+        lr_at=lambda step, lr: lr * 0.9**step, interval="step", warmup=2, warmup_interval="step"
+    )
     trainer = _trainer("fp16", _Poisoned({1, 2, 5}), [Record(), schedule], fused=fused, init_scale=16.0)
     trainer.fit(_loader())
     expected = [i in {1, 2, 5} for i in range(8)]
@@ -151,13 +153,13 @@ def _skipped_steps(fused: bool) -> str:
     return "3 skipped steps seen; the schedule stepped 5 times of 8"
 
 
-@check("fp16 skipped steps not counted by LRScheduler (AdamW)")
+@check("fp16 skipped steps not counted by LearningRateScheduler (AdamW)")
 def skipped_unfused() -> str:
     """The check named above."""
     return _skipped_steps(fused=False)
 
 
-@check("fp16 skipped steps not counted by LRScheduler (AdamW fused=True)")
+@check("fp16 skipped steps not counted by LearningRateScheduler (AdamW fused=True)")
 def skipped_fused() -> str:
     """The check named above."""
     return _skipped_steps(fused=True)

@@ -15,7 +15,7 @@ from callbacks_kit.callbacks import (
     GradCAM,
     KernelGrid,
     LayerStats,
-    LRScheduler,
+    LearningRateScheduler,
     MixUpCutMix,
     ModelCheckpoint,
     Order,
@@ -26,6 +26,7 @@ from callbacks_kit.callbacks import (
     TopLosses,
     WeightHistograms,
 )
+from callbacks_kit.callbacks import LRScheduler as LRScheduler  # deprecated name, not in __all__
 from callbacks_kit.csv_dataset import CsvImageDataset
 from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
@@ -59,7 +60,7 @@ __all__ = [
     "LRFinder",
     "LRFinderResult",
     "LayerStats",
-    "LRScheduler",
+    "LearningRateScheduler",
     "MixUpCutMix",
     "MLPHead",
     "ModelCheckpoint",

@@ -1,8 +1,21 @@
 """Every error the package raises on purpose, under one base: `except CallbacksKitError` catches them all.
 
-Each message names the problem and the fix. The base derives from `ValueError`, as every
-one of these classes did before they shared a base, so existing `except ValueError` code
-keeps working. This module imports nothing of the package, so any module may import it.
+Each message names the problem and the fix. Each class says what went wrong, not where:
+
+    CallbacksKitError (ValueError)
+        TrainerError          bad input to the trainer or a callback
+            CallbackError     (also TypeError) something that is not a usable callback
+        NonFiniteError        training diverged
+        CheckpointError       a checkpoint or a run's files cannot be written or read
+            FolderInUseError  another live writer holds the folder
+            StateFormatError  a state value that cannot be saved
+        ScheduleError, FinetuneError, LayerNotFoundError, DataError, LossInputError,
+        AugmentationError, DeployError, CLIError, PeerProcessError
+
+The base is a `ValueError`, Python's usual error for a value that cannot be used: every one
+of these is raised for one (an option, a batch, a metric, a file's contents, a non-finite
+number), and `except ValueError` catches them. This module imports nothing of the package,
+so any module may import it.
 """
 
 from __future__ import annotations
@@ -13,22 +26,28 @@ class CallbacksKitError(ValueError):
 
 
 class TrainerError(CallbacksKitError):
-    """Bad input found before (or at the very first step of) training."""
+    """Bad input: an option, model, optimizer, loader, batch or metric the trainer or a callback cannot use.
+
+    Found before training (options when a callback is built, the rest when `fit` starts) or
+    as soon as it shows: the first step, the first validation (a monitored metric that is
+    not logged).
+    """
 
 
 class CallbackError(TrainerError, TypeError):
     """A callback the trainer cannot use: not a `Callback` instance, a misspelt event, a clashing `state_key`.
 
-    Also a `TypeError`, as these were before the errors shared a base.
+    Also a `TypeError`, Python's usual error for an argument that is not the kind of object it
+    should be, so `except TypeError` catches it too.
     """
 
 
-class NonFiniteError(TrainerError):
-    """Training met a NaN or an infinity and was stopped before the weights took it in."""
+class NonFiniteError(CallbacksKitError):
+    """Training met a NaN or an infinity and was stopped before the weights took it in (or the save of them)."""
 
 
-class CheckpointError(TrainerError):
-    """A checkpoint cannot be written or read; the message names the problem and the fix."""
+class CheckpointError(CallbacksKitError):
+    """A checkpoint, or a run's files (`run.json`, its folders), cannot be written or read."""
 
 
 class FolderInUseError(CheckpointError):

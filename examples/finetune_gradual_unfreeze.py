@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from callbacks_kit import FreezeUnfreeze, LRScheduler, TensorBoardLogger, Trainer, accuracy
+from callbacks_kit import FreezeUnfreeze, LearningRateScheduler, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.data import ShapesDataset, make_loader
 from callbacks_kit.finetune import idx_to_class, load_weights, param_groups, replace_head
 
@@ -73,7 +73,7 @@ trainer = Trainer(
     optimizer,
     nn.CrossEntropyLoss(),
     metrics={"accuracy": accuracy},
-    callbacks=[TensorBoardLogger(args.log_dir), freezer, LRScheduler(one_cycle, interval="step")],
+    callbacks=[TensorBoardLogger(args.log_dir), freezer, LearningRateScheduler(one_cycle, interval="step")],
     seed=0,
     log_every_n_steps=2,  # dense LR curves
     progress_bar=not args.fast,

@@ -1,4 +1,4 @@
-"""Learning-rate schedules with the `LRScheduler` callback, their curves overlaid in TensorBoard.
+"""Learning-rate schedules with the `LearningRateScheduler` callback, their curves overlaid in TensorBoard.
 
 Four ways to drive the learning rate, each trained as its own run on the same data from
 the same initial weights:
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import MultiStepLR, OneCycleLR, ReduceLROnPlateau
 
-from callbacks_kit import LRScheduler, TensorBoardLogger, Trainer, accuracy
+from callbacks_kit import LearningRateScheduler, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.data import ShapesDataset, make_loader
 
 SCHEDULES = ("onecycle", "step", "plateau", "custom")
@@ -61,7 +61,7 @@ def small_cnn() -> nn.Module:
 # A custom schedule is a plain function `(step, base_lr) -> lr`, called with the number of
 # optimizer steps taken so far (or epochs, with interval="epoch") and each param group's
 # initial LR. Here: linear warmup over the first epoch, then cosine decay to zero.
-# (To put a warmup in front of any scheduler instead, LRScheduler also takes `warmup=N`.)
+# (To put a warmup in front of any scheduler instead, LearningRateScheduler also takes `warmup=N`.)
 def warmup_cosine(step: int, base_lr: float) -> float:
     """LR at optimizer step `step` (counted from 0)."""
     warmup, total = steps_per_epoch, epochs * steps_per_epoch
@@ -71,8 +71,8 @@ def warmup_cosine(step: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_schedule(name: str) -> LRScheduler:
-    """The `LRScheduler` callback for schedule `name`."""
+def make_schedule(name: str) -> LearningRateScheduler:
+    """The `LearningRateScheduler` callback for schedule `name`."""
     if name == "onecycle":
         # A factory instead of a scheduler: the callback calls it at fit start with the
         # optimizer Accelerate prepared and, because the factory asks for it, the exact
@@ -81,23 +81,23 @@ def make_schedule(name: str) -> LRScheduler:
             return OneCycleLR(optimizer, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
         # interval="step": OneCycleLR's curve is defined per optimizer step.
-        return LRScheduler(one_cycle, interval="step")
+        return LearningRateScheduler(one_cycle, interval="step")
     if name == "step":
         # interval="epoch": the scheduler steps at each epoch end, so the LR is constant
         # within an epoch and is multiplied by gamma at each milestone.
-        return LRScheduler(lambda optimizer: MultiStepLR(optimizer, milestones, gamma=0.1), interval="epoch")
+        return LearningRateScheduler(lambda optimizer: MultiStepLR(optimizer, milestones, gamma=0.1), interval="epoch")
     if name == "plateau":
         # ReduceLROnPlateau reads a metric, so the callback hands it `monitor` from
         # trainer.state.metrics at each epoch end (after validation). It halves the LR when
         # val/loss has gone more than `patience` epochs (here: two in a row) without
         # beating its best by 2% (relative); then it waits for a new plateau.
-        return LRScheduler(
+        return LearningRateScheduler(
             lambda optimizer: ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1, threshold=0.02),
             interval="epoch",
             monitor="val/loss",
         )
     # lr_at replaces a scheduler class: the callback sets every group's LR to its value.
-    return LRScheduler(lr_at=warmup_cosine, interval="step")
+    return LearningRateScheduler(lr_at=warmup_cosine, interval="step")
 
 
 def train(name: str) -> dict[str, float]:

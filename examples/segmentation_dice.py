@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import nn
 
-from callbacks_kit import Callback, LRScheduler, TensorBoardLogger, Trainer
+from callbacks_kit import Callback, LearningRateScheduler, TensorBoardLogger, Trainer
 from callbacks_kit.data import ShapesDataset, denormalize, make_loader
 from callbacks_kit.losses import BCEDiceLoss, DiceLoss
 
@@ -118,7 +118,7 @@ trainer = Trainer(
     callbacks=[
         TensorBoardLogger(log_dir, summary=False),
         # Cosine decay per optimizer step after 20 steps of linear warmup.
-        LRScheduler(
+        LearningRateScheduler(
             lambda opt, steps_per_epoch: torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch),
             interval="step",
             warmup=20,

@@ -58,7 +58,7 @@ CALLBACK_ORDER = [
     "FeatureMaps",
     "GradCAM",
     "ConfusionMatrix",
-    "LRScheduler",
+    "LearningRateScheduler",
     "FreezeUnfreeze",
     "ModelCheckpoint",
     "EarlyStopping",

@@ -22,7 +22,7 @@ from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, LRScheduler, TerminateOnNaN, Trainer
+from callbacks_kit import Callback, LearningRateScheduler, TerminateOnNaN, Trainer
 from callbacks_kit.checkpoint import codec
 from callbacks_kit.data import default_workers, make_loader
 from callbacks_kit.errors import NonFiniteError, TrainerError
@@ -108,7 +108,9 @@ def test_skipped_fp16_steps_are_seen_with_fused_optimizers(fused):
     """Item 2: with fused=True the scaler always calls optimizer.step(); the skip must still be
     seen, and the schedule and warmup must not advance on it."""
     record = Record()
-    schedule = LRScheduler(lr_at=lambda step, lr: lr * 0.5**step, interval="step", warmup=3, warmup_interval="step")
+    schedule = LearningRateScheduler(
+        lr_at=lambda step, lr: lr * 0.5**step, interval="step", warmup=3, warmup_interval="step"
+    )
     trainer = scaled_trainer(fused, bad_batches={1, 2, 5}, callbacks=[record, schedule])
     trainer.fit(loader(64))  # 8 optimizer steps, 3 of them skipped
     assert record.skipped == [False, True, True, False, False, True, False, False]
@@ -309,7 +311,7 @@ def test_tensor_group_settings_are_restored_on_their_device():
     """Item 10: a tensor LR (fused or capturable optimizers on a GPU) goes back where it was, not to the CPU."""
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    schedule = LRScheduler(lr_at=lambda step, lr: lr)
+    schedule = LearningRateScheduler(lr_at=lambda step, lr: lr)
     schedule.on_fit_start(
         SimpleNamespace(
             optimizer=optimizer, val_loader=None, state=SimpleNamespace(batches_per_epoch=None, max_epochs=1)

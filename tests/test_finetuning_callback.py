@@ -15,7 +15,7 @@ from torch.optim import lr_scheduler as sched
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import models
 
-from callbacks_kit import Callback, FreezeUnfreeze, LRScheduler, Trainer
+from callbacks_kit import Callback, FreezeUnfreeze, LearningRateScheduler, Trainer
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.finetune import FinetuneError, param_groups, replace_head
 
@@ -130,7 +130,7 @@ def test_unfrozen_groups_get_the_head_lr_times_a_factor_under_a_schedule():
     model = resnet()
     groups = param_groups(model, {"fc": 1e-3, "layer4": 1e-3, BODY: 1e-3})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.1)
-    schedule = LRScheduler(lambda opt: sched.OneCycleLR(opt, 1e-2, total_steps=3 * BATCHES), interval="step")
+    schedule = LearningRateScheduler(lambda opt: sched.OneCycleLR(opt, 1e-2, total_steps=3 * BATCHES), interval="step")
     snapshots = fit(model, optimizer, [FreezeUnfreeze(unfreeze_at=[1, 2], lr_factor=[0.5, 0.1]), schedule])
     body = "+".join(BODY)
     for step, lrs in enumerate(snapshots.lrs):
@@ -287,10 +287,10 @@ def checkpointed_run(directory, schedule: str, stop: int | None = None, resume: 
         factory = lambda opt, steps_per_epoch: sched.OneCycleLR(  # noqa: E731
             opt, [g["lr"] for g in opt.param_groups], epochs=4, steps_per_epoch=steps_per_epoch
         )
-        scheduler = LRScheduler(factory, interval="step", warmup=3)
+        scheduler = LearningRateScheduler(factory, interval="step", warmup=3)
     else:
         plateau = lambda opt: sched.ReduceLROnPlateau(opt, patience=0, threshold=10, threshold_mode="abs")  # noqa: E731
-        scheduler = LRScheduler(plateau, warmup=5, warmup_interval="step")
+        scheduler = LearningRateScheduler(plateau, warmup=5, warmup_interval="step")
     callbacks = [
         FreezeUnfreeze(["stem", "block"], unfreeze_at=[1, 2], lr_factor=[0.5, 0.1]),
         scheduler,

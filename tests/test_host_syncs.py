@@ -82,7 +82,14 @@ def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_p
     callbacks += options.finetune_callbacks(args, steps_per_epoch=12)
     callbacks += options.checkpoint_callbacks(args, str(tmp_path))
     kinds = {type(c).__name__ for c in callbacks}
-    assert {"LayerStats", "BatchGrid", "WeightHistograms", "GradCAM", "ModelCheckpoint", "LRScheduler"} <= kinds
+    assert {
+        "LayerStats",
+        "BatchGrid",
+        "WeightHistograms",
+        "GradCAM",
+        "ModelCheckpoint",
+        "LearningRateScheduler",
+    } <= kinds
     assert {"TopLosses", "ClassReport"} <= kinds
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -14,7 +14,7 @@ from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, LRScheduler, Trainer
+from callbacks_kit import Callback, LearningRateScheduler, Trainer
 from callbacks_kit.compat import reset_accelerator_singletons
 
 Factory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -103,7 +103,7 @@ def test_trainer_weights_equal_a_hand_written_accelerate_loop(
     model = tiny_mlp()
     callbacks: list[Callback] = []
     if schedule == "factory":
-        callbacks.append(LRScheduler(step_lr, interval="step"))
+        callbacks.append(LearningRateScheduler(step_lr, interval="step"))
     elif schedule == "on the wrapper":
         callbacks.append(WrapperScheduler())
     trainer = Trainer(

@@ -12,7 +12,8 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.layer_stats import LayerStats
-from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler
+from callbacks_kit.callbacks.lr_scheduler import LRScheduler as LRScheduler  # deprecated name, not in __all__
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
@@ -38,7 +39,7 @@ __all__ = [
     "GradCAM",
     "KernelGrid",
     "LayerStats",
-    "LRScheduler",
+    "LearningRateScheduler",
     "MixUpCutMix",
     "ModelCheckpoint",
     "NonFiniteError",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from callbacks_kit.errors import CallbackError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from callbacks_kit.trainer import Trainer
 
 C = TypeVar("C", bound="Callback")
@@ -43,7 +45,7 @@ class Order:
     WRITER = -100  # TensorBoardLogger: creates the SummaryWriter the other loggers write through
     GUARD = -10  # TerminateOnNaN: checks gradients before callbacks read them in on_after_backward
     AVERAGE = -5  # EMA: averages after the NaN guard, validates val_ema before schedules, stops and saves read it
-    SCHEDULE = 0  # LRScheduler: sets the LR before loggers read it
+    SCHEDULE = 0  # LearningRateScheduler: sets the LR before loggers read it
     DEFAULT = 50  # a Callback that does not say
     PROGRESS = 90  # ProgressBar: shows what the earlier callbacks updated
     INSPECT = 110  # histograms, kernels, feature maps, Grad-CAM, confusion matrix
@@ -85,6 +87,19 @@ class Callback:
         in its format may too.
         """
         return None
+
+    def validated_models(self) -> dict[str, nn.Module | None]:
+        """Models this callback keeps besides the trained one, by the tag prefix of their metrics.
+
+        Default: none. `EMA` returns `{"val_ema": <its averaged network>}` (None until its
+        `on_fit_start` builds it): the metrics `val_ema/*` measure those weights, not the
+        trained ones. Answered from construction on, so any event may read it, also before
+        this callback's own `on_fit_start`. Other callbacks read it instead of looking for a
+        class: `TensorBoardLogger` charts and lists `<prefix>/*` next to `val/*`; a
+        `ModelCheckpoint` monitoring `<prefix>/...` checks the metric after that validation
+        and exports that module's weights as `best.safetensors`.
+        """
+        return {}
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Once, after the model, optimizer and loaders are prepared, before the first epoch."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.classification import (
@@ -18,7 +19,7 @@ from callbacks_kit.inspection.classification import (
     class_stats,
     gathered_batch,
 )
-from callbacks_kit.inspection.probe import class_names_of, warn_once
+from callbacks_kit.inspection.probe import class_names_of
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.confusion_image import confusion_image
-from callbacks_kit.inspection.probe import class_names_of, logits_of, warn_once
+from callbacks_kit.inspection.probe import class_names_of, logits_of
 from callbacks_kit.metrics import hard_labels
 
 if TYPE_CHECKING:

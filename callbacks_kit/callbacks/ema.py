@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from callbacks_kit.batches import side_forward
@@ -34,8 +35,10 @@ class EMA(Callback):
     After the regular validation the averaged weights are validated too (under the
     accelerator's autocast), logged as `<prefix>/loss` and `<prefix>/<metric>` (default
     `val_ema/*`) before `EarlyStopping` and `ModelCheckpoint` read the metrics, so either
-    may monitor `val_ema/accuracy`; a `ModelCheckpoint` that does exports the EMA weights
-    to `best.safetensors`. The average lives on the training device, is identical on every
+    may monitor `val_ema/accuracy`. `validated_models()` tells the other callbacks which
+    weights `<prefix>/*` measures: a `ModelCheckpoint` monitoring it exports the EMA
+    weights to `best.safetensors`, and `TensorBoardLogger` charts `<prefix>/*` next to
+    `val/*`. The average lives on the training device, is identical on every
     process (the weights it follows are), and its state goes into every checkpoint, so a
     resumed run averages on exactly as an uninterrupted one.
 
@@ -118,6 +121,14 @@ class EMA(Callback):
         if self.updates == 0:
             return 0.0
         return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+
+    def validated_models(self) -> dict[str, nn.Module | None]:
+        """`{prefix: the averaged network}` (None before `fit` builds it): `<prefix>/*` measures these weights.
+
+        Published whether or not `validate` is on: metrics logged under `prefix` by an
+        evaluation of your own measure the same weights.
+        """
+        return {self.prefix: None if self.averaged is None else self.averaged.module}
 
     def averaged_weights(self) -> dict[str, torch.Tensor]:
         """The averaged network's state dict, named as the model's (what `best.safetensors` gets)."""

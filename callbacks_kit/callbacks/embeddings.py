@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from callbacks_kit.batches import side_forward
+from callbacks_kit.cadence import due, warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
@@ -17,12 +18,10 @@ from callbacks_kit.inspection.classification import class_name, dataset_length
 from callbacks_kit.inspection.probe import (
     class_names_of,
     display_images,
-    due,
     is_image_batch,
     logits_of,
     probe_batch,
     probe_outputs,
-    warn_once,
 )
 from callbacks_kit.layers import find_modules, resolve_module
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from callbacks_kit.batches import side_forward
+from callbacks_kit.cadence import due, warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
@@ -15,12 +16,10 @@ from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.inspection.probe import (
     Probe,
     display_images,
-    due,
     is_image_batch,
     normalize_each,
     probe_batch,
     probe_outputs,
-    warn_once,
 )
 from callbacks_kit.inspection.render import grid, upscale
 from callbacks_kit.layers import resolve_module, spread_conv_blocks

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler
 from callbacks_kit.compat import BATCH_NORMS
 from callbacks_kit.errors import FinetuneError
 from callbacks_kit.finetune import backbone_blocks, select_parameters
@@ -40,8 +40,8 @@ class FreezeUnfreeze(Callback):
         lr_factor: On unfreezing, each param group of the stage gets the head's LR times
             this factor (one number, or one per stage), and its whole schedule is scaled
             to match; each stage then needs param groups of its own (`finetune.param_groups`).
-            The schedules scaled are those of every `LRScheduler` in the trainer's callbacks
-            (`trainer.callbacks.find(LRScheduler)`). None keeps the LRs the groups were built with.
+            The schedules scaled are those of every `LearningRateScheduler` in the trainer's callbacks
+            (`trainer.callbacks.find(LearningRateScheduler)`). None keeps the LRs the groups were built with.
         train_bn: Keep BatchNorm layers of the backbone trainable and in training mode.
     """
 
@@ -216,7 +216,7 @@ class FreezeUnfreeze(Callback):
             for key in _LR_KEYS:
                 if key in group:
                     group[key] *= ratio
-            for scheduler in trainer.callbacks.find(LRScheduler):
+            for scheduler in trainer.callbacks.find(LearningRateScheduler):
                 scheduler.scale_group(index, ratio)
 
 

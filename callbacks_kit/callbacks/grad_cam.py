@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from callbacks_kit.batches import side_forward
+from callbacks_kit.cadence import due, warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
@@ -17,12 +18,10 @@ from callbacks_kit.inspection.probe import (
     Probe,
     class_names_of,
     display_images,
-    due,
     is_image_batch,
     logits_of,
     probe_batch,
     probe_outputs,
-    warn_once,
 )
 from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet
 from callbacks_kit.layers import last_conv_block, resolve_module

@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from callbacks_kit.cadence import due
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import LayerNotFoundError, TrainerError
-from callbacks_kit.inspection.probe import (
-    due,
-    normalize_each,
-)
+from callbacks_kit.inspection.probe import normalize_each
 from callbacks_kit.inspection.render import grid, upscale
 from callbacks_kit.layers import find_modules, first_conv, resolve_module
 

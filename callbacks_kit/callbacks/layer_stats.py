@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.compat import compiled_inner
 from callbacks_kit.cpu import one_cpu_thread
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
-from callbacks_kit.inspection.probe import warn_once
 from callbacks_kit.inspection.render import BLACK, captioned, jet
 from callbacks_kit.layers import resolve_module
 from callbacks_kit.norms import group_norms

@@ -1,4 +1,7 @@
-"""LRScheduler: steps any PyTorch LR scheduler, a plain `lr_at` function, and warmup, after the optimizer."""
+"""LearningRateScheduler: steps any PyTorch LR scheduler, a plain `lr_at` function, and warmup, after the optimizer.
+
+`LRScheduler` is its former name, kept until 0.2.0 as a deprecated subclass that warns when built.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import functools
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +33,7 @@ SchedulerFactory = Callable[..., Scheduler]
 INTERVALS = ("epoch", "step")
 
 
-class LRScheduler(Callback):
+class LearningRateScheduler(Callback):
     """Sets the learning rate of every param group after each optimizer step or epoch.
 
     Exactly one of `scheduler` and `lr_at` gives the schedule (or neither, for warmup
@@ -51,6 +55,10 @@ class LRScheduler(Callback):
         warmup: Number of steps or epochs during which the LR is scaled by
             `(k + 1) / (warmup + 1)` at the k-th one, on top of whatever the schedule says.
         warmup_interval: Unit of `warmup`: "step" or "epoch"; default `interval`.
+
+    Named as Keras names it. `LRScheduler`, its name up to 0.1.0, still works until 0.2.0
+    (building one warns). Its checkpointed state keeps the key "LRScheduler", so checkpoints
+    written before the rename resume.
     """
 
     order = Order.SCHEDULE
@@ -97,6 +105,11 @@ class LRScheduler(Callback):
         self._warmup_done = 0
         self._scheduled: list[float] | None = None  # the schedule's LRs, before the warmup factor
         self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        """`LRScheduler`, the class's name up to 0.1.0, so older checkpoints restore; a subclass: its own name."""
+        return "LRScheduler" if type(self) is LearningRateScheduler else type(self).__qualname__
 
     # ----------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -317,6 +330,24 @@ class LRScheduler(Callback):
         self._warmup_done = int(state.get("warmup_done", 0))
         scheduled = state.get("scheduled")
         self._scheduled = None if scheduled is None else list(scheduled)
+
+
+class LRScheduler(LearningRateScheduler):
+    """Deprecated: `LearningRateScheduler` under its name up to 0.1.0; removed in 0.2.0.
+
+    Building one warns (`DeprecationWarning`) and gives a `LearningRateScheduler` in all but
+    the name: the same arguments, schedule and checkpointed state (key "LRScheduler"), and
+    `trainer.callbacks.find(LearningRateScheduler)` finds it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "LRScheduler was renamed LearningRateScheduler (as Keras names it); the name LRScheduler is removed "
+            "in 0.2.0",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
 
 
 def _is_scheduler(obj: Any) -> bool:

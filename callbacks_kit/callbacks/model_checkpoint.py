@@ -14,8 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.checkpoint_state import collect_files
-from callbacks_kit.callbacks.ema import EMA
-from callbacks_kit.callbacks.monitor import Monitor
+from callbacks_kit.callbacks.monitor import Monitor, check_mode
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.files import MainFiles
 from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL, Position, folder_name
@@ -29,7 +28,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
-from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError
+from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError, TrainerError
 from callbacks_kit.folder_lock import FolderLock
 
 if TYPE_CHECKING:
@@ -45,8 +44,9 @@ class ModelCheckpoint(Callback):
     validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
     `last.json` always names the newest checkpoint; other folders are pruned once the new
     one is committed. The best model's weights are also exported to `best.safetensors`
-    (load them with `callbacks_kit.finetune.load_weights`); when `monitor` is an `EMA`
-    callback's validation (`val_ema/...`), the EMA weights are the ones exported.
+    (load them with `callbacks_kit.finetune.load_weights`); when `monitor` measures a model
+    that another callback publishes for its prefix (`Callback.validated_models`: an `EMA`'s
+    `val_ema/...`), that model's weights are the ones exported.
 
     With `async_save` (the default) the loop only waits for a host copy of the state;
     encoding, hashing, writing, fsync, the commit, `last.json`, `best.safetensors` and
@@ -82,19 +82,18 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         async_save: bool = True,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise CheckpointError(f"ModelCheckpoint: mode={mode!r}; use 'min' (losses) or 'max' (accuracy)")
+        check_mode(mode, "ModelCheckpoint")  # also without a monitor: the mode is part of state_key
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise CheckpointError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
+            raise TrainerError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise CheckpointError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
+                raise TrainerError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         if not isinstance(async_save, bool):
-            raise CheckpointError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
+            raise TrainerError(f"ModelCheckpoint: async_save must be True or False, got {async_save!r}")
         self.async_save = async_save
         self._background = BackgroundSave()
         self._snapshot = HostSnapshot() if async_save else None
@@ -118,8 +117,7 @@ class ModelCheckpoint(Callback):
         """Folder of the best checkpoint so far, or None."""
         if not self.best_k or self.monitor is None:
             return None
-        pick = min if self.mode == "min" else max
-        return pick(self.best_k, key=self.best_k.__getitem__)
+        return self.monitor.best_of(self.best_k)
 
     @property
     def best_model_path(self) -> Path | None:
@@ -193,12 +191,12 @@ class ModelCheckpoint(Callback):
             self._save(trainer, rank=False, should_stop=False)
 
     def on_validation_end(self, trainer: Trainer) -> None:
-        ema = self._monitored_ema(trainer)
-        if ema is not None and trainer.state.validation_prefix != ema.prefix:
-            return  # `val_ema/...` exists only after the EMA's own validation
-        if self._fitting and self.monitor is not None and not self._checked:
-            self.monitor.read(trainer)  # a missing key fails at the first validation
-            self._checked = True
+        if self.monitor is None or not self._fitting or self._checked:
+            return
+        if self._validator(trainer) is not None and trainer.state.validation_prefix != self.monitor.prefix:
+            return  # `<prefix>/...` exists only after that callback's own validation (an EMA's `val_ema`)
+        self.monitor.read(trainer)  # a missing key fails at the first validation
+        self._checked = True
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         state = trainer.state
@@ -263,21 +261,21 @@ class ModelCheckpoint(Callback):
             return
         name = folder_name(position, state.global_step)
         old_best, old_last, old_saved = dict(self.best_k), self.last_name, self._saved_at
-        ema_weights = self._ema_weights(trainer) if ranked else None  # taken now: training goes on during the write
+        validated = self._validated_weights(trainer) if ranked else None  # taken now: training goes on during the write
 
         def collect(final: str) -> tuple[dict[str, bytes], MainFiles | None]:
             if ranked:
+                assert self.monitor is not None and score is not None
                 self.best_k[final] = score
                 if self.save_top_k > 0 and len(self.best_k) > self.save_top_k:
-                    worst = (max if self.mode == "min" else min)(self.best_k, key=self.best_k.__getitem__)
-                    del self.best_k[worst]
+                    del self.best_k[self.monitor.worst_of(self.best_k)]
             self.last_name, self._saved_at = final, position  # recorded in the state saved now
             return collect_files(trainer, position, should_stop, meta, self._snapshot)
 
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
             if self.best_name == folder.name:
-                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(folder, ema_weights))
+                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(folder, validated))
             keep = set(self.best_k) | {folder.name}
             for stale in ({old_last} | set(old_best)) - keep - {None}:
                 remove_folder(self.dirpath / str(stale))
@@ -300,29 +298,36 @@ class ModelCheckpoint(Callback):
             rollback()
             raise
 
-    def _best_weights(self, folder: Path, ema_weights: dict[str, torch.Tensor] | None) -> bytes:
-        """What `best.safetensors` holds: the checkpoint's weights, or the EMA's when they were ranked."""
-        if ema_weights is None:
+    def _best_weights(self, folder: Path, validated: tuple[str, dict[str, torch.Tensor]] | None) -> bytes:
+        """What `best.safetensors` holds: the checkpoint's weights, or those of the model the monitor measured."""
+        if validated is None:
             return (folder / MODEL).read_bytes()
-        tag = {"format": "pt", "weights": "EMA", "checkpoint": folder.name}
-        return safetensors.torch.save(ema_weights, metadata=tag)
+        owner, weights = validated
+        tag = {"format": "pt", "weights": owner, "checkpoint": folder.name}
+        return safetensors.torch.save(weights, metadata=tag)
 
-    def _ema_weights(self, trainer: Trainer) -> dict[str, torch.Tensor] | None:
-        """A host copy of the monitored `EMA`'s averaged weights, or None when the monitor ranks the trained ones.
+    def _validated_weights(self, trainer: Trainer) -> tuple[str, dict[str, torch.Tensor]] | None:
+        """The class name of the callback whose model the monitor measures, and a host copy of its weights.
 
-        A monitor such as `val_ema/accuracy` ranks the `EMA` callback's averaged weights (its
-        `prefix`), so those are the best model. The copy is taken on the loop thread, at the
+        A monitor such as `val_ema/accuracy` ranks the weights that an `EMA` callback publishes
+        for its prefix (`Callback.validated_models`), so those are the best model; None when
+        the monitor ranks the trained weights. The copy is taken on the loop thread, at the
         save's step: an asynchronous save writes it while the average moves on.
         """
-        ema = self._monitored_ema(trainer)
-        if ema is None:
+        validator = self._validator(trainer)
+        if validator is None or self.monitor is None:
             return None
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in ema.averaged_weights().items()}
+        module = validator.validated_models()[self.monitor.prefix]
+        assert module is not None  # built at the validator's on_fit_start, before any save
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+        return type(validator).__name__, weights
 
-    def _monitored_ema(self, trainer: Trainer) -> EMA | None:
-        """The `EMA` whose validation the monitor reads (`val_ema/...`), if any."""
-        prefix = self.monitor.key.split("/", 1)[0] if self.monitor else None
-        return next((ema for ema in trainer.callbacks.find(EMA) if ema.prefix == prefix), None)
+    def _validator(self, trainer: Trainer) -> Callback | None:
+        """The first callback publishing a model for the monitor's prefix (an `EMA` for `val_ema/...`), if any."""
+        if self.monitor is None:
+            return None
+        prefix = self.monitor.prefix
+        return next((callback for callback in trainer.callbacks if prefix in callback.validated_models()), None)
 
     def _finite(self, trainer: Trainer, score: float | None) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
@@ -361,5 +366,4 @@ class ModelCheckpoint(Callback):
         assert self.monitor is not None
         if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
             return True
-        worst = (max if self.mode == "min" else min)(self.best_k.values())
-        return self.monitor.is_better(score, worst)
+        return self.monitor.is_better(score, self.best_k[self.monitor.worst_of(self.best_k)])

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.callbacks.ema import EMA
+from callbacks_kit.callbacks.monitor import MODES, is_better
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.hparams import HParamValue, collect_hparams, group_names, hparam_value, hparams_summaries
 from callbacks_kit.inspection.probe import probe_batch
@@ -92,7 +92,7 @@ class TensorBoardLogger(Callback):
         modes: Mapping[str, str] | None = None,
         hparams_metrics: Sequence[str] = (),
     ) -> None:
-        bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in ("min", "max")}
+        bad = {tag: mode for tag, mode in (modes or {}).items() if mode not in MODES}
         if bad:
             raise TrainerError(f"TensorBoardLogger: modes {bad}: each mode must be 'min' or 'max'")
         self.modes = dict(modes or {})
@@ -126,8 +126,7 @@ class TensorBoardLogger(Callback):
             # On resume, events past the restored step (from the interrupted run) are dropped.
             purge = trainer.state.global_step or None
             trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
-        averaged = [ema.prefix for ema in trainer.callbacks.find(EMA)]
-        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), ["val", *averaged]))
+        trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), validation_prefixes(trainer)))
         self._hparams_started = False
         self.start_hparams(trainer)
         if self.summary or self.graph:
@@ -163,9 +162,8 @@ class TensorBoardLogger(Callback):
         prefix = f"{state.validation_prefix}/"  # "val/", or "val_ema/" for the EMA weights' validation
         for tag, value in state.metrics.items():
             if tag.startswith(prefix) and math.isfinite(value):
-                old = self.best.get(tag)
-                better = old is None or (value < old if self.lower_is_better(tag) else value > old)
-                self.best[tag] = value if better else old  # type: ignore[assignment]
+                if is_better(value, self.best.get(tag), "min" if self.lower_is_better(tag) else "max"):
+                    self.best[tag] = value
         writer = trainer.tb_writer
         if writer is None:
             return
@@ -215,13 +213,14 @@ class TensorBoardLogger(Callback):
     def metric_columns(self, trainer: Trainer) -> list[str]:
         """The hparams dashboard's metric columns, known at the start so the run shows from step 0.
 
-        In order: `val/*` and each `EMA`'s `val_ema/*` (higher-is-better first), their best,
+        In order: `val/*` and the other validations' (an `EMA`'s `val_ema/*`: see
+        `validation_prefixes`), higher-is-better first, their best,
         `train/loss` and `train/grad_norm` (when the run will reach a log step),
         `train/epoch_loss`, then `hparams_metrics`.
         """
         columns: list[str] = []
         if trainer.val_loader is not None:
-            prefixes = ["val", *(ema.prefix for ema in trainer.callbacks.find(EMA))]
+            prefixes = validation_prefixes(trainer)
             tags = [f"{prefix}/{name}" for prefix in prefixes for name in ("loss", *trainer.metrics)]
             tags = [t for t in tags if not self.lower_is_better(t)] + [t for t in tags if self.lower_is_better(t)]
             columns += tags + [f"best/{tag}" for tag in tags]
@@ -289,6 +288,16 @@ class TensorBoardLogger(Callback):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+
+
+def validation_prefixes(trainer: Trainer) -> list[str]:
+    """The tag prefixes of every epoch's validations: "val", then each that a callback publishes a model for.
+
+    Those come from `Callback.validated_models` (an `EMA`'s "val_ema"), which callbacks
+    answer from construction on, so the logger knows them in its `on_fit_start`, before the
+    callbacks that publish them have run theirs.
+    """
+    return ["val", *(prefix for callback in trainer.callbacks for prefix in callback.validated_models())]
 
 
 def scalars_layout(metric_names: list[str], prefixes: list[str] | None = None) -> dict[str, dict[str, list[Any]]]:

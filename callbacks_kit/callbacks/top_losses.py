@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
@@ -20,7 +21,7 @@ from callbacks_kit.inspection.classification import (
     gathered_batch,
     most_confused,
 )
-from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch, warn_once
+from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch
 from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet
 from callbacks_kit.layers import last_conv_block, resolve_module
 

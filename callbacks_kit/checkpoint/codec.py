@@ -212,7 +212,7 @@ _SKIPPED = "__not_json__"
 def tag_json(value: Any) -> Any:
     """A JSON-safe copy of an LR scheduler's state: non-finite floats, tuples and tensors are tagged.
 
-    `LRScheduler` stores its state this way (small values, inside state.json) while
+    `LearningRateScheduler` stores its state this way (small values, inside state.json) while
     `split_tensors` moves bulk tensors to safetensors. The two encodings are separate and
     both are part of checkpoint format 1; their markers never meet, because `split_tensors`
     wraps any dict holding a marker-named key in an `__items__` list.

@@ -25,7 +25,7 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.layer_stats import LayerStats
-from callbacks_kit.callbacks.lr_scheduler import LRScheduler
+from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
@@ -196,7 +196,7 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
 
 
 def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[Callback]:
-    """An LRScheduler and, when asked, a FreezeUnfreeze on the backbone (all but the head).
+    """An LearningRateScheduler and, when asked, a FreezeUnfreeze on the backbone (all but the head).
 
     The schedules get the exact optimizer steps per epoch from the trainer at fit start.
     """
@@ -226,7 +226,7 @@ def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[C
     if args.scheduler != "none" or args.warmup:
         interval = "epoch" if args.scheduler in ("step", "plateau") else "step"
         factory = factories.get(args.scheduler)
-        callbacks.append(LRScheduler(factory, interval=interval, warmup=args.warmup, warmup_interval="step"))
+        callbacks.append(LearningRateScheduler(factory, interval=interval, warmup=args.warmup, warmup_interval="step"))
     if args.freeze_backbone or args.unfreeze_at:
         when = args.unfreeze_at[0] if args.unfreeze_at and len(args.unfreeze_at) == 1 else args.unfreeze_at
         callbacks.append(FreezeUnfreeze(unfreeze_at=when, lr_factor=args.backbone_lr_factor))

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from callbacks_kit.batches import side_forward
+from callbacks_kit.cadence import warn_once
 from callbacks_kit.errors import TrainerError
-from callbacks_kit.inspection.probe import logits_of, probe_batch, probe_outputs, warn_once
+from callbacks_kit.inspection.probe import logits_of, probe_batch, probe_outputs
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer

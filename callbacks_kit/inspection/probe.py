@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,16 +94,3 @@ def normalize_each(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def is_image_batch(inputs: Any) -> bool:
     """True for an `(N, C, H, W)` floating-point tensor."""
     return isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point()
-
-
-def warn_once(owner: object, key: str, message: str) -> None:
-    """`warnings.warn(message)` the first time `owner` reports `key`."""
-    seen: set[str] = owner.__dict__.setdefault("_warned_keys", set())
-    if key not in seen:
-        seen.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def due(epoch: int, every_n_epochs: int) -> bool:
-    """True at the end of every `every_n_epochs`-th epoch (epochs counted from 0)."""
-    return (epoch + 1) % every_n_epochs == 0

@@ -1,4 +1,4 @@
-"""LRScheduler: the LRs it sets equal PyTorch's own schedulers driven by hand, step by step."""
+"""LearningRateScheduler: the LRs it sets equal PyTorch's own schedulers driven by hand, step by step."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, LRScheduler, TensorBoardLogger, Trainer
+from callbacks_kit import Callback, LearningRateScheduler, TensorBoardLogger, Trainer
 from callbacks_kit.checkpoint.codec import tag_json, untag_json
 from callbacks_kit.errors import ScheduleError
 
@@ -50,7 +50,7 @@ def two_groups(params_like: nn.Module | None = None) -> torch.optim.Optimizer:
 
 
 def train(
-    callback: LRScheduler,
+    callback: LearningRateScheduler,
     epochs: int = EPOCHS,
     val: bool = True,
     optimizer=None,
@@ -110,20 +110,22 @@ PER_EPOCH = {
 
 @pytest.mark.parametrize("name", PER_STEP)
 def test_per_step_schedules_equal_pytorch_step_by_step(name):
-    probe, _ = train(LRScheduler(PER_STEP[name], interval="step"), val=False)
+    probe, _ = train(LearningRateScheduler(PER_STEP[name], interval="step"), val=False)
     assert probe.lrs == by_hand(PER_STEP[name], EPOCHS * BATCHES)
 
 
 @pytest.mark.parametrize("name", PER_EPOCH)
 def test_per_epoch_schedules_equal_pytorch_epoch_by_epoch(name):
-    probe, _ = train(LRScheduler(PER_EPOCH[name], interval="epoch"), val=False)
+    probe, _ = train(LearningRateScheduler(PER_EPOCH[name], interval="epoch"), val=False)
     assert probe.lrs == by_hand(PER_EPOCH[name], EPOCHS, per_epoch=BATCHES)
 
 
 def test_a_scheduler_instance_built_before_the_trainer():
     model = tiny_mlp()
     optimizer = two_groups(model)
-    probe, _ = train(LRScheduler(sched.StepLR(optimizer, 1, 0.5)), model=model, optimizer=optimizer, val=False)
+    probe, _ = train(
+        LearningRateScheduler(sched.StepLR(optimizer, 1, 0.5)), model=model, optimizer=optimizer, val=False
+    )
     assert probe.lrs == by_hand(PER_EPOCH["StepLR"], EPOCHS, per_epoch=BATCHES)
 
 
@@ -132,7 +134,7 @@ def test_reduce_on_plateau_reads_the_monitored_metric():
     def make(opt):
         return sched.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=10, threshold_mode="abs")
 
-    probe, _ = train(LRScheduler(make, monitor="val/loss"), epochs=4)
+    probe, _ = train(LearningRateScheduler(make, monitor="val/loss"), epochs=4)
     assert probe.lrs == by_hand(make, 4, per_epoch=BATCHES, metrics=probe.val_losses)
     assert probe.lrs[-1] == [0.1 / 4, 0.05 / 4]
 
@@ -141,13 +143,15 @@ def test_plateau_without_validation_data_fails_before_training():
     model = tiny_mlp()
     optimizer = two_groups(model)
     with pytest.raises(ScheduleError, match="monitors 'val/loss' but fit\\(\\) got no val_loader"):
-        train(LRScheduler(lambda opt: sched.ReduceLROnPlateau(opt)), val=False, optimizer=optimizer, model=model)
+        train(
+            LearningRateScheduler(lambda opt: sched.ReduceLROnPlateau(opt)), val=False, optimizer=optimizer, model=model
+        )
     assert not optimizer.state  # no optimizer step was taken
 
 
 def test_plateau_on_a_missing_metric_lists_the_metrics_that_exist():
     with pytest.raises(ScheduleError, match="'val/acc', which is not among the metrics: .*val/loss"):
-        train(LRScheduler(lambda opt: sched.ReduceLROnPlateau(opt), monitor="val/acc"))
+        train(LearningRateScheduler(lambda opt: sched.ReduceLROnPlateau(opt), monitor="val/acc"))
 
 
 def test_gradient_accumulation_counts_optimizer_steps():
@@ -157,7 +161,7 @@ def test_gradient_accumulation_counts_optimizer_steps():
         assert steps_per_epoch == BATCHES // 2
         return sched.OneCycleLR(opt, max_lr=[0.4, 0.2], total_steps=steps)
 
-    probe, trainer = train(LRScheduler(factory, interval="step"), val=False, gradient_accumulation_steps=2)
+    probe, trainer = train(LearningRateScheduler(factory, interval="step"), val=False, gradient_accumulation_steps=2)
     assert trainer.state.global_step == steps
     reference = by_hand(lambda opt: sched.OneCycleLR(opt, max_lr=[0.4, 0.2], total_steps=steps), steps)
     assert probe.lrs == [lrs for lrs in reference for _ in range(2)]
@@ -179,7 +183,7 @@ def test_a_step_skipped_by_the_scaler_does_not_advance_the_schedule():
         model,
         two_groups(model),
         nn.CrossEntropyLoss(),
-        callbacks=[LRScheduler(PER_STEP["CosineAnnealingLR"], interval="step"), FakeOverflow(), probe],
+        callbacks=[LearningRateScheduler(PER_STEP["CosineAnnealingLR"], interval="step"), FakeOverflow(), probe],
         progress_bar=False,
         cpu=True,
     )
@@ -196,7 +200,7 @@ def test_lr_at_a_classic_step_decay_function():
     def adjust_learning_rate(epoch: int, base_lr: float) -> float:
         return base_lr * 0.1 ** (epoch // 2)  # "divide by 10 every 30 epochs", every 2 here
 
-    probe, _ = train(LRScheduler(lr_at=adjust_learning_rate), epochs=5, val=False)
+    probe, _ = train(LearningRateScheduler(lr_at=adjust_learning_rate), epochs=5, val=False)
     per_epoch = [probe.lrs[e * BATCHES] for e in range(5)]
     assert per_epoch == [[0.1 * 0.1 ** (e // 2), 0.05 * 0.1 ** (e // 2)] for e in range(5)]
 
@@ -206,13 +210,13 @@ def test_lr_at_returning_a_non_number_fails_before_training(bad):
     model = tiny_mlp()
     optimizer = two_groups(model)
     with pytest.raises(ScheduleError, match=r"lr_at\(0, 0.1\) returned .*finite number"):
-        train(LRScheduler(lr_at=lambda step, lr: bad), optimizer=optimizer, model=model, val=False)
+        train(LearningRateScheduler(lr_at=lambda step, lr: bad), optimizer=optimizer, model=model, val=False)
     assert not optimizer.state
 
 
 def test_warmup_scales_any_schedule_linearly():
     warmup = 5
-    probe, _ = train(LRScheduler(PER_STEP["CosineAnnealingLR"], interval="step", warmup=warmup), val=False)
+    probe, _ = train(LearningRateScheduler(PER_STEP["CosineAnnealingLR"], interval="step", warmup=warmup), val=False)
     reference = by_hand(PER_STEP["CosineAnnealingLR"], EPOCHS * BATCHES)
     for k, (got, want) in enumerate(zip(probe.lrs, reference, strict=True)):
         factor = min(1.0, (k + 1) / (warmup + 1))
@@ -221,10 +225,10 @@ def test_warmup_scales_any_schedule_linearly():
 
 
 def test_warmup_in_steps_with_an_epoch_schedule_and_alone():
-    probe, _ = train(LRScheduler(PER_EPOCH["StepLR"], warmup=3, warmup_interval="step"), val=False)
+    probe, _ = train(LearningRateScheduler(PER_EPOCH["StepLR"], warmup=3, warmup_interval="step"), val=False)
     assert probe.lrs[:4] == [[0.1 * f, 0.05 * f] for f in (0.25, 0.5, 0.75, 1.0)]
     assert probe.lrs[BATCHES] == [0.05, 0.025]
-    probe, _ = train(LRScheduler(warmup=1, interval="epoch"), val=False)
+    probe, _ = train(LearningRateScheduler(warmup=1, interval="epoch"), val=False)
     assert probe.lrs[0] == [0.05, 0.025] and probe.lrs[BATCHES] == [0.1, 0.05]
 
 
@@ -237,7 +241,11 @@ def test_lr_of_every_group_is_logged_to_tensorboard(tmp_path):
         model,
         two_groups(model),
         nn.CrossEntropyLoss(),
-        callbacks=[LRScheduler(PER_STEP["OneCycleLR"], interval="step"), TensorBoardLogger(str(tmp_path)), probe],
+        callbacks=[
+            LearningRateScheduler(PER_STEP["OneCycleLR"], interval="step"),
+            TensorBoardLogger(str(tmp_path)),
+            probe,
+        ],
         progress_bar=False,
         cpu=True,
         log_every_n_steps=1,
@@ -256,7 +264,7 @@ def test_a_per_epoch_schedule_shows_each_epochs_lr_even_with_sparse_log_steps(tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = tiny_mlp()
-    scheduler = LRScheduler(lambda opt: sched.StepLR(opt, step_size=1, gamma=0.5))
+    scheduler = LearningRateScheduler(lambda opt: sched.StepLR(opt, step_size=1, gamma=0.5))
     trainer = Trainer(
         model,
         two_groups(model),
@@ -274,9 +282,9 @@ def test_a_per_epoch_schedule_shows_each_epochs_lr_even_with_sparse_log_steps(tm
 @pytest.mark.parametrize("name", ["OneCycleLR", "SequentialLR", "CyclicLR"])
 def test_state_round_trips_through_json_and_continues_the_curve(name):
     make = PER_STEP[name]
-    full, _ = train(LRScheduler(make, interval="step", warmup=3), val=False, epochs=2)
+    full, _ = train(LearningRateScheduler(make, interval="step", warmup=3), val=False, epochs=2)
     # First half: one epoch; save the optimizer (as a checkpoint would) and the callback state as JSON.
-    first = LRScheduler(make, interval="step", warmup=3)
+    first = LearningRateScheduler(make, interval="step", warmup=3)
     _, trainer = train(first, val=False, epochs=1)
     saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
     optimizer_state = trainer.optimizer.state_dict()
@@ -284,7 +292,7 @@ def test_state_round_trips_through_json_and_continues_the_curve(name):
     model = tiny_mlp()
     optimizer = two_groups(model)
     optimizer.load_state_dict(optimizer_state)
-    second = LRScheduler(make, interval="step", warmup=3)
+    second = LearningRateScheduler(make, interval="step", warmup=3)
     second.load_state_dict(saved)
     resumed, _ = train(second, val=False, epochs=1, model=model, optimizer=optimizer)
     assert resumed.lrs == full.lrs[BATCHES:]
@@ -302,39 +310,39 @@ def test_json_encoding_of_awkward_values():
 
 def test_bad_configurations_are_clear_errors():
     with pytest.raises(ScheduleError, match="either a scheduler or lr_at"):
-        LRScheduler(lambda opt: sched.StepLR(opt, 1), lr_at=lambda e, lr: lr)
+        LearningRateScheduler(lambda opt: sched.StepLR(opt, 1), lr_at=lambda e, lr: lr)
     with pytest.raises(ScheduleError, match="nothing to schedule"):
-        LRScheduler()
+        LearningRateScheduler()
     with pytest.raises(ScheduleError, match="interval must be 'epoch' or 'step', got 'batch'"):
-        LRScheduler(lambda opt: sched.StepLR(opt, 1), interval="batch")
+        LearningRateScheduler(lambda opt: sched.StepLR(opt, 1), interval="batch")
     with pytest.raises(ScheduleError, match="warmup_interval must be 'epoch' or 'step', got 'batch'"):
-        LRScheduler(warmup=2, warmup_interval="batch")
+        LearningRateScheduler(warmup=2, warmup_interval="batch")
     with pytest.raises(ScheduleError, match="once per epoch"):
-        LRScheduler(sched.ReduceLROnPlateau(two_groups()), interval="step")
+        LearningRateScheduler(sched.ReduceLROnPlateau(two_groups()), interval="step")
     with pytest.raises(ScheduleError, match="a factory"):
-        LRScheduler(3)
+        LearningRateScheduler(3)
     with pytest.raises(ScheduleError, match="another optimizer"):
-        train(LRScheduler(sched.StepLR(two_groups(), 1)), val=False)
+        train(LearningRateScheduler(sched.StepLR(two_groups(), 1)), val=False)
     with pytest.raises(ScheduleError, match="returned a str"):
-        train(LRScheduler(lambda opt: "cosine"), val=False)
+        train(LearningRateScheduler(lambda opt: "cosine"), val=False)
 
 
 def test_one_cycle_shorter_than_the_fit_fails_at_fit_start():
     # 3 epochs of 8 steps need 24; a OneCycleLR built for 2 epochs would raise at step 17.
     factory = lambda opt: sched.OneCycleLR(opt, 0.1, epochs=2, steps_per_epoch=BATCHES)  # noqa: E731
     with pytest.raises(ScheduleError, match=r"built for 16 optimizer steps, but fit\(\) runs 24 .*epochs=3"):
-        train(LRScheduler(factory, interval="step"))
+        train(LearningRateScheduler(factory, interval="step"))
 
 
 def test_one_cycle_with_an_empty_phase_fails_at_fit_start():
     # PyTorch's OneCycleLR divides by zero when pct_start * total_steps == 1.
     factory = lambda opt: sched.OneCycleLR(opt, 0.1, total_steps=4, pct_start=0.25)  # noqa: E731
     with pytest.raises(ScheduleError, match="divided by zero when it was built: a OneCycleLR with an empty phase"):
-        train(LRScheduler(factory, interval="step"), epochs=1)
+        train(LearningRateScheduler(factory, interval="step"), epochs=1)
     # Built fine, but with pct_start=1 its second phase is empty.
     factory = lambda opt: sched.OneCycleLR(opt, 0.1, total_steps=BATCHES, pct_start=1.0)  # noqa: E731
     with pytest.raises(ScheduleError, match="OneCycleLR over 8 optimizer steps has an empty phase"):
-        train(LRScheduler(factory, interval="step"), epochs=1)
+        train(LearningRateScheduler(factory, interval="step"), epochs=1)
 
 
 def test_resuming_with_more_epochs_than_the_saved_one_cycle_is_explained(tmp_path):
@@ -343,11 +351,31 @@ def test_resuming_with_more_epochs_than_the_saved_one_cycle_is_explained(tmp_pat
     def factory(opt, steps_per_epoch):
         return sched.OneCycleLR(opt, 0.1, epochs=2, steps_per_epoch=steps_per_epoch)
 
-    train(LRScheduler(factory, interval="step"), epochs=2, callbacks_extra=[ModelCheckpoint(tmp_path)])
+    train(LearningRateScheduler(factory, interval="step"), epochs=2, callbacks_extra=[ModelCheckpoint(tmp_path)])
     with pytest.raises(ScheduleError, match=r"built for 16 optimizer steps, but fit\(\) runs 24.*resume with"):
         train(
-            LRScheduler(factory, interval="step"),
+            LearningRateScheduler(factory, interval="step"),
             epochs=3,
             callbacks_extra=[ModelCheckpoint(tmp_path)],
             resume_from="last",
         )
+
+
+def test_the_former_name_is_a_deprecated_subclass_with_the_same_state_key():
+    from callbacks_kit import LRScheduler
+    from callbacks_kit.callbacks import LRScheduler as from_callbacks
+
+    assert from_callbacks is LRScheduler and issubclass(LRScheduler, LearningRateScheduler)
+    with pytest.warns(DeprecationWarning, match="LRScheduler was renamed LearningRateScheduler.*removed in 0.2.0"):
+        old = LRScheduler(PER_EPOCH["StepLR"], warmup=2)
+    # Checkpoints of 0.1.0 hold its state under "LRScheduler", whichever name built it.
+    assert old.state_key == LearningRateScheduler(warmup=1).state_key == "LRScheduler"
+    probe, trainer = train(old, val=False)
+    assert trainer.callbacks.find(LearningRateScheduler) == [old]
+    again, _ = train(LearningRateScheduler(PER_EPOCH["StepLR"], warmup=2), val=False)
+    assert probe.lrs == again.lrs
+
+    class Custom(LearningRateScheduler):
+        pass
+
+    assert Custom(warmup=1).state_key == Custom.__qualname__
