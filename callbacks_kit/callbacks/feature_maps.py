@@ -9,7 +9,7 @@ import torch
 
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.inspection.probe import (
