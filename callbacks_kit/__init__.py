@@ -27,7 +27,7 @@ from callbacks_kit.callbacks import (
     WeightHistograms,
 )
 from callbacks_kit.callbacks import LRScheduler as LRScheduler  # deprecated name, not in __all__
-from callbacks_kit.csv_dataset import CsvImageDataset
+from callbacks_kit.data.csv_labels import CsvImageDataset
 from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
 from callbacks_kit.finetune.heads import MLPHead

@@ -34,6 +34,19 @@ def use_cpu(requested: bool = False) -> bool:
     return requested or cpu_forced() or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
 
 
+def best_device(cpu: bool = False) -> torch.device:
+    """The best accelerator present (CUDA, then Apple MPS), else the CPU; `cpu=True` forces the CPU.
+
+    For work on one device without Accelerate (predict, evaluate).
+    """
+    if not cpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if not cpu and mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def process_state(cpu: bool = False) -> PartialState:
     """The place of this process in the launch (rank, world size, main process, device), from one source.
 

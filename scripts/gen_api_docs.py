@@ -36,8 +36,11 @@ MODULES: list[tuple[str, str]] = [
     ("callbacks_kit.callbacks", "The callbacks package: the built-in callbacks, and the pieces a custom one may need."),
     ("callbacks_kit.finetune", "Freezing, param groups by module name, head replacement and local weights."),
     ("callbacks_kit.losses", "Segmentation and imbalance losses from logits: Dice, Jaccard (IoU), Focal, BCE-Dice."),
-    ("callbacks_kit.data", "The built-in shapes dataset, ImageFolder loading, transforms and loaders."),
-    ("callbacks_kit.csv_dataset", "Images labelled by a CSV file (`--labels FILE.csv --images DIR`)."),
+    (
+        "callbacks_kit.data",
+        "The built-in shapes dataset, ImageFolder and CSV loading (`--labels FILE.csv --images DIR`), transforms, "
+        "image files and loaders.",
+    ),
     ("callbacks_kit.deploy", "Using a trained run: `run.json`, predict, evaluate, export."),
     ("callbacks_kit.metrics", "Built-in metrics: `(outputs, targets) -> scalar tensor`."),
     ("callbacks_kit.hooks", "Forward hooks that remove themselves."),

@@ -9,7 +9,7 @@ import torch
 
 from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch
 from callbacks_kit.inspection.render import BLACK, captioned, grid, upscale

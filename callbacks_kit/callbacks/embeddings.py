@@ -12,7 +12,7 @@ from torch import nn
 from callbacks_kit.batches import side_forward
 from callbacks_kit.cadence import due, warn_once
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.classification import class_name, dataset_length
 from callbacks_kit.inspection.probe import (

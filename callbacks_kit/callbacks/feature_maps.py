@@ -10,7 +10,7 @@ import torch
 from callbacks_kit.batches import side_forward
 from callbacks_kit.cadence import due, warn_once
 from callbacks_kit.callbacks.base import Callback, Order
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.inspection.probe import (

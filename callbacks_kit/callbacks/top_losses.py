@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.grad_cam import GradCAM
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.classification import (
     ConfusionCounts,

@@ -32,7 +32,7 @@ from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.top_losses import TopLosses
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
-from callbacks_kit.data import AUGMENTS
+from callbacks_kit.data.transforms import AUGMENTS
 from callbacks_kit.errors import AugmentationError, CLIError
 from callbacks_kit.finetune import backbone_blocks, freeze, unfreeze
 from callbacks_kit.lr_finder import LRFinder, LRFinderResult

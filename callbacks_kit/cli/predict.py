@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from callbacks_kit.deploy.images import best_device, expand_images
+from callbacks_kit.data.images import expand_images
 from callbacks_kit.deploy.predict import predict_images, write_predictions
 from callbacks_kit.deploy.run_info import load_run_model
+from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import CLIError
 
 

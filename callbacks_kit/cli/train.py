@@ -24,8 +24,11 @@ from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger, defaul
 from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli import options
-from callbacks_kit.csv_dataset import csv_datasets
-from callbacks_kit.data import ShapesDataset, augmentation, default_workers, image_folder_datasets, make_loader
+from callbacks_kit.data.csv_labels import csv_datasets
+from callbacks_kit.data.folders import image_folder_datasets
+from callbacks_kit.data.loaders import default_workers, make_loader
+from callbacks_kit.data.shapes import ShapesDataset
+from callbacks_kit.data.transforms import augmentation
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.distributed import process_state, use_cpu
 from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError, ScheduleError

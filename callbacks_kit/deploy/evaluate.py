@@ -11,9 +11,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks_kit.data import CheckedImageFolder, drop_unreadable
-from callbacks_kit.deploy.images import best_device
+from callbacks_kit.data.folders import CheckedImageFolder, drop_unreadable
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
+from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import DataError
 from callbacks_kit.inspection.classification import ConfusionCounts, class_stats
 from callbacks_kit.inspection.confusion_image import confusion_image

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from callbacks_kit.deploy.images import best_device, expand_images, read_image
+from callbacks_kit.data.images import expand_images, read_image
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model
+from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import DataError, DeployError
 
 

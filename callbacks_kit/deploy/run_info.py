@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL
 from callbacks_kit.checkpoint.store import read_pointer, write_atomic
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import CheckpointError
 from callbacks_kit.finetune.models import build_classifier
 from callbacks_kit.finetune.weights import load_weights

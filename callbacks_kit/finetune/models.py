@@ -10,7 +10,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from callbacks_kit.data import base_dataset
+from callbacks_kit.data.wrappers import base_dataset
 from callbacks_kit.errors import FinetuneError
 from callbacks_kit.finetune.heads import replace_head
 from callbacks_kit.finetune.hub import cached_weights, is_weight_name

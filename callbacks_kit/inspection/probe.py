@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
-from callbacks_kit.data import IMAGENET_MEAN, IMAGENET_STD, class_names
+from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from callbacks_kit.data.wrappers import class_names
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer

@@ -11,7 +11,7 @@ from torchvision.datasets import ImageFolder
 
 from callbacks_kit.cli import build_parser, main
 from callbacks_kit.cli.train import train
-from callbacks_kit.csv_dataset import CsvImageDataset, csv_datasets
+from callbacks_kit.data.csv_labels import CsvImageDataset, csv_datasets
 from callbacks_kit.errors import DataError
 
 RUN = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--no-inspection"]

@@ -1,4 +1,4 @@
-"""Finding the images a user names (files, folders, globs), loading them for a model, and where to run it."""
+"""Image files: finding those a user names (files, folders, globs), checking their headers, loading them as RGB."""
 
 from __future__ import annotations
 
@@ -7,21 +7,43 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
+import numpy as np
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from callbacks_kit.data import check_image, load_image
 from callbacks_kit.errors import DataError
 
 
-def best_device(cpu: bool = False) -> torch.device:
-    """The best accelerator present (CUDA, then Apple MPS), else the CPU; `cpu=True` forces the CPU."""
-    if not cpu and torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if not cpu and mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """An image file as 8-bit RGB, whatever its PIL mode.
+
+    PIL's `convert("RGB")` clips 16-bit and 32-bit greyscale ("I;16", "I") and float ("F")
+    images to 255, so they come out white; these are scaled to 8 bits first.
+    """
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if array.size and np.nanmax(array) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or (array.size and array.max() > 255) else 255.0
+        array = np.nan_to_num(array / top * 255.0).clip(0, 255).round().astype(np.uint8)
+        image = Image.fromarray(array)  # 2-D uint8: mode "L"
+    return image.convert("RGB")
+
+
+def check_image(path: str | os.PathLike[str]) -> str | None:
+    """None when `path` has a readable image header (PIL's `verify`), else why not; fast, decodes nothing."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError...)
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def is_image_name(path: str | os.PathLike[str]) -> bool:

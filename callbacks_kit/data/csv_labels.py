@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from callbacks_kit.data import drop_unreadable, eval_transform, load_image, train_transform
+from callbacks_kit.data.folders import drop_unreadable
+from callbacks_kit.data.images import load_image
+from callbacks_kit.data.transforms import eval_transform, train_transform
 from callbacks_kit.errors import DataError
 
 SPLIT_COLUMN = "split"

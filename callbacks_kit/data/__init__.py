@@ -1,0 +1,113 @@
+"""Data: the built-in shapes dataset, ImageFolder and CSV loading, transforms, image files and loaders.
+
+One module per job: `normalization` (ImageNet mean and std), `shapes`, `transforms`,
+`images` (image files), `folders` (ImageFolder trees), `csv_labels` (images labelled by a
+CSV), `wrappers` (looking through `Subset`s) and `loaders`. Every public name is also here,
+imported on first use (PEP 562): importing `callbacks_kit.data.normalization` runs this
+file first, and the callbacks that only need the ImageNet mean and std must not pull in
+PIL and torchvision's datasets through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from callbacks_kit.data.csv_labels import (
+        SPLIT_COLUMN,
+        SPLIT_NAMES,
+        CsvImageDataset,
+        LabelTable,
+        csv_datasets,
+        read_labels,
+    )
+    from callbacks_kit.data.folders import PROGRESS_FROM, CheckedImageFolder, drop_unreadable, image_folder_datasets
+    from callbacks_kit.data.images import check_image, expand_images, is_image_name, load_image, read_image
+    from callbacks_kit.data.loaders import default_workers, make_loader, pin_by_default
+    from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD, denormalize
+    from callbacks_kit.data.shapes import SHAPES, ShapesDataset
+    from callbacks_kit.data.transforms import AUGMENTS, POLICIES, augmentation, eval_transform, train_transform
+    from callbacks_kit.data.wrappers import base_dataset, class_names
+
+# Public name -> the module of this package that defines it.
+_HOMES: dict[str, str] = {
+    "IMAGENET_MEAN": "normalization",
+    "IMAGENET_STD": "normalization",
+    "denormalize": "normalization",
+    "SHAPES": "shapes",
+    "ShapesDataset": "shapes",
+    "AUGMENTS": "transforms",
+    "POLICIES": "transforms",
+    "augmentation": "transforms",
+    "train_transform": "transforms",
+    "eval_transform": "transforms",
+    "load_image": "images",
+    "check_image": "images",
+    "is_image_name": "images",
+    "expand_images": "images",
+    "read_image": "images",
+    "PROGRESS_FROM": "folders",
+    "image_folder_datasets": "folders",
+    "drop_unreadable": "folders",
+    "CheckedImageFolder": "folders",
+    "SPLIT_COLUMN": "csv_labels",
+    "SPLIT_NAMES": "csv_labels",
+    "LabelTable": "csv_labels",
+    "read_labels": "csv_labels",
+    "CsvImageDataset": "csv_labels",
+    "csv_datasets": "csv_labels",
+    "base_dataset": "wrappers",
+    "class_names": "wrappers",
+    "default_workers": "loaders",
+    "pin_by_default": "loaders",
+    "make_loader": "loaders",
+}
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "denormalize",
+    "SHAPES",
+    "ShapesDataset",
+    "AUGMENTS",
+    "POLICIES",
+    "augmentation",
+    "train_transform",
+    "eval_transform",
+    "load_image",
+    "check_image",
+    "is_image_name",
+    "expand_images",
+    "read_image",
+    "PROGRESS_FROM",
+    "image_folder_datasets",
+    "drop_unreadable",
+    "CheckedImageFolder",
+    "SPLIT_COLUMN",
+    "SPLIT_NAMES",
+    "LabelTable",
+    "read_labels",
+    "CsvImageDataset",
+    "csv_datasets",
+    "base_dataset",
+    "class_names",
+    "default_workers",
+    "pin_by_default",
+    "make_loader",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name of the package, imported from its module on first use and kept."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's own names and every public one, imported or not yet."""
+    return sorted({*globals(), *__all__})
