@@ -125,6 +125,82 @@ def test_the_cycle_finder_finds_a_cycle_through_a_package_init():
     ]
 
 
+# The layers, lowest first: a module imports only modules of its own layer or of lower ones
+# (module level and inside functions; `if TYPE_CHECKING:` blocks aside). docs/design.md draws them.
+# "x" is the module (or package __init__) x alone, "x.*" is x and everything under it; an exact
+# name wins over a package, a deeper package over a shallower one.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("errors", "state", "batches", "metrics", "compat", "cpu", "norms", "hooks", "layers", "losses",
+              "cadence", "folder_lock", "exports")),
+    ("data", ("data.*",)),
+    ("machinery", ("checkpoint.*", "inspection.*", "finetune.*", "distributed", "checks")),
+    # callbacks/__init__ re-exports lazily: importing callbacks.base runs it without importing the callbacks
+    ("loop", ("trainer", "callbacks", "callbacks.base", "callbacks.progress_bar")),
+    ("callbacks", ("callbacks.*",)),
+    ("tools", ("lr_finder", "deploy.*")),
+    ("cli", ("cli.*", "__main__")),
+    ("api", ("",)),  # callbacks_kit/__init__.py re-exports the public API
+]  # fmt: skip
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of `module`."""
+    name = module.removeprefix("callbacks_kit").removeprefix(".")
+    best: tuple[int, int] | None = None  # (how specific the match is, layer)
+    for index, (_, patterns) in enumerate(LAYERS):
+        for pattern in patterns:
+            base = pattern.removesuffix(".*")
+            if pattern == name:
+                rank = 2 * len(base) + 1
+            elif pattern.endswith(".*") and (name == base or name.startswith(base + ".")):
+                rank = 2 * len(base)
+            else:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, index)
+    if best is None:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in tests/test_architecture.py")
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b (layer x -> layer y)` for each import from a lower layer into a higher one."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            low, high = layer_of(module), layer_of(target)
+            if high > low:
+                found.append(f"{module} -> {target} ({LAYERS[low][0]} -> {LAYERS[high][0]})")
+    return found
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_imports_only_point_down_the_layers():
+    upward = upward_imports(import_graph())
+    assert not upward, "imports that point up the layers (move the code down, or pass what it needs in):\n" + "\n".join(
+        upward
+    )
+
+
+def test_the_layer_check_catches_an_import_inside_a_function():
+    tree = ast.parse("def resume(trainer):\n    from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint\n")
+    graph = {"callbacks_kit.checkpoint.restore": _runtime_imports(tree, "callbacks_kit.checkpoint.restore")}
+    assert upward_imports(graph) == [
+        "callbacks_kit.checkpoint.restore -> callbacks_kit.callbacks.model_checkpoint (machinery -> callbacks)"
+    ]
+
+
+def test_the_layer_check_ignores_type_checking_imports():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from callbacks_kit.trainer import Trainer\n"
+    )
+    assert _runtime_imports(tree, "callbacks_kit.checkpoint.restore") == set()
+
+
 def test_every_module_imports_on_its_own():
     for module in MODULES:
         importlib.import_module(module)
@@ -265,3 +341,9 @@ def test_the_cli_turns_any_package_error_into_one_line_and_status_2(capsys, monk
     assert cli.main(["inspect", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "callbacks-kit inspect: error: a made-up failure; the fix is named here"
+
+
+def test_the_layers_place_a_package_init_apart_from_its_modules():
+    names = ["callbacks_kit.callbacks", "callbacks_kit.callbacks.base", "callbacks_kit.callbacks.ema",
+             "callbacks_kit.checkpoint.store", "callbacks_kit.cli.train", "callbacks_kit"]  # fmt: skip
+    assert [LAYERS[layer_of(name)][0] for name in names] == ["loop", "loop", "callbacks", "machinery", "cli", "api"]

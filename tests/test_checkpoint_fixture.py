@@ -42,6 +42,9 @@ from fixtures.make_checkpoint_v0_1_0 import (
 
 from callbacks_kit import Callback, Trainer
 
+# The fixture's run is 0.1.0's, built with the scheduler's 0.1.0 name (its state key in the checkpoint).
+pytestmark = pytest.mark.filterwarnings("ignore:LRScheduler was renamed:DeprecationWarning")
+
 # Kernel-path rounding, after 11 to 24 AdamW steps: observed up to 2.1e-07 (ATEN_CPU_CAPABILITY=default,
 # MKL_CBWR=COMPATIBLE); an LR of 0.0501 instead of 0.05 moves them by 4e-02 in the same 11 steps.
 ROUNDING = 1e-5
