@@ -33,7 +33,7 @@ from callbacks_kit.callbacks.base import EVENTS
 from callbacks_kit.cli import build_parser
 from callbacks_kit.cli.train import train
 
-# The main job's inspection callbacks (`callbacks_kit.cli.options.inspection_callbacks`).
+# The main job's inspection callbacks (`callbacks_kit.cli.job_callbacks.inspection_callbacks`).
 INSPECTION: tuple[type[Callback], ...] = (
     WeightHistograms,
     KernelGrid,
