@@ -5,8 +5,9 @@ result = finder.run(trainer, train_loader)   # model, optimizer, schedulers, RNG
 result.log(writer)                            # curve image, scalars, suggestion as text
 result.apply(trainer.optimizer)               # train with the suggestion
 
-`range_test` runs it as training will start (the layers that start frozen frozen) and writes
-the result to a TensorBoard run: what `callbacks-kit lr-find` and `train --lr auto` do.
+`range_test` runs it with given modules frozen for the sweep only (those that training starts
+with frozen) and writes the result to a TensorBoard run: what `callbacks-kit lr-find` and
+`train --lr auto` run.
 """
 
 from __future__ import annotations
