@@ -34,6 +34,5 @@ each with a `run(bench)` that measures, prints its table and checks its budgets;
 parses the options and runs them in order; `common` holds what they share, `workloads` the
 models and the hand-written loop, `lockstep` and `peers` the method and the other
 frameworks of section 1, `sync_counter` the host-sync counter that the tests also use. It
-is not part of the installed package: run it from a checkout, as `python scripts/benchmark.py`
-or `python -m benchmarks`.
+is not part of the installed package: run it from a checkout, as `python scripts/benchmark.py`.
 """

@@ -4,18 +4,14 @@ Runs `callbacks-kit train` in-process (`callbacks_kit.cli.train.train`) with its
 options for one epoch of ResNet-18 and times every event of every callback through the
 `customize` hook. The inspection callbacks (the classes in `INSPECTION`, plus
 `TensorBoardLogger`) have a budget; the others are shown without one.
-
-`event_report` is the standalone per-event view (`python scripts/bench_inspection.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +20,6 @@ from benchmarks.common import CALLBACK_SHARE_BUDGET, Bench, main_job_argv, print
 from callbacks_kit import (
     BatchGrid,
     Callback,
-    CallbacksKitError,
     ConfusionMatrix,
     FeatureMaps,
     GradCAM,
@@ -38,7 +33,7 @@ from callbacks_kit.callbacks.base import EVENTS
 from callbacks_kit.cli import build_parser
 from callbacks_kit.cli.train import train
 
-# The main job's inspection callbacks (`callbacks_kit.cli.options.inspection_callbacks`).
+# The main job's inspection callbacks (`callbacks_kit.cli.job_callbacks.inspection_callbacks`).
 INSPECTION: tuple[type[Callback], ...] = (
     WeightHistograms,
     KernelGrid,
@@ -186,49 +181,3 @@ def run(bench: Bench) -> dict[str, list[float]]:
                 enforced=bench.enforce,
             )
     return timeline
-
-
-def event_report(argv: Sequence[str]) -> int:
-    """Time every callback of `callbacks-kit train <argv>` per event, against the epoch time.
-
-    Prints, per callback: seconds at fit start (one-off), seconds per epoch afterwards, and
-    that as a share of an epoch without the callbacks; then ms per call x calls, per event.
-    The default run is the main job for 2 epochs.
-    """
-    argv = list(argv) or ["--epochs", "2"]
-    timer = EventTimer()
-    with tempfile.TemporaryDirectory() as run_dir:
-        if "--log-dir" not in argv:
-            argv += ["--log-dir", run_dir]
-        args = build_parser().parse_args(["train", "--no-progress", *argv])
-        try:
-            train(args, customize=timer.instrument)
-        except CallbacksKitError as exc:
-            print(f"callbacks-kit train: error: {exc}", file=sys.stderr)
-            return 2
-    timings: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for record in timer.records.values():
-        for event, _, seconds in record["calls"]:
-            timings[(record["callback"], event)].append(seconds)
-    epochs = len(timer.timeline["on_epoch_end"]) or 1
-    epoch = (timer.timeline["on_epoch_end/done"][-1] - timer.timeline["on_epoch_start"][0]) / epochs
-    per_epoch: dict[str, float] = defaultdict(float)
-    at_start: dict[str, float] = defaultdict(float)
-    for (name, event), values in timings.items():
-        if event == "on_fit_start":
-            at_start[name] += sum(values)
-        else:
-            per_epoch[name] += sum(values) / epochs
-    bare = epoch - sum(per_epoch.values())
-    print(f"\n{epochs} epochs: {epoch:.2f} s per epoch, {bare:.2f} s of it outside callbacks (the base of the %)")
-    header = f"{'callback':20s} {'fit start s':>11s} {'per epoch s':>11s} {'% of epoch':>10s}"
-    print(f"{header}   ms per call x calls, per event")
-    for name in sorted(per_epoch, key=lambda n: -per_epoch[n]):
-        events = ", ".join(
-            f"{event.removeprefix('on_')} {1000 * sum(v) / len(v):.1f}x{len(v)}"
-            for (cb, event), v in sorted(timings.items())
-            if cb == name and sum(v) > 1e-3
-        )
-        share = 100 * per_epoch[name] / bare
-        print(f"{name:20s} {at_start[name]:11.2f} {per_epoch[name]:11.3f} {share:9.1f}%   {events}")
-    return 0

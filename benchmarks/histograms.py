@@ -2,8 +2,7 @@
 
 Every parameter of a ResNet-18 and a ResNet-50, every round both with `add_histogram` (host
 copy, numpy binning) and with `WeightHistograms`' path (`compute_histograms` on the tensors'
-device, then `add_histogram_raw`), into the same event file. `standalone` is the ResNet-18
-version with its own options (`python scripts/bench_histograms.py`).
+device, then `add_histogram_raw`), into the same event file.
 """
 
 from __future__ import annotations
@@ -12,12 +11,12 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from benchmarks.common import HISTOGRAM_SPEEDUP_BUDGET, Bench, print_table, synced_time
+from benchmarks.common import HISTOGRAM_SPEEDUP_BUDGET, Bench, print_table
 from callbacks_kit import WeightHistograms
 from callbacks_kit.inspection.histogram import compute_histograms, write_histogram
 
@@ -121,34 +120,3 @@ def run(bench: Bench) -> None:
             at_least=True,
             enforced=bench.enforce and bench.device.type == "cpu",
         )
-
-
-def standalone(argv: Sequence[str] | None = None) -> int:
-    """Device histograms against add_histogram on a ResNet-18; 1 when the speed-up is below --min-ratio.
-
-    The best of --repeats rounds (the CPU is shared, and other processes only ever add
-    time), wall time with the device synchronised.
-    """
-    parser = argparse.ArgumentParser(
-        description="Device histograms (torch.histc + add_histogram_raw) against SummaryWriter.add_histogram."
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--bins", type=int, default=30, help="the WeightHistograms default")
-    parser.add_argument("--min-ratio", type=float, default=HISTOGRAM_SPEEDUP_BUDGET)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    params = model_params("resnet18", device)
-    numel = sum(p.numel() for _, p in params)
-    stock, on_device = histogram_rounds(params, args.bins, args.repeats, lambda: synced_time(device))
-    timings = {"add_histogram": stock, "device + add_histogram_raw": on_device}
-    print(
-        f"ResNet-18: {len(params)} tensors, {numel / 1e6:.1f} M values, {args.bins} bins, device {device}, "
-        f"{torch.get_num_threads()} threads, best of {args.repeats}"
-    )
-    best = {label: min(values) for label, values in timings.items()}
-    for label, value in best.items():
-        print(f"  {label:28s} {value * 1000:8.1f} ms   (median {statistics.median(timings[label]) * 1000:.1f} ms)")
-    ratio = best["add_histogram"] / best["device + add_histogram_raw"]
-    print(f"speed-up {ratio:.1f}x (required {args.min_ratio:.1f}x)")
-    return 0 if ratio >= args.min_ratio else 1

@@ -19,7 +19,7 @@ from benchmarks.common import Batch, Bench, print_table, quiet, synced_time
 from benchmarks.workloads import Case, HandLoop
 from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
 from callbacks_kit.cli import build_parser
-from callbacks_kit.cli.options import checkpoint_callbacks, inspection_callbacks
+from callbacks_kit.cli.job_callbacks import checkpoint_callbacks, inspection_callbacks
 from callbacks_kit.compat import reset_accelerator_singletons
 
 

@@ -3,8 +3,11 @@
 finder = LRFinder(min_lr=1e-6, max_lr=1.0, steps=100)
 result = finder.run(trainer, train_loader)   # model, optimizer, schedulers, RNG restored
 result.log(writer)                            # curve image, scalars, suggestion as text
-for group in trainer.optimizer.param_groups:  # train with the suggestion
-group["lr"] = result.suggestion * group["lr"] / result.base_lr
+result.apply(trainer.optimizer)               # train with the suggestion
+
+`range_test` runs it with given modules frozen for the sweep only (those that training starts
+with frozen) and writes the result to a TensorBoard run: what `callbacks-kit lr-find` and
+`train --lr auto` run.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.checkpoint.codec import apply_rng_states, capture_rng_states
 from callbacks_kit.errors import ScheduleError, TrainerError
+from callbacks_kit.finetune import freeze, unfreeze
 from callbacks_kit.inspection.line_chart import BLUE, LIGHT_BLUE, line_chart
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
-
     from callbacks_kit.trainer import Trainer
 
 # Why this rule: it stays on the descending part of the curve, a decade below where the loss
@@ -105,6 +108,14 @@ class LRFinderResult:
         writer.add_image(f"{tag}/curve", self.image(), 0)
         writer.add_text(f"{tag}/suggestion", self.summary(), 0)
         writer.flush()
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        """Give every param group of `optimizer` the suggestion, keeping the ratios between the groups."""
+        if self.suggestion is None:
+            reasons = "; ".join(self.notes or ["no finite loss"])
+            raise ScheduleError(f"LRFinderResult: the sweep gave no suggestion to apply ({reasons})")
+        for group in optimizer.param_groups:
+            group["lr"] = self.suggestion * group["lr"] / self.base_lr
 
 
 class LRFinder:
@@ -216,6 +227,44 @@ class LRFinder:
         finally:
             batches.close()
         return lrs, losses, smoothed, False
+
+
+def range_test(
+    finder: LRFinder,
+    trainer: Trainer,
+    loader: Iterable[Any],
+    frozen: Sequence[str] = (),
+    log_dir: str | None = None,
+) -> LRFinderResult:
+    """`finder.run(trainer, loader)` with the modules named in `frozen` frozen for the sweep only.
+
+    Freezing what training starts with frozen (a `FreezeUnfreeze` backbone) measures the LR
+    of the layers that train first; the modules are unfrozen afterwards, and
+    `FreezeUnfreeze` freezes them again when training starts.
+
+    Args:
+        finder: The sweep.
+        trainer: A Trainer that is not fitting.
+        loader: Training batches.
+        frozen: Names of modules of `trainer.unwrapped_model` (e.g. `finetune.backbone_blocks(model)`).
+        log_dir: A TensorBoard run the main process writes the result to (`LRFinderResult.log`); None: none.
+    """
+    model = trainer.unwrapped_model
+    modules = [model.get_submodule(name) for name in frozen]
+    if modules:
+        freeze(modules)
+        trainer.refresh_trainable()
+    try:
+        result = finder.run(trainer, loader)
+    finally:
+        if modules:
+            unfreeze(modules)
+            trainer.refresh_trainable()
+    if log_dir is not None and trainer.is_main_process:
+        writer = SummaryWriter(log_dir)
+        result.log(writer)
+        writer.close()
+    return result
 
 
 class _Snapshot:

@@ -15,7 +15,7 @@ from helpers.paths import REPO
 
 from callbacks_kit import EarlyStopping, ModelCheckpoint, PreemptionHandler, TerminateOnNaN
 from callbacks_kit.cli import build_parser, main
-from callbacks_kit.cli.options import checkpoint_callbacks
+from callbacks_kit.cli.job_callbacks import checkpoint_callbacks
 from callbacks_kit.errors import CLIError
 
 TINY = ["--train-samples", "48", "--val-samples", "16", "--batch-size", "16", "--image-size", "32", "--no-progress",

@@ -290,6 +290,7 @@ def test_memory_is_not_pinned_when_the_cpu_is_forced(monkeypatch):
 
 def test_cli_does_not_pin_when_accelerate_use_cpu(monkeypatch, tmp_path):
     from callbacks_kit.cli import build_parser
+    from callbacks_kit.cli import job as job_module
     from callbacks_kit.cli import train as train_module
 
     pins = []
@@ -300,7 +301,7 @@ def test_cli_does_not_pin_when_accelerate_use_cpu(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    monkeypatch.setattr(train_module, "make_loader", fake_make_loader)
+    monkeypatch.setattr(job_module, "make_loader", fake_make_loader)
     args = build_parser().parse_args(["train", "--log-dir", str(tmp_path), "--train-samples", "8"])
     with pytest.raises(SystemExit):
         train_module.train(args)

@@ -11,7 +11,7 @@ import pytest
 from helpers.tensorboard_server import tensorboard_server
 
 from callbacks_kit.cli import build_parser, main
-from callbacks_kit.cli.options import error_analysis_callbacks
+from callbacks_kit.cli.job_callbacks import error_analysis_callbacks
 from callbacks_kit.errors import CLIError
 
 TINY = ["--epochs", "1", "--train-samples", "48", "--val-samples", "24", "--batch-size", "16", "--image-size", "32",

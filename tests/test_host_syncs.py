@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.sync_counter import HostSyncCounter, syncs_per_step
 from callbacks_kit import EMA, Callback, ProgressBar, TensorBoardLogger, TerminateOnNaN, Trainer, accuracy
-from callbacks_kit.cli import build_parser, options
+from callbacks_kit.cli import build_parser, job_callbacks
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.inspection.event_report import inspect_run
 
@@ -76,11 +76,11 @@ def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_p
     args = build_parser().parse_args(["train", "--epochs", "2", "--layer-stats-every", "3"])
     classes = list(ShapesDataset.classes)
     callbacks = [TensorBoardLogger(str(tmp_path), hparams={"model": "cnn"}), ProgressBar()]
-    callbacks += options.inspection_callbacks(args, classes)
-    callbacks += options.error_analysis_callbacks(args, classes)
-    callbacks += options.training_view_callbacks(args, classes)
-    callbacks += options.finetune_callbacks(args, steps_per_epoch=12)
-    callbacks += options.checkpoint_callbacks(args, str(tmp_path))
+    callbacks += job_callbacks.inspection_callbacks(args, classes)
+    callbacks += job_callbacks.error_analysis_callbacks(args, classes)
+    callbacks += job_callbacks.training_view_callbacks(args, classes)
+    callbacks += job_callbacks.finetune_callbacks(args, steps_per_epoch=12)
+    callbacks += job_callbacks.checkpoint_callbacks(args, str(tmp_path))
     kinds = {type(c).__name__ for c in callbacks}
     assert {
         "LayerStats",

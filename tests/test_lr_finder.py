@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit import Trainer
 from callbacks_kit.errors import ScheduleError
-from callbacks_kit.lr_finder import RULE, LRFinder
+from callbacks_kit.lr_finder import RULE, LRFinder, range_test
 
 
 class RecordingTrainer(Trainer):
@@ -156,3 +156,25 @@ def test_gradient_accumulation_does_not_change_the_sweep():
 
     # Each sweep step is one optimizer step on one whole batch, with or without accumulation.
     assert sweep(2) == sweep(1)
+
+
+def test_range_test_freezes_the_named_modules_for_the_sweep_only_and_writes_the_run(tmp_path):
+    model = bn_dropout_model()
+    trainer = grouped_trainer(model, RecordingTrainer)
+    trainer.frozen_start = model[0].weight.detach().clone()
+    result = range_test(LRFinder(min_lr=1e-4, max_lr=1.0, steps=12), trainer, train_loader(), ["0"], str(tmp_path))
+    assert trainer.frozen_moved and not any(trainer.frozen_moved)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    assert [e.value for e in events.Scalars("lr_find/loss")] == pytest.approx(result.losses, rel=1e-6)
+
+
+def test_apply_sets_the_suggestion_in_the_groups_ratios():
+    trainer = grouped_trainer(bn_dropout_model())
+    result = LRFinder(min_lr=1e-4, max_lr=1.0, steps=12).run(trainer, train_loader())
+    result.apply(trainer.optimizer)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs == pytest.approx([result.suggestion / 10, result.suggestion, result.suggestion], rel=1e-12)
+    result.suggestion = None
+    with pytest.raises(ScheduleError, match="no suggestion"):
+        result.apply(trainer.optimizer)

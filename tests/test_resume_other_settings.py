@@ -35,15 +35,15 @@ def test_init_from_loads_the_checkpoint_weights_exactly(tmp_path, capsys, monkey
     folder = next(p for p in (run / "checkpoints").iterdir() if p.is_dir())
     saved = safetensors.torch.load_file(str(folder / "model.safetensors"))
     seen = {}
-    from callbacks_kit.cli import train as train_module
+    from callbacks_kit.cli import job as job_module
 
-    real = train_module.Trainer
+    real = job_module.Trainer
 
     def spy(model, *args, **kwargs):
         seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "Trainer", spy)
+    monkeypatch.setattr(job_module, "Trainer", spy)
     args = ["train", *TINY, "--epochs", "1", "--log-dir", str(tmp_path / "b"), "--init-from", str(folder)]
     assert main(args) == 0
     assert all(torch.equal(seen[k], v) for k, v in saved.items())

@@ -3,14 +3,14 @@
 import pytest
 
 from callbacks_kit import BatchGrid, LayerStats
-from callbacks_kit.cli import build_parser, options
+from callbacks_kit.cli import build_parser, job_callbacks
 from callbacks_kit.errors import CLIError
 
 CLASSES = ["a", "b"]
 
 
 def views(*argv: str):
-    return options.training_view_callbacks(build_parser().parse_args(["train", *argv]), CLASSES)
+    return job_callbacks.training_view_callbacks(build_parser().parse_args(["train", *argv]), CLASSES)
 
 
 def test_defaults_and_switches():

@@ -10,16 +10,11 @@ from typing import Any
 from callbacks_kit.inspection.event_report import format_report, inspect_run
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `inspect`."""
-    parser.add_argument("run", help="a run folder (or a folder of runs, or one event file)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parser
-
-
 def add_parser(commands: Any) -> None:
     """Add the `inspect` command and its options to `commands` (what `add_subparsers()` returned)."""
-    add_arguments(commands.add_parser("inspect", help="print what a TensorBoard run contains, per plugin"))
+    parser = commands.add_parser("inspect", help="print what a TensorBoard run contains, per plugin")
+    parser.add_argument("run", help="a run folder (or a folder of runs, or one event file)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from callbacks_kit.cli import options
-from callbacks_kit.cli.train import add_job_args, build_job, lock_run, pick_run_dir
+from callbacks_kit.cli.flags import add_finetune_args, add_job_args, add_lr_find_args
+from callbacks_kit.cli.job import build_job
+from callbacks_kit.cli.lr_sweep import lr_finder, sweep_lr
+from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
 
 
 def add_parser(commands: Any) -> None:
@@ -20,21 +22,19 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_job_args(command)
-    options.add_finetune_args(command)
-    options.add_lr_find_args(command)
+    add_finetune_args(command)
+    add_lr_find_args(command)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the `lr-find` command; 0 on success."""
-    options.lr_finder(args)  # the range is checked before any data is loaded
-    if args.lr == "auto":
-        args.lr = 1e-3  # only the groups' ratios matter to the sweep
-    job = build_job(args)
+    lr_finder(args)  # the range is checked before any data is loaded
+    job = build_job(args)  # with --lr auto, the groups start at AUTO_PLACEHOLDER_LR: the sweep uses their ratios
     trainer = job.trainer(args, [], progress_bar=False)
     trainer.print(f"LR range test of {job.describe(args)}, up to {args.lr_find_steps} steps, {job.processes(trainer)}")
     run_dir = pick_run_dir(args.log_dir, job.state)
     with lock_run(run_dir, job.state):
-        result = options.sweep_lr(args, trainer, job.train_loader, run_dir)
+        result = sweep_lr(args, trainer, job.train_loader, run_dir)
     if result.suggestion is not None:
         trainer.print(
             f"train with it: callbacks-kit train --lr {result.suggestion:.3g} (same options), or --lr auto\n"

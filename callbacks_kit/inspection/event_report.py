@@ -1,7 +1,7 @@
 """What a TensorBoard run contains, per plugin, read with TensorBoard's own EventAccumulator.
 
-`callbacks-kit inspect RUN` (or `python scripts/inspect_run.py RUN`) prints it, for
-users without a browser; the tests use `inspect_run()` to check what was written.
+`callbacks-kit inspect RUN` prints it, for users without a browser; the tests use
+`inspect_run()` to check what was written.
 """
 
 from __future__ import annotations

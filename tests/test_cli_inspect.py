@@ -1,4 +1,4 @@
-"""`callbacks-kit inspect RUN` on a run of the main job: every dashboard has what issue 3 lists."""
+"""`callbacks-kit inspect RUN` on a run of the main job: every dashboard holds what the main job writes."""
 
 import json
 

@@ -1,0 +1,47 @@
+"""The run folder every process of a command writes to: the main process picks it and locks it, the others follow."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+
+from callbacks_kit.callbacks.tensorboard_logger import default_log_dir
+from callbacks_kit.errors import CallbacksKitError, CLIError, FolderInUseError
+from callbacks_kit.folder_lock import FolderLock
+
+
+def pick_run_dir(requested: str | None, state: PartialState) -> str:
+    """One run folder for all processes: the main process picks it, the others receive it."""
+    chosen = [requested or (default_log_dir() if state.is_main_process else None)]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return chosen[0]
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str, state: PartialState) -> Iterator[None]:
+    """Hold the run folder's lock: the main process takes it; every process raises if it is refused."""
+    lock = FolderLock(run_dir, "the run folder", "Wait for that run to end, or pass another --log-dir.")
+    box: list[tuple[bool, str] | None] = [None]
+    if state.is_main_process:
+        try:
+            lock.acquire()
+        except CallbacksKitError as exc:
+            box[0] = (True, str(exc))
+        except OSError as exc:
+            box[0] = (
+                False,
+                f"--log-dir {run_dir} cannot hold a run ({exc.strerror or exc}); pick a folder you can write to",
+            )
+    if state.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    if box[0]:
+        in_use, message = box[0]
+        raise FolderInUseError(message) if in_use else CLIError(message)
+    try:
+        yield
+    finally:
+        lock.release()  # held by the main process alone; a no-op on the others
