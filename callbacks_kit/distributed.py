@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.optimizer import AcceleratedOptimizer
-from accelerate.utils import DataLoaderConfiguration, DistributedType, is_lomo_available
+from accelerate.utils import DataLoaderConfiguration, DistributedType, is_lomo_available, set_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from callbacks_kit.compat import compiled_inner, detach_ddp_reducer, reset_accelerator_singletons, swap_prepared_model
 from callbacks_kit.cpu import cpu_forced
@@ -76,6 +77,32 @@ def build_accelerator(mixed_precision: str, accumulation: int, cpu: bool) -> Acc
         # device while the host goes on; from unpinned memory they are ordinary copies.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
+
+
+def set_up_process(
+    mixed_precision: str,
+    accumulation: int,
+    cpu: bool,
+    seed: int | None,
+    deterministic: bool | str,
+    accelerator: Accelerator | None,
+) -> Accelerator:
+    """What a Trainer sets for its process, in order: determinism, the seed, the Accelerator (given or built).
+
+    Determinism comes first: cuBLAS reads its workspace setting at the first CUDA matmul.
+    The Accelerator's strategy is checked and the process group is ended at exit.
+    """
+    if deterministic not in (False, True, "warn"):
+        raise TrainerError(f"deterministic must be False, True or 'warn', got {deterministic!r}")
+    if deterministic:
+        make_deterministic(warn_only=deterministic == "warn")
+    if seed is not None:
+        set_seed(seed)
+    if accelerator is None:
+        accelerator = build_accelerator(mixed_precision, accumulation, cpu)
+    check_strategy(accelerator)
+    destroy_process_group_at_exit(accelerator)
+    return accelerator
 
 
 # Strategies whose model, optimizer and gradients are sharded: the checkpoint (a full state dict
@@ -173,6 +200,24 @@ def _direct(accelerator: Accelerator, optimizer: Any) -> Any:
     if "set_to_none" not in inspect.signature(inner.zero_grad).parameters:
         return None
     return inner
+
+
+class PreparedLoaders:
+    """Each DataLoader prepared by Accelerate once, however often `fit` or `evaluate` is given it."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
+        self.prepared: dict[int, tuple[Any, Any]] = {}
+
+    def prepare(self, loader: Any) -> Any:
+        """The prepared twin of `loader`; anything not a DataLoader, or prepared already, as it is."""
+        if not isinstance(loader, DataLoader) or any(loader is done for _, done in self.prepared.values()):
+            return loader  # not a DataLoader, or prepared already (`evaluate(trainer.val_loader)`: EMA)
+        key = id(loader)
+        if key not in self.prepared:
+            self.prepared[key] = (loader, self.accelerator.prepare(loader))
+        return self.prepared[key][1]
 
 
 class SkippedSteps:

@@ -6,6 +6,7 @@ every gathered validation batch and computed once at the end.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -52,6 +53,18 @@ class StatefulMetric(Protocol):
 def is_stateful_metric(metric: object) -> bool:
     """True for an object with `update`, `compute` and `reset` methods (a `torchmetrics.Metric`)."""
     return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
+
+
+# What `Trainer(metrics=...)` takes for each name: a function of `(outputs, targets)`, or a metric object.
+Metric = Callable[[Any, Any], torch.Tensor] | StatefulMetric
+
+
+def metrics_on(device: torch.device, metrics: Mapping[str, Metric]) -> dict[str, Metric]:
+    """`metrics` as a dict, its metric objects that are modules (torchmetrics) moved to `device`."""
+    for metric in metrics.values():
+        if is_stateful_metric(metric) and isinstance(metric, torch.nn.Module):
+            metric.to(device)
+    return dict(metrics)
 
 
 def _never() -> bool:

@@ -1,7 +1,7 @@
 """The Trainer: one readable Accelerate loop that fires callback events.
 
 `fit` runs epochs; `_train_epoch` runs batches; `_train_step` is one forward, backward
-and optimizer step; `_validate` sums the loss and metrics on the device. Input checks live
+and optimizer step; `validation.validate` sums the loss and metrics on the device. Input checks live
 in `checks.py`, the Accelerator and process-group helpers in `distributed.py`, resuming in
 `checkpoint/restore.py`.
 """
@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 
 from callbacks_kit.batches import batch_size, len_or_none
 from callbacks_kit.callbacks.base import Callback, CallbackList
@@ -37,22 +35,20 @@ from callbacks_kit.compat import compiled_inner
 from callbacks_kit.distributed import (
     HostAgreement,
     OptimizerCalls,
+    PreparedLoaders,
     SkippedSteps,
-    build_accelerator,
-    check_strategy,
-    destroy_process_group_at_exit,
-    make_deterministic,
     rewrap_ddp,
+    set_up_process,
 )
 from callbacks_kit.errors import TrainerError
-from callbacks_kit.metrics import StatefulMetric, compute_gathered, is_stateful_metric
+from callbacks_kit.metrics import Metric, metrics_on
 from callbacks_kit.norms import total_grad_norm
 from callbacks_kit.state import LossSums, ResumePoint, TrainState
+from callbacks_kit.train_log import TrainLog
+from callbacks_kit.validation import validate
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-Metric = Callable[[Any, Any], torch.Tensor] | StatefulMetric
 
 
 class Trainer:
@@ -79,18 +75,13 @@ class Trainer:
         log_every_n_steps: How often (in optimizer steps) the host reads the running loss.
         accelerator: Use this Accelerator instead of building one.
         progress_bar: Add the default tqdm progress bar and per-epoch summary line.
-        compile: Compile the model with `torch.compile`: True, or a dict of its keyword
-            arguments (e.g. `{"mode": "max-autotune"}`). It is compiled after `prepare`
-            (so around DDP), as Accelerate's own dynamo option does; a model that
-            Accelerate already compiled is left alone. Only the model is compiled, not the
-            loss or the loop; `unwrapped_model` stays the uncompiled module, for hooks and
-            probe forwards.
-        deterministic: Deterministic kernels for the whole process (`torch.use_deterministic_algorithms`,
-            cuDNN's deterministic mode without benchmarking, `CUBLAS_WORKSPACE_CONFIG`), so
-            that a resumed run on a GPU repeats an uninterrupted one bit for bit. Slower on a
-            GPU; an operation with no deterministic kernel raises (on CUDA, e.g. the backward
-            of `AdaptiveAvgPool2d` in torchvision's ResNets). `"warn"` warns instead, and such
-            an operation stays non-deterministic. On a CPU resume is exact without it.
+        compile: Compile the model (only the model) with `torch.compile`, after `prepare` (so
+            around DDP): True, or a dict of its keyword arguments (`{"mode": "max-autotune"}`);
+            `unwrapped_model` stays the uncompiled module, for hooks and probe forwards.
+        deterministic: Deterministic kernels for the whole process (`distributed.make_deterministic`),
+            so that a resumed run on a GPU repeats an uninterrupted one bit for bit; an
+            operation with no deterministic kernel raises, or warns with `"warn"`. On a CPU
+            resume is exact without it.
 
     Supported strategies: one process, or several with DDP. FSDP, DeepSpeed and Megatron-LM
     Accelerators are refused with a `TrainerError`.
@@ -130,25 +121,13 @@ class Trainer:
     ) -> None:
         check_options(mixed_precision, gradient_accumulation_steps, max_grad_norm, log_every_n_steps, cpu)
         check_model_and_optimizer(model, optimizer)
-        if deterministic not in (False, True, "warn"):
-            raise TrainerError(f"deterministic must be False, True or 'warn', got {deterministic!r}")
-        if deterministic:
-            make_deterministic(
-                warn_only=deterministic == "warn"
-            )  # before the first CUDA matmul: cuBLAS reads its workspace setting once
-        if seed is not None:
-            set_seed(seed)
-        if accelerator is None:
-            accelerator = build_accelerator(mixed_precision, gradient_accumulation_steps, cpu)
-        check_strategy(accelerator)
-        destroy_process_group_at_exit(accelerator)
+        accelerator = set_up_process(
+            mixed_precision, gradient_accumulation_steps, cpu, seed, deterministic, accelerator
+        )
         self.deterministic = deterministic
         self.accelerator = accelerator
         self.loss_fn = loss_fn
-        self.metrics: dict[str, Metric] = dict(metrics or {})
-        for metric in self.metrics.values():
-            if is_stateful_metric(metric) and isinstance(metric, nn.Module):
-                metric.to(accelerator.device)
+        self.metrics: dict[str, Metric] = metrics_on(accelerator.device, metrics or {})
         self.max_grad_norm = max_grad_norm
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
@@ -170,8 +149,7 @@ class Trainer:
         self.last_outputs: Any = None
         self.last_loss: torch.Tensor | None = None
         self.grad_norm: torch.Tensor | None = None
-        # id -> (loader, prepared): holding the loader keeps its id from being reused by a new one.
-        self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
+        self._loaders = PreparedLoaders(accelerator)
         self._agreement = HostAgreement(accelerator.num_processes)
         self._skipped = SkippedSteps(accelerator, self.optimizer)
         self._optimizer_calls = OptimizerCalls(accelerator, self.optimizer)  # made again by `fit`
@@ -252,8 +230,8 @@ class Trainer:
         check_last_batch(train_loader, self.unwrapped_model, self.accelerator.num_processes)
         if val_loader is not None:
             check_loader(val_loader, "val_loader", reiterable=True)
-        self.train_loader = self._prepare_loader(train_loader)
-        self.val_loader = self._prepare_loader(val_loader) if val_loader is not None else None
+        self.train_loader = self._loaders.prepare(train_loader)
+        self.val_loader = self._loaders.prepare(val_loader) if val_loader is not None else None
         self.state = TrainState(max_epochs=epochs, batches_per_epoch=len_or_none(self.train_loader))
         self.exception = None
         sanity_check(self, val_loader if val_loader is not None else train_loader)
@@ -270,7 +248,7 @@ class Trainer:
                     break
                 resume = None
                 if self.val_loader is not None:
-                    self._validate(self.val_loader, prefix="val")
+                    validate(self, self.val_loader, prefix="val")
                 self.state.metrics["perf/epoch_time_s"] = time.perf_counter() - epoch_start
                 self.callbacks.fire("on_epoch_end", self)
                 self._agree_to_stop()
@@ -303,7 +281,7 @@ class Trainer:
             `{f"{prefix}/loss": ..., f"{prefix}/<metric>": ...}`; also stored in `state.metrics`.
         """
         check_loader(loader, "loader")
-        return self._validate(self._prepare_loader(loader), prefix=prefix, model=model)
+        return validate(self, self._loaders.prepare(loader), prefix=prefix, model=model)
 
     def print(self, *args: Any) -> None:
         """Print once, from the main process."""
@@ -348,7 +326,7 @@ class Trainer:
         accumulating = self.accelerator.gradient_accumulation_steps > 1
         if not accumulating:
             self.accelerator.sync_gradients = True
-        interval_samples, interval_start = 0, time.perf_counter()
+        log = TrainLog(self.accelerator, state)
         for state.batch_idx, batch in enumerate(loader, start=skip):
             if restore_rng is not None:
                 restore_rng()  # after the resumed iterator drew its base seed (docs/design.md, "Exact resume")
@@ -360,15 +338,12 @@ class Trainer:
             loss, outputs = self._train_step(inputs, targets, accumulating)
             self.last_inputs, self.last_targets, self.last_outputs, self.last_loss = inputs, targets, outputs, loss
             sums.add(loss)
-            n = batch_size(inputs, targets)
-            interval_samples += n
-            state.samples_seen += n
+            log.add(batch_size(inputs, targets))
             state.is_log_step = False
             if state.optimizer_stepped:
                 state.global_step += 1
                 if state.global_step % self.log_every_n_steps == 0:
-                    self._log_train(sums, interval_samples, time.perf_counter() - interval_start)
-                    interval_samples, interval_start = 0, time.perf_counter()
+                    log.log(sums, self.grad_norm)
             self.callbacks.fire("on_train_batch_end", self)
             state.is_log_step = False
             if self._agree_to_stop():
@@ -409,81 +384,11 @@ class Trainer:
                 state.step_skipped = False
         return loss.detach(), outputs
 
-    @torch.no_grad()
-    def _validate(self, loader: Any, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
-        """Loss and metrics summed on the device over gathered batches; read once at the end."""
-        state, accelerator = self.state, self.accelerator
-        model = self.model if model is None else model
-        previous = state.stage, state.validation_prefix, model.training
-        state.stage, state.validation_prefix = "validate", prefix
-        model.eval()
-        self.callbacks.fire("on_validation_start", self)
-        stateful = {name: m for name, m in self.metrics.items() if is_stateful_metric(m)}
-        functions = [fn for name, fn in self.metrics.items() if name not in stateful]
-        for metric in stateful.values():
-            metric.reset()
-        names = ["loss", *(name for name in self.metrics if name not in stateful)]
-        sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
-        count = 0
-        for batch in loader:
-            inputs, targets = self.unpack_batch(batch)
-            loss, outputs = self.forward(inputs, targets, model)
-            if self.loss_fn is None:
-                # The model made the loss: average per-process values, weighted by batch size.
-                n = batch_size(inputs, targets)
-                values = [loss.detach().float() * n]
-                values += [fn(outputs, targets).detach().float() * n for fn in functions]
-                sums += accelerator.reduce(torch.stack(values).double(), reduction="sum")
-                count += n * accelerator.num_processes
-                gathered = accelerator.gather_for_metrics((outputs, targets)) if stateful else None
-            else:
-                outputs, targets = gathered = accelerator.gather_for_metrics((outputs, targets))
-                n = batch_size(outputs, targets)
-                values = [self.loss_fn(outputs, targets).detach().float() * n]
-                values += [fn(outputs, targets).detach().float() * n for fn in functions]
-                sums += torch.stack(values).double()
-                count += n
-            for metric in stateful.values():
-                metric.update(*gathered)
-            self.last_inputs, self.last_targets, self.last_outputs = inputs, targets, outputs
-            self.callbacks.fire("on_validation_batch_end", self)
-        if count == 0:
-            raise TrainerError(f"the {prefix} loader yielded no batches; check the dataset and batch size")
-        results = {f"{prefix}/{name}": value / count for name, value in zip(names, sums.tolist(), strict=True)}
-        results.update({f"{prefix}/{name}": _one_number(name, compute_gathered(m)) for name, m in stateful.items()})
-        results = {f"{prefix}/{name}": results[f"{prefix}/{name}"] for name in ["loss", *self.metrics]}  # given order
-        state.metrics.update(results)
-        self.callbacks.fire("on_validation_end", self)
-        state.stage, state.validation_prefix = previous[:2]
-        model.train(previous[2])
-        return results
-
     # ----------------------------------------------------------------------------- helpers
-    def _log_train(self, sums: LossSums, samples: int, elapsed: float) -> None:
-        """The only host read of the training loss and gradient norm: every `log_every_n_steps` steps."""
-        # The norm is the same on every process (gradients are reduced): one read for both.
-        norm = self.grad_norm if self.grad_norm is not None else torch.full((), float("nan"), device=self.device)
-        values = torch.stack([sums.interval_mean().float(), norm.float().to(self.device)])
-        loss, grad_norm = self.accelerator.reduce(values, reduction="mean").tolist()
-        sums.mark_logged()
-        self.state.metrics["train/loss"] = loss
-        if self.grad_norm is not None:
-            self.state.metrics["train/grad_norm"] = grad_norm
-        self.state.metrics["perf/samples_per_sec"] = samples * self.accelerator.num_processes / max(elapsed, 1e-9)
-        self.state.is_log_step = True
-
     def _agree_to_stop(self) -> bool:
         """`state.should_stop` on any process stops every process at the same boundary."""
         self.state.should_stop = self._agreement.any(self.state.should_stop)
         return self.state.should_stop
-
-    def _prepare_loader(self, loader: Any) -> Any:
-        if not isinstance(loader, DataLoader) or any(loader is done for _, done in self._prepared_loaders.values()):
-            return loader  # not a DataLoader, or prepared already (`evaluate(trainer.val_loader)`: EMA)
-        key = id(loader)
-        if key not in self._prepared_loaders:
-            self._prepared_loaders[key] = (loader, self.accelerator.prepare(loader))
-        return self._prepared_loaders[key][1]
 
     def _teardown(self) -> None:
         """`on_teardown` for every callback; its errors surface unless `fit` is already failing."""
@@ -492,16 +397,3 @@ class Trainer:
         except BaseException:
             if self.exception is None:
                 raise
-
-
-def _one_number(name: str, value: Any) -> float:
-    """The value a metric object computed, as a float; anything but one number is refused by name."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-    raise TrainerError(
-        f"metric {name!r} computed {shape}; val/{name} needs one number: average it (e.g. torchmetrics' "
-        "average='macro') or log the per-class values from a callback"
-    )

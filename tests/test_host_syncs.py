@@ -63,8 +63,8 @@ def test_non_logging_steps_read_nothing_from_the_device(tmp_path: Path, options:
     quiet, logged = split(steps)
     assert len(quiet) >= 8 and logged
     assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
-    # The one read of a log step is the trainer's: the counter does see the loss going to the host.
-    assert all(any("callbacks_kit/trainer.py" in e for e in events) for events in logged), logged
+    # The one read of a log step is the loop's (TrainLog): the counter does see the loss going to the host.
+    assert all(any("callbacks_kit/train_log.py" in e for e in events) for events in logged), logged
 
 
 def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_path: Path):
