@@ -166,7 +166,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _hint(exc: BaseException, trainer: Trainer, inputs: Any) -> str:
-    """What usually causes such an error, for the messages users met (issue 11)."""
+    """What usually causes such an error, in the words of the fix users need."""
     text = str(exc)
     if trainer.loss_fn is not None and not isinstance(inputs, Mapping):
         try:  # the error path only: did the model work, and return something loss_fn cannot take?

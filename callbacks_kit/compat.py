@@ -98,7 +98,7 @@ def grad_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch._foreach_norm(grads))
 
 
-# Names the checks in tests/test_compat.py verify, as (owner, attribute).
+# Names tests/test_architecture.py checks still exist in the installed versions, as (owner, attribute).
 PRIVATE_NAMES: tuple[tuple[Any, str], ...] = (
     (AcceleratorState, "_reset_state"),
     (GradientState, "_reset_state"),

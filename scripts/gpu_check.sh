@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU (issues #15 and #16), as one command, from any directory:
+# The checks that need a CUDA GPU, as one command, from any directory:
 #
 #     bash scripts/gpu_check.sh [--no-throughput] [--dry-run]
 #

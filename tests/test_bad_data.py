@@ -1,4 +1,4 @@
-"""Issue 11, classes 2-4: bad image files, a ragged last batch, fewer than two classes."""
+"""Bad image files, a ragged last batch, fewer than two classes."""
 
 from __future__ import annotations
 

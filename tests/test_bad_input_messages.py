@@ -1,4 +1,4 @@
-"""Issue 11, classes 9-11: nonsense options refused, one-line errors instead of tracebacks, and right words."""
+"""Nonsense options refused, one-line errors instead of tracebacks, and right words."""
 
 from __future__ import annotations
 

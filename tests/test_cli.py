@@ -112,7 +112,7 @@ def test_empty_image_folder_is_explained(tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.mark.slow
 def test_main_job_default_reaches_90_percent(tmp_path: Path):
-    """The README's main job, as a subprocess with its defaults: the issue's accuracy bar."""
+    """The README's main job, as a subprocess with its defaults: the README's accuracy bar (90%)."""
     result = subprocess.run(
         [sys.executable, "-m", "callbacks_kit", "train", "--no-progress", "--log-dir", str(tmp_path / "run")],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The CUDA-only paths of issue #16, run on a CPU wherever their logic can run there.
+"""The CUDA-only paths (fp16/bf16, syncs, determinism), run on a CPU wherever their logic can run there.
 
 fp16 loss scaling is CUDA-only in Accelerate, so the scaler tests hand a CPU
 `torch.amp.GradScaler("cpu")` to the Accelerator: the loop, Accelerate's optimizer wrapper

@@ -7,7 +7,10 @@
   in both directions and with the same defaults;
 - every Python code block compiles, and its imports import;
 - every relative link points to an existing file and anchor;
-- every command-line option the docs mention exists.
+- every command-line option the docs mention exists;
+- docs/design.md's layout lists every module of the package, each once;
+- every budget the docs quote is the one the benchmark enforces, and quoted in one place;
+- the guide's table of contents lists each section once.
 
 Each failure names the file and the item, so the fix is obvious.
 """
@@ -522,3 +525,110 @@ def test_option_check_catches_a_wrong_option() -> None:
     ]
     assert option_problems("--data DIR") == []
     assert option_problems("accelerate launch --multi_gpu -m callbacks_kit train --batch-size 64") == []
+
+
+# ------------------------------------------------------------------ design.md's layout, budgets, the guide's contents
+DESIGN = REPO / "docs" / "design.md"
+PERFORMANCE = REPO / "docs" / "performance.md"
+
+
+def layout_listing() -> list[str]:
+    """The module paths design.md's "Every module, once" block names, in order (relative to callbacks_kit/)."""
+    text = DESIGN.read_text()
+    block = text.split("Every module, once:", 1)[1].split("```", 2)[1]
+    listed, folder = [], ""
+    for line in block.splitlines():
+        match = re.match(r"^( *)([\w.]+(?:\.py|/))", line)
+        if not match or match.group(2) == "callbacks_kit/":
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        if name.endswith("/"):
+            folder = name if depth == 1 else folder
+        else:
+            listed.append(folder + name if depth == 2 else name)
+    return listed
+
+
+def test_design_md_lists_every_module_of_the_package_once():
+    package = Path(callbacks_kit.__file__).parent
+    modules = sorted(str(path.relative_to(package)) for path in package.rglob("*.py"))
+    listed = layout_listing()
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    assert not twice, f"docs/design.md's layout lists these modules more than once: {twice}"
+    assert sorted(listed) == modules, (
+        f"docs/design.md's layout misses {sorted(set(modules) - set(listed))} "
+        f"and lists modules that do not exist: {sorted(set(listed) - set(modules))}"
+    )
+
+
+def _budget_limits() -> dict[str, float]:
+    """Each budget the benchmark enforces, by a phrase its row in performance.md's table contains."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks import checkpoints, common, end_to_end, error_views, training_views
+    finally:
+        sys.path.remove(str(REPO))
+    return {
+        "tiny MLP": common.LOOP_BUDGETS["tiny MLP"],
+        "small CNN": common.LOOP_BUDGETS["small CNN"],
+        "checkpoint save": checkpoints.ASYNC_STALL_BUDGET,
+        "end to end": end_to_end.END_TO_END_BUDGET,
+        "each inspection callback": common.CALLBACK_SHARE_BUDGET,
+        "each error-analysis view": error_views.VIEW_SHARE_BUDGET,
+        "device histograms": common.HISTOGRAM_SPEEDUP_BUDGET,
+        "host-device syncs": 0.0,
+        "`EMA` update": common.EMA_SHARE_BUDGET,
+        "LayerStats, BatchGrid, live hparams": training_views.VIEW_SHARE_BUDGET,
+    }
+
+
+def _limit(cell: str) -> float:
+    """`≤ 1.02x` -> 1.02, `≤ 5%` -> 0.05, `≥ 4x faster` -> 4.0, `0` -> 0.0."""
+    match = re.search(r"(\d+(?:\.\d+)?)\s*(%?)", cell)
+    assert match, f"no number in the limit {cell!r}"
+    return float(match.group(1)) / (100 if match.group(2) else 1)
+
+
+def test_every_budget_in_performance_md_is_the_one_the_benchmark_enforces():
+    rows = [line.split("|")[1:3] for line in PERFORMANCE.read_text().split("\n\n", 3)[2].splitlines()[2:]]
+    limits = _budget_limits()
+    seen = set()
+    for name, cell in rows:
+        keys = [key for key in limits if key in name]
+        assert len(keys) == 1, f"performance.md's budget row {name.strip()!r} matches {keys} of {sorted(limits)}"
+        assert _limit(cell) == pytest.approx(limits[keys[0]]), (
+            f"performance.md says {cell.strip()} for {keys[0]!r}; the benchmark enforces {limits[keys[0]]}"
+        )
+        seen.add(keys[0])
+    assert seen == set(limits), f"budgets the benchmark enforces but performance.md's table omits: {set(limits) - seen}"
+
+
+def test_budgets_are_quoted_in_performance_md_alone():
+    quoted = re.compile(r"budget[^.|]*?(?:≤|≥|\b\d+(?:\.\d+)?\s*(?:x\b|%))", re.IGNORECASE)
+    others = [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        *(p for p in DOCS if p.name not in ("performance.md", "api.md")),
+    ]
+    hits = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in dict.fromkeys(others)
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if quoted.search(line)
+    ]
+    assert not hits, "a budget's value quoted outside docs/performance.md's table (link to it instead):\n" + "\n".join(
+        hits
+    )
+
+
+def test_the_guides_table_of_contents_lists_each_section_once():
+    text = GUIDE.read_text()
+    contents = text.split("\n## ", 1)[0]
+    anchors = re.findall(r"^- \[[^\]]+\]\(#([\w-]+)\)", contents, flags=re.MULTILINE)
+    twice = sorted({a for a in anchors if anchors.count(a) > 1})
+    assert not twice, f"the guide's contents list these sections more than once: {twice}"
+    sections = [slug(title) for title in re.findall(r"^## (.+)$", text, flags=re.MULTILINE)]
+    assert sorted(anchors) == sorted(sections), (
+        f"sections missing from the contents: {sorted(set(sections) - set(anchors))}; "
+        f"entries without a section: {sorted(set(anchors) - set(sections))}"
+    )

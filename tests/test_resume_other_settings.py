@@ -1,4 +1,4 @@
-"""Issue 11, class 12: resuming the main job with other settings says what to run, and --init-from runs it."""
+"""Resuming the main job with other settings says what to run, and --init-from runs it."""
 
 from __future__ import annotations
 

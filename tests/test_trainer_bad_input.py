@@ -1,4 +1,4 @@
-"""Issue 11, classes 6-8: an optimizer over other parameters, one-shot iterables, NaN without TerminateOnNaN."""
+"""An optimizer over other parameters, one-shot iterables, NaN without TerminateOnNaN."""
 
 from __future__ import annotations
 

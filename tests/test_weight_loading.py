@@ -1,4 +1,4 @@
-"""Issue 11, class 5: partial weight loads are reported, and refused when most of the file does not fit."""
+"""Partial weight loads are reported, and refused when most of the file does not fit."""
 
 from __future__ import annotations
 
