@@ -124,4 +124,4 @@ def test_no_callback_loads_the_image_file_modules_of_the_data_package():
 def test_the_imagenet_constants_load_neither_pil_nor_torchvision():
     loaded = loaded_after("from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD")
     assert not loaded["PIL"] and not loaded["torchvision"] and not loaded["torchvision.datasets"]
-    assert loaded["package"] == ["callbacks_kit.data", "callbacks_kit.data.normalization"]
+    assert loaded["package"] == ["callbacks_kit.data", "callbacks_kit.data.normalization", "callbacks_kit.exports"]
