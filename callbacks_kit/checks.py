@@ -106,7 +106,7 @@ def check_last_batch(loader: Any, model: torch.nn.Module, num_processes: int) ->
         return
     size, dataset = loader.batch_size, loader.dataset
     try:
-        samples = len(dataset)  # type: ignore[arg-type]
+        samples = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__: see the except
     except TypeError:
         return
     if not size or samples <= size or samples % size != 1:

@@ -20,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 # Every BatchNorm kind (1d/2d/3d, Sync, Lazy), and every normalisation layer with running
 # statistics or affine weights (BatchNorm and InstanceNorm): torch has no public base class.
-BATCH_NORMS: tuple[type[nn.Module], ...] = (_BatchNorm,)
-RUNNING_STAT_NORMS: tuple[type[nn.Module], ...] = (_NormBase,)
+BATCH_NORMS: tuple[type[_BatchNorm], ...] = (_BatchNorm,)
+RUNNING_STAT_NORMS: tuple[type[_NormBase], ...] = (_NormBase,)
 
 
 def reset_accelerator_singletons() -> None:
@@ -42,6 +42,7 @@ def swap_prepared_model(accelerator: Accelerator, old: nn.Module, new: nn.Module
     callers, `free_memory`) and marks prepared objects with `_is_accelerate_prepared`; a
     model re-wrapped by DDP after `prepare` must replace the old wrapper there.
     """
+    # nn.Module.__setattr__ is annotated for tensors and modules only; any value is stored.
     new._is_accelerate_prepared = True  # type: ignore[assignment]
     accelerator._models = [new if m is old else m for m in accelerator._models]
 

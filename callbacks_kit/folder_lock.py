@@ -26,7 +26,7 @@ from callbacks_kit.errors import FolderInUseError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: fall back to the pid check alone
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the name is typed as the module; None marks it missing
 
 
 def _pid_alive(pid: int) -> bool:

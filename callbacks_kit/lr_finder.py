@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -298,7 +298,7 @@ class _Snapshot:
         apply_rng_states(self.rng)
 
 
-def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
+def _cycle(loader: Iterable[Any]) -> Generator[Any, None, None]:
     """Batches of `loader` without end; an Accelerate loader left mid-way is told so (it registers while iterating)."""
     while True:
         iterator, finished, seen = iter(loader), False, 0

@@ -7,9 +7,12 @@ every gathered validation batch and computed once at the end.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 
 def hard_labels(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -50,7 +53,7 @@ class StatefulMetric(Protocol):
         """Forget the state (at each validation start)."""
 
 
-def is_stateful_metric(metric: object) -> bool:
+def is_stateful_metric(metric: object) -> TypeIs[StatefulMetric]:
     """True for an object with `update`, `compute` and `reset` methods (a `torchmetrics.Metric`)."""
     return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
 
@@ -81,9 +84,9 @@ def compute_gathered(metric: StatefulMetric) -> Any:
     """
     if not hasattr(metric, "distributed_available_fn"):
         return metric.compute()
-    previous = metric.distributed_available_fn  # type: ignore[attr-defined]
-    metric.distributed_available_fn = _never  # type: ignore[attr-defined]
+    previous = metric.distributed_available_fn
+    metric.distributed_available_fn = _never
     try:
         return metric.compute()
     finally:
-        metric.distributed_available_fn = previous  # type: ignore[attr-defined]
+        metric.distributed_available_fn = previous

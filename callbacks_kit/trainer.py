@@ -320,7 +320,7 @@ class Trainer:
         self.loss_sums = sums = LossSums.zeros(self.device)
         if resume is not None and skip and resume.loss_sums:
             sums.resume_from(resume.loss_sums)
-        restore_rng = resume.restore_rng if skip else None
+        restore_rng = resume.restore_rng if resume is not None and skip else None
         # With one batch per step, accumulate() only sets sync_gradients=True again on every
         # batch, for ~20 us (a few % of a small model's step): set it once instead.
         accumulating = self.accelerator.gradient_accumulation_steps > 1

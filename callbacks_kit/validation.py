@@ -29,7 +29,7 @@ def validate(trainer: Trainer, loader: Any, prefix: str, model: nn.Module | None
     model.eval()
     trainer.callbacks.fire("on_validation_start", trainer)
     stateful = {name: m for name, m in trainer.metrics.items() if is_stateful_metric(m)}
-    functions = [fn for name, fn in trainer.metrics.items() if name not in stateful]
+    functions = [fn for fn in trainer.metrics.values() if not is_stateful_metric(fn)]
     for metric in stateful.values():
         metric.reset()
     names = ["loss", *(name for name in trainer.metrics if name not in stateful)]
@@ -45,7 +45,7 @@ def validate(trainer: Trainer, loader: Any, prefix: str, model: nn.Module | None
             values += [fn(outputs, targets).detach().float() * n for fn in functions]
             sums += accelerator.reduce(torch.stack(values).double(), reduction="sum")
             count += n * accelerator.num_processes
-            gathered = accelerator.gather_for_metrics((outputs, targets)) if stateful else None
+            gathered = accelerator.gather_for_metrics((outputs, targets)) if stateful else ()
         else:
             outputs, targets = gathered = accelerator.gather_for_metrics((outputs, targets))
             n = batch_size(outputs, targets)

@@ -153,7 +153,9 @@ class ClassReport(Callback):
                     f"pr_curve/{self.prefix}/{name}", *curve, global_step=step, num_thresholds=self.num_thresholds
                 )
 
-    def curve(self, index: int) -> tuple[torch.Tensor, ...]:
+    def curve(
+        self, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(tp, fp, tn, fn, precision, recall)` of class `index` at each threshold, one-vs-rest.
 
         The same arithmetic as TensorBoard's `add_pr_curve`: counts at or above each

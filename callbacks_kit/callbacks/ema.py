@@ -7,6 +7,7 @@ Built on `torch.optim.swa_utils.AveragedModel` with PyTorch's own EMA function
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -192,10 +193,13 @@ class EMA(Callback):
             for m, momentum in momenta.items():
                 m.momentum = momentum
                 if trainer.accelerator.num_processes > 1:
+                    assert m.running_mean is not None and m.running_var is not None  # track_running_stats
                     m.running_mean.copy_(trainer.accelerator.reduce(m.running_mean, reduction="mean"))
                     m.running_var.copy_(trainer.accelerator.reduce(m.running_var, reduction="mean"))
 
-    def _average(self, ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def _average(
+        self, ema: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n_averaged: torch.Tensor | int
+    ) -> None:
         """PyTorch's EMA function with this update's decay (which changes during the warm-up)."""
         get_ema_multi_avg_fn(self.current_decay())(ema, current, n_averaged)
 

@@ -188,7 +188,7 @@ class FreezeUnfreeze(Callback):
             owners = {stage_of.get(id(p), -1 if id(p) in backbone else None) for p in group["params"]}
             if None in owners and self._head_group is None:
                 self._head_group = index
-            stages = owners - {None, -1}
+            stages = {owner for owner in owners if owner is not None and owner != -1}
             if stages and len(owners) > 1:
                 raise FinetuneError(
                     f"param group {group.get('name', f'group{index}')!r} mixes an unfreezing stage with other "

@@ -76,7 +76,9 @@ class KernelGrid(Callback):
             return
         model = trainer.unwrapped_model
         for name in self.layers:
-            image = self.kernel_image(resolve_module(model, name).weight)
+            weight = resolve_module(model, name).weight
+            assert isinstance(weight, torch.Tensor)  # an nn.Conv2d's (checked at fit start)
+            image = self.kernel_image(weight)
             trainer.tb_writer.add_image(f"kernels/{name}", image, trainer.state.global_step)
 
     def kernel_image(self, weight: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ class LayerStats(Callback):
         self._limits: dict[str, torch.Tensor] = {}  # per layer: the histogram's half-range, on the device
         self._grad_norms: torch.Tensor | None = None
         self._before: list[list[torch.Tensor]] | None = None
-        self._params: list[list[torch.Tensor]] = []
+        self._params: list[list[nn.Parameter]] = []
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, (layers, 5 + 1 + bins)) on the device
         self.columns: dict[str, list[list[float]]] = {}  # per layer, one histogram per sample (host)
         self.column_steps: list[int] = []
@@ -165,7 +165,7 @@ class LayerStats(Callback):
         if not self._active(trainer) or not self._due(trainer):
             return
         params = [[p for p in m.parameters() if p.grad is not None] for m in self._modules]
-        self._grad_norms = group_norms([[p.grad for p in group] for group in params])  # type: ignore[misc]
+        self._grad_norms = group_norms([[p.grad for p in group if p.grad is not None] for group in params])
         self._before = [[p.detach().clone() for p in group] for group in params]
         self._params = params
 

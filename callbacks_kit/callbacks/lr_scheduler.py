@@ -25,6 +25,8 @@ from callbacks_kit.distributed import unwrapped_optimizer
 from callbacks_kit.errors import ScheduleError
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from callbacks_kit.trainer import Trainer
 
 Scheduler = TorchScheduler | ReduceLROnPlateau
@@ -93,7 +95,9 @@ class LearningRateScheduler(Callback):
         if isinstance(scheduler, ReduceLROnPlateau) and interval != "epoch":
             raise ScheduleError("ReduceLROnPlateau reads a metric once per epoch; use interval='epoch'")
         self.scheduler: Scheduler | None = scheduler if _is_scheduler(scheduler) else None
-        self._factory = scheduler if scheduler is not None and self.scheduler is None else None
+        self._factory: SchedulerFactory | None = (
+            scheduler if scheduler is not None and not _is_scheduler(scheduler) else None
+        )
         self.interval = interval
         self.monitor = monitor
         self.lr_at = lr_at
@@ -165,7 +169,7 @@ class LearningRateScheduler(Callback):
             return
         if self._scheduled is not None:
             self._set_lrs(self._scheduled)  # the schedule continues from its own values
-        if self.is_plateau:
+        if isinstance(self.scheduler, ReduceLROnPlateau):
             metrics = trainer.state.metrics
             if self.monitor not in metrics:
                 raise ScheduleError(
@@ -205,9 +209,9 @@ class LearningRateScheduler(Callback):
             for values in scheduler_lr_lists(scheduler):
                 if index < len(values):
                     values[index] *= ratio
-        for values in (self._scheduled, self._base_lrs):
-            if values is not None and index < len(values):
-                values[index] *= ratio
+        for lrs in (self._scheduled, self._base_lrs):
+            if lrs is not None and index < len(lrs):
+                lrs[index] *= ratio
 
     # ----------------------------------------------------------------------------- helpers
     def _check_length(self, trainer: Trainer) -> None:
@@ -350,5 +354,5 @@ class LRScheduler(LearningRateScheduler):
         super().__init__(*args, **kwargs)
 
 
-def _is_scheduler(obj: Any) -> bool:
+def _is_scheduler(obj: object) -> TypeIs[Scheduler]:
     return isinstance(obj, (TorchScheduler, ReduceLROnPlateau))

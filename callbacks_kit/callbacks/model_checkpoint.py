@@ -176,7 +176,7 @@ class ModelCheckpoint(Callback):
             if error is None:
                 clean_leftovers(self.dirpath)
         if trainer.accelerator.num_processes > 1:
-            box = [error, in_use]
+            box: list[Any] = [error, in_use]  # a str | None and a bool, overwritten with the main process's
             broadcast_object_list(box, from_process=0)
             error, in_use = box
         if error:

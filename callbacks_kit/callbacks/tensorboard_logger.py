@@ -242,7 +242,8 @@ class TensorBoardLogger(Callback):
             return
         experiment, start, _ = self._summaries(trainer, success=True)
         for summary in (experiment, start):
-            writer.file_writer.add_summary(summary, trainer.state.global_step)  # type: ignore[union-attr]
+            # torch leaves SummaryWriter.file_writer unannotated, set to None first: mypy infers None.
+            writer.file_writer.add_summary(summary, trainer.state.global_step)  # type: ignore[attr-defined]
         writer.flush()
         self._hparams_started = True
 
@@ -253,13 +254,13 @@ class TensorBoardLogger(Callback):
             return
         self.start_hparams(trainer)
         end = self._summaries(trainer, success)[2]
-        writer.file_writer.add_summary(end, trainer.state.global_step)  # type: ignore[union-attr]
+        writer.file_writer.add_summary(end, trainer.state.global_step)  # type: ignore[attr-defined]  # as above
         writer.flush()
 
     def _summaries(self, trainer: Trainer, success: bool) -> tuple[Any, Any, Any]:
         values = {**self._collected, **{k: hparam_value(v) for k, v in self.hparams.items()}}
-        values = {k: v for k, v in values.items() if v is not None}
-        return hparams_summaries(values, dict.fromkeys(self.metric_columns(trainer), 0.0), success)
+        given = {k: v for k, v in values.items() if v is not None}
+        return hparams_summaries(given, dict.fromkeys(self.metric_columns(trainer), 0.0), success)
 
     def _log_model(self, trainer: Trainer, example: Any) -> None:
         writer, model = trainer.tb_writer, trainer.unwrapped_model

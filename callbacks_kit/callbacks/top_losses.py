@@ -158,14 +158,17 @@ class TopLosses(Callback):
         positions = torch.arange(self._seen, self._seen + n, device=logits.device)
         probs = logits.detach().float().softmax(dim=1)
         self._seen += n
-        parts = [(losses, positions, probs, truth, images.detach() if images is not None else None)]
-        if self.losses is not None:
-            parts.insert(0, (self.losses, self.positions, self.probs, self.targets, self.images))
-        cat = [None if any(p[i] is None for p in parts) else torch.cat([p[i] for p in parts]) for i in range(5)]
-        top = cat[0].topk(min(self.k, cat[0].shape[0])).indices  # type: ignore[union-attr]
-        self.losses, self.positions, self.probs, self.targets, self.images = (
-            None if t is None else t[top] for t in cat
-        )
+        images = images.detach() if images is not None else None
+        if self.losses is not None:  # after the running top-k, whose tensors are set together
+            assert self.positions is not None and self.probs is not None and self.targets is not None
+            losses = torch.cat([self.losses, losses])
+            positions = torch.cat([self.positions, positions])
+            probs = torch.cat([self.probs, probs])
+            truth = torch.cat([self.targets, truth])
+            images = None if self.images is None or images is None else torch.cat([self.images, images])
+        top = losses.topk(min(self.k, losses.shape[0])).indices
+        self.losses, self.positions, self.probs, self.targets = losses[top], positions[top], probs[top], truth[top]
+        self.images = None if images is None else images[top]
 
     def on_validation_end(self, trainer: Trainer) -> None:
         if self._disabled or trainer.state.validation_prefix != self.prefix:
@@ -173,9 +176,10 @@ class TopLosses(Callback):
         self._validations += 1
         if trainer.tb_writer is None or self.losses is None or self._validations % self.every_n_validations:
             return
+        assert self.positions is not None and self.probs is not None and self.targets is not None  # set with losses
         keep = torch.isfinite(self.losses).cpu()
-        losses, positions = self.losses.cpu()[keep], self.positions.cpu()[keep]  # type: ignore[union-attr]
-        probs, targets = self.probs.cpu()[keep], self.targets.cpu()[keep]  # type: ignore[union-attr]
+        losses, positions = self.losses.cpu()[keep], self.positions.cpu()[keep]
+        probs, targets = self.probs.cpu()[keep], self.targets.cpu()[keep]
         step = trainer.state.global_step
         matrix = self.confusion.matrix()
         pairs = most_confused(matrix, self.confused_pairs) if matrix is not None else []

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from callbacks_kit.callbacks.base import Callback, Order
@@ -122,7 +123,9 @@ class WeightHistograms(Callback):
         writer = trainer.tb_writer
         if writer is None:
             return
-        named = [(name, p) for name, p in trainer.unwrapped_model.named_parameters() if self._selected(name, p)]
+        named: list[tuple[str, torch.Tensor]] = [
+            (name, p) for name, p in trainer.unwrapped_model.named_parameters() if self._selected(name, p)
+        ]
         if kind == "grads":
             named = [(name, p.grad) for name, p in named if p.grad is not None]
         for (name, _), histogram in zip(named, compute_histograms([t for _, t in named], self.bins), strict=True):

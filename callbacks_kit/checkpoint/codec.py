@@ -16,7 +16,7 @@ import random
 import struct
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ _SAFETENSORS_DTYPES = {
 _DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
 
 
-def safetensors_parts(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> list[Any]:
+def safetensors_parts(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> list[bytes | memoryview]:
     """The bytes of a safetensors file as a header and one buffer per tensor, without copying the tensors.
 
     `safetensors.torch.save` returns the same bytes but builds them holding the GIL (about
@@ -107,7 +109,8 @@ def safetensors_parts(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
         return [safetensors.torch.save(dict(tensors), metadata=dict(metadata) if metadata else None)]
     order = sorted(tensors, key=lambda k: (-_DTYPE_RANK[tensors[k].dtype], k))
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    buffers, offset = [], 0
+    buffers: list[bytes | memoryview] = []
+    offset = 0
     for key in order:
         tensor = tensors[key]
         size = tensor.numel() * tensor.element_size()
@@ -115,7 +118,7 @@ def safetensors_parts(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
                        "data_offsets": [offset, offset + size]}  # fmt: skip
         offset += size
         if size:
-            buffers.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            buffers.append(tensor.reshape(-1).view(torch.uint8).numpy().data)  # NumPy's memoryview: no copy
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(len(text) + 8) % 8)
     return [struct.pack("<Q", len(text)) + text, *buffers]
@@ -153,7 +156,9 @@ def capture_rng_states() -> dict[str, Any]:
     under `cuda`; that key stays, empty, so older readers see no CUDA state.
     """
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    # A dict only when the global generator is not the MT19937 that NumPy starts with and this code expects.
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, cached = legacy
     states: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],

@@ -59,7 +59,7 @@ class MainFiles:
     doc: bytes
     tag: dict[str, str]
 
-    def files(self) -> dict[str, bytes | list[Any]]:
+    def files(self) -> dict[str, bytes | list[bytes | memoryview]]:
         """The files' contents: bytes, or the buffers of a safetensors file (`codec.safetensors_parts`)."""
         return {
             MODEL: safetensors_parts(self.weights, {"format": "pt", **self.tag}),

@@ -48,7 +48,7 @@ FINISHING = "updating last.json and best.safetensors or pruning"
 
 
 # ------------------------------------------------------------------------------ low-level writes
-Data = bytes | Sequence[Any]  # a file's bytes, or its parts (bytes-like buffers) in order
+Data = bytes | Sequence[bytes | memoryview]  # a file's bytes, or its parts in order
 
 
 def _write_file(path: Path, data: Data) -> None:
@@ -310,7 +310,7 @@ def begin_save(
         except OSError as exc:
             error = _failure(dirpath, name, "creating its temporary folder", exc)
     if world_size > 1:
-        box = [name, error]
+        box: list[Any] = [name, error]  # a str and a str | None, overwritten with the main process's
         broadcast_object_list(box, from_process=0)
         name, error = box
     if error:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from callbacks_kit.callbacks.base import Callback
@@ -107,6 +107,8 @@ def build_job(args: argparse.Namespace) -> Job:
     state = process_state(cpu_only)
     torch.manual_seed(args.seed)
     label_smoothing(args)
+    train_set: Dataset
+    val_set: Dataset
     if args.data or args.labels:
         size = args.image_size or 224
         augment, flip = args.augment or "basic", not args.no_flip
@@ -140,7 +142,8 @@ def build_job(args: argparse.Namespace) -> Job:
         resize = size  # shapes are drawn at the input size: a saved one goes in unchanged
     pin = pin_by_default() and not cpu_only  # pinned pages only help copies to a GPU
     # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
-    drop_last = len(train_set) > args.batch_size * state.num_processes
+    # All three kinds have a length; torch's Dataset declares no __len__.
+    drop_last = len(train_set) > args.batch_size * state.num_processes  # type: ignore[arg-type]
     train_loader = make_loader(
         train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
     )

@@ -24,7 +24,7 @@ from callbacks_kit.callbacks.freeze_unfreeze import FreezeUnfreeze
 from callbacks_kit.callbacks.grad_cam import GradCAM
 from callbacks_kit.callbacks.kernel_grid import KernelGrid
 from callbacks_kit.callbacks.layer_stats import LayerStats
-from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler
+from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler, SchedulerFactory
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
@@ -110,7 +110,7 @@ def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[C
         # pct_start 0.3 (PyTorch's default): 0.3 * steps is never exactly 1, where OneCycleLR divides by zero.
         return schedulers.OneCycleLR(opt, peaks, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.3)
 
-    factories = {
+    factories: dict[str, SchedulerFactory] = {
         "onecycle": onecycle,
         "cosine": lambda opt, steps_per_epoch: schedulers.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch),
         "linear": lambda opt, steps_per_epoch: schedulers.PolynomialLR(opt, total_iters=epochs * steps_per_epoch),

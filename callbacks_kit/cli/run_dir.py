@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
@@ -15,7 +16,7 @@ from callbacks_kit.folder_lock import FolderLock
 
 def pick_run_dir(requested: str | None, state: PartialState) -> str:
     """One run folder for all processes: the main process picks it, the others receive it."""
-    chosen = [requested or (default_log_dir() if state.is_main_process else None)]
+    chosen: list[Any] = [requested or (default_log_dir() if state.is_main_process else None)]  # then the main's str
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return chosen[0]

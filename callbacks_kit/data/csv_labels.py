@@ -190,5 +190,5 @@ def csv_datasets(
         train_rows, val_rows = order[n_val:], order[:n_val]
     train = CsvImageDataset(table=table, indices=train_rows, transform=train_transform(image_size, augment, flip))
     val = CsvImageDataset(table=table, indices=val_rows, transform=eval_transform(image_size))
-    drop_unreadable(train, val)  # type: ignore[arg-type]  # same samples/imgs/targets attributes as ImageFolder
+    drop_unreadable(train, val)
     return train, val, list(table.classes)

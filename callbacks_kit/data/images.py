@@ -21,7 +21,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     images to 255, so they come out white; these are scaled to 8 bits first.
     """
     with open(path, "rb") as f:
-        image = Image.open(f)
+        image: Image.Image = Image.open(f)
         image.load()
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)

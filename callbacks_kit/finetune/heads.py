@@ -107,7 +107,8 @@ def replace_head(
                 f"{type(model).__name__} classifies with a 1x1 convolution over a feature map, where an MLP head "
                 "does not fit; use head='linear' (--head linear) for it"
             )
-        new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
+        height, width = old.kernel_size  # torch types it tuple[int, ...]; a Conv2d's is a pair
+        new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=(height, width))
     elif head == "mlp":
         new = MLPHead(old.in_features, num_classes, hidden, dropout)
     else:
@@ -116,7 +117,8 @@ def replace_head(
     new.to(device=weight.device, dtype=weight.dtype)
     _set(model, path, new)
     if hasattr(model, "num_classes"):
-        model.num_classes = num_classes
+        # nn.Module.__setattr__ is annotated for tensors and modules only; any value is stored.
+        model.num_classes = num_classes  # type: ignore[assignment]
     for aux_path in _AUX_HEADS:
         aux = _get(model, aux_path)
         if isinstance(aux, nn.Linear):

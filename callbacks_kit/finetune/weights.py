@@ -102,6 +102,7 @@ def load_weights(
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state: object  # whatever the file holds, checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -95,7 +95,7 @@ def dataset_length(trainer: Trainer) -> int | None:
     """Samples in the validation dataset, when it has a length."""
     dataset = getattr(trainer.val_loader, "dataset", None)
     try:
-        return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+        return len(dataset) if dataset is not None else None
     except TypeError:
         return None
 

@@ -33,7 +33,8 @@ def blues(value: float) -> Colour:
     """White (0) to dark blue (1), like matplotlib's "Blues"."""
     value = min(max(value, 0.0), 1.0)
     low, high = (247, 251, 255), (8, 48, 107)
-    return tuple(round(a + (b - a) * value) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
+    red, green, blue = (round(a + (b - a) * value) for a, b in zip(low, high, strict=True))
+    return red, green, blue
 
 
 @lru_cache(maxsize=8)
