@@ -39,6 +39,7 @@ from fixtures.make_checkpoint_v0_1_0 import (
     TRAIN_SAMPLES,
     build_run,
 )
+from helpers.checkpoints import StopAtStep
 
 from callbacks_kit import Callback, Trainer
 
@@ -215,7 +216,7 @@ def test_the_v0_1_0_checkpoint_restores_every_piece_of_state(resumed):
 
 @pytest.mark.parametrize("interrupt_at", [15, 19])  # mid epoch 2 (0-based 1); mid epoch 3, before the step-22 save
 def test_a_run_resumed_from_v0_1_0_resumes_again_bit_identically(resumed, tmp_path, interrupt_at):
-    first, _ = _resume(tmp_path / "run", _fixture_copy(tmp_path) / CHECKPOINT_NAME, [StopAt(interrupt_at)])
+    first, _ = _resume(tmp_path / "run", _fixture_copy(tmp_path) / CHECKPOINT_NAME, [StopAtStep(interrupt_at)])
     assert first.trainer.state.global_step == interrupt_at  # stopped there, and saved (a stop mid-epoch saves)
     run, epochs = _resume(tmp_path / "run", tmp_path / "unused", [], resume_from="last")
 
@@ -235,14 +236,3 @@ def test_a_run_resumed_from_v0_1_0_resumes_again_bit_identically(resumed, tmp_pa
 def test_the_resumed_run_ends_where_training_from_scratch_ends_up_to_rounding(resumed, from_scratch):
     assert resumed["step"] == from_scratch["step"]
     _close(resumed["weights"], from_scratch["weights"], "final weights resumed from the fixture vs. from scratch")
-
-
-class StopAt(Callback):
-    """Stops the run after optimizer step `step`; `ModelCheckpoint` saves a stop mid-epoch."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: Trainer) -> None:
-        if trainer.state.optimizer_stepped and trainer.state.global_step == self.step:
-            trainer.state.should_stop = True
