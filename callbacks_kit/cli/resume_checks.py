@@ -1,7 +1,7 @@
 """What `train` checks before it writes into a run folder: a run is continued only with --resume, and as it was.
 
-A new run in a folder that holds one would replace its `best.safetensors` and `run.json`
-and mix two runs' event files; a resume on other classes (or the same names in another
+A new run in a folder whose run saved checkpoints would replace its `best.safetensors` and
+`run.json` and mix two runs' event files; a resume on other classes (or the same names in another
 order) would reassign every output; another input size or another frozen set would change
 the run without a word. Each is refused naming the flag, before any data is read (the
 folder) or any step is trained (the resume). A checkpoint knows what it was trained on from
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +33,44 @@ def checkpoint_folder(args: argparse.Namespace, run_dir: str | Path) -> Path:
 
 
 def check_new_run(args: argparse.Namespace) -> None:
-    """Refuse a new run (no --resume) in a --log-dir or --checkpoint-dir that already holds a run."""
-    if args.resume or not (args.log_dir or args.checkpoint_dir):
-        return  # a default --log-dir is a new, dated folder
-    found = []
-    if args.log_dir:
-        run_dir = Path(args.log_dir)
-        if (run_dir / RUN_INFO).is_file():
-            found.append(f"{run_dir / RUN_INFO}")
-        events = list(run_dir.glob(EVENT_FILES)) if run_dir.is_dir() else []
-        if events:
-            found.append(f"{len(events)} TensorBoard event file(s)")
-    folder = checkpoint_folder(args, args.log_dir or ".")
-    if read_pointer(folder) or list_checkpoints(folder) or (folder / BEST_WEIGHTS).is_file():
-        found.append(f"the checkpoints in {folder}")
-    if found:
-        where = f"--log-dir {args.log_dir}" if args.log_dir else f"--checkpoint-dir {args.checkpoint_dir}"
-        raise CLIError(
-            f"{where} already holds a run ({', '.join(found)}); a new run there would replace its "
-            "best.safetensors and run.json and mix two runs in one TensorBoard folder. Continue it with --resume "
-            "last (a run that saved no checkpoint yet starts over), or pass a new --log-dir"
-            + (" and --checkpoint-dir" if args.checkpoint_dir else "")
-            + f" (to start from its weights: --init-from {folder})"
+    """Refuse a new run (no --resume) where a run saved checkpoints: its --log-dir, or a --checkpoint-dir.
+
+    The checkpoints of a --log-dir are those its `run.json` names (else `<log dir>/checkpoints`).
+    A folder holding only what an attempt that saved nothing left (its `run.json`, event
+    files: a run refused at fit start, or killed before its first save) is used, with a warning.
+    """
+    if args.resume:
+        return
+    if args.checkpoint_dir and _holds_checkpoints(Path(args.checkpoint_dir)):
+        folder = Path(args.checkpoint_dir)
+        raise CLIError(_held(f"--checkpoint-dir {folder}", folder, "--checkpoint-dir"))
+    if not args.log_dir:  # a default --log-dir is a new, dated folder
+        return
+    run_dir = Path(args.log_dir)
+    saved = _run_json(run_dir).get("checkpoint_dir")
+    folder = run_dir / saved if isinstance(saved, str) and saved else run_dir / "checkpoints"
+    if _holds_checkpoints(folder) or _holds_checkpoints(run_dir / "checkpoints"):
+        raise CLIError(_held(f"--log-dir {run_dir}", folder, "--log-dir"))
+    events = list(run_dir.glob(EVENT_FILES)) if run_dir.is_dir() else []
+    if events or (run_dir / RUN_INFO).is_file():
+        warnings.warn(
+            f"--log-dir {run_dir} holds what an earlier attempt left ({len(events)} TensorBoard event file(s)"
+            f"{', run.json' if (run_dir / RUN_INFO).is_file() else ''}) but no checkpoint: this run writes beside "
+            "them; pass a new --log-dir to keep the runs apart",
+            stacklevel=2,
         )
+
+
+def _holds_checkpoints(folder: Path) -> bool:
+    return bool(read_pointer(folder) or list_checkpoints(folder) or (folder / BEST_WEIGHTS).is_file())
+
+
+def _held(where: str, checkpoints: Path, flag: str) -> str:
+    return (
+        f"{where} already holds a run (checkpoints in {checkpoints}); a new run there would replace its "
+        "best.safetensors and run.json and mix two runs in one TensorBoard folder. Continue it with --resume last, "
+        f"or pass a new {flag} (to start from its weights: --init-from {checkpoints})"
+    )
 
 
 def check_resume(args: argparse.Namespace, info: RunInfo, folder: Path) -> None:
