@@ -15,7 +15,6 @@ from helpers.images import write_image_folder
 
 from callbacks_kit.checkpoint.format import STATE_JSON
 from callbacks_kit.cli import build_parser, main
-from callbacks_kit.cli.resume_checks import check_new_run
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CheckpointError, CLIError
 
@@ -64,6 +63,8 @@ def test_a_new_run_in_a_finished_run_folder_is_refused_before_anything_is_replac
 
 
 def test_a_folder_an_attempt_left_without_checkpoints_is_used_with_a_warning(tmp_path):
+    from callbacks_kit.cli.resume_checks import check_new_run
+
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")  # a run refused at fit start, say
     args = build_parser().parse_args(["train", "--log-dir", str(tmp_path)])
     with pytest.warns(UserWarning, match=r"holds what an earlier attempt left \(1 TensorBoard event file\(s\)\)"):
