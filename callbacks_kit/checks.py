@@ -6,7 +6,7 @@ Each failure is a `TrainerError` that names the problem and the fix.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -95,27 +95,81 @@ def check_loader(loader: Any, name: str, reiterable: bool = False) -> None:
         )
 
 
-def check_last_batch(loader: Any, model: torch.nn.Module, num_processes: int) -> None:
-    """A training DataLoader whose last batch holds one sample, which a BatchNorm in training cannot use.
+def check_train_batches(trainer: Trainer, loader: Any) -> None:
+    """A training DataLoader with batches of one sample, which a BatchNorm in training cannot use.
 
-    Without this check, such a run fails at the end of its first epoch ("Expected more than 1
-    value per channel") and saves nothing. Checked for one process, where the batches are the
-    DataLoader's own.
+    A last batch of one sample is refused whenever a BatchNorm trains (it fails at the end
+    of the first epoch, "Expected more than 1 value per channel", and saves nothing; the
+    fix is `drop_last`). Batches that all hold one sample (`batch_size=1`, or one sample in
+    all) are refused where they would fail: when a BatchNorm in training mode sees a single
+    value per channel for one sample (after global pooling, or a 1x1 map), found by one
+    forward of the first batch in eval mode, on a forked RNG. The dataset's size is read
+    for one process, where the batches are the DataLoader's own.
     """
-    if num_processes != 1 or not isinstance(loader, torch.utils.data.DataLoader) or loader.drop_last:
+    if not isinstance(loader, torch.utils.data.DataLoader):
         return
-    size, dataset = loader.batch_size, loader.dataset
+    size, num_processes = loader.batch_size, trainer.accelerator.num_processes
     try:
-        samples = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__: see the except
-    except TypeError:
+        samples: int | None = len(loader.dataset) if num_processes == 1 else None  # type: ignore[arg-type]
+    except TypeError:  # torch's Dataset declares no __len__
+        samples = None
+    if not size:
         return
-    if not size or samples <= size or samples % size != 1:
+    training_norms = [
+        (name, m) for name, m in trainer.unwrapped_model.named_modules() if isinstance(m, BATCH_NORMS) and m.training
+    ]
+    if not training_norms:
         return
-    if any(isinstance(m, BATCH_NORMS) and m.training for m in model.modules()):
+    if samples is not None and samples > size and samples % size == 1 and not loader.drop_last:
         raise TrainerError(
             f"train_loader's last batch holds 1 sample ({samples} samples, batch_size {size}), and BatchNorm "
             "cannot train on one sample; pass drop_last=True to the DataLoader, or change the batch size"
         )
+    if size == 1:
+        why = "every batch of train_loader holds 1 sample (batch_size 1; --batch-size)"
+    elif samples == 1:
+        why = "train_loader holds 1 sample in all (--train-samples, --val-split)"
+    else:
+        return
+    single = _single_value_norms(trainer, loader, training_norms)
+    if single:
+        shown = ", ".join(single[:3]) + (f" and {len(single) - 3} more" if len(single) > 3 else "")
+        layers, see = ("layers", "see") if len(single) > 1 else ("layer", "sees")
+        raise TrainerError(
+            f"{why}, and BatchNorm {layers} {shown} {see} a single value per channel for one sample (after "
+            "pooling, or a 1x1 map): no batch statistics in training ('Expected more than 1 value per channel'). "
+            "Train on batches of 2 or more samples (batch_size, --batch-size), with more training samples, or on "
+            "larger inputs (--image-size)"
+        )
+
+
+def _single_value_norms(trainer: Trainer, loader: Any, norms: Sequence[tuple[str, torch.nn.Module]]) -> list[str]:
+    """The BatchNorm layers of `norms` that see one value per channel for one sample of the first batch."""
+    seen: dict[str, int] = {}
+
+    def recorder(name: str) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[0] and x.shape[1]:
+                seen[name] = x[:1].numel() // x.shape[1]
+
+        return record
+
+    handles = [module.register_forward_pre_hook(recorder(name)) for name, module in norms]
+    model = trainer.unwrapped_model  # the bare module: hooks added to a compiled one would recompile it
+    try:
+        with torch.no_grad(), side_forward(model, trainer.device):
+            batch = next(iter(loader), None)  # on the forked RNG: a shuffled loader draws its order
+            if batch is None:
+                return []
+            inputs, targets = trainer.unpack_batch(send_to_device(batch, trainer.device))
+            trainer.forward(inputs, targets, model=model)
+    except Exception:  # a batch the model cannot take: the sanity check says why
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, values in seen.items() if values == 1]
 
 
 def check_loss(loss: Any, need_grad: bool = True) -> None:

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from callbacks_kit.errors import FolderInUseError
+from callbacks_kit.errors import CheckpointError, FolderInUseError
 
 try:
     import fcntl
@@ -83,11 +83,17 @@ class FolderLock:
     def acquire(self) -> None:
         """Take the lock, or raise `FolderInUseError` naming the process that holds it.
 
-        A lock file left by a process that no longer runs is reported (a warning) and taken over.
+        A lock file left by a process that no longer runs is reported (a warning) and taken over;
+        a folder in the lock file's place is a `CheckpointError` naming it.
         """
         if self.held:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():  # os.open would fail with a bare IsADirectoryError
+            raise CheckpointError(
+                f"{self.path} is a folder, where {self.what} {self.path.parent} keeps its lock file: callbacks-kit "
+                f"never makes a folder there. Remove it (rmdir {self.path}, after checking what it holds) and run again"
+            )
         for _ in range(20):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

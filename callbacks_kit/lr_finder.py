@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.checkpoint.codec import apply_rng_states, capture_rng_states
+from callbacks_kit.checks import check_train_batches
 from callbacks_kit.errors import ScheduleError, TrainerError
 from callbacks_kit.finetune import freeze, unfreeze
 from callbacks_kit.inspection.line_chart import BLUE, LIGHT_BLUE, line_chart
@@ -177,7 +178,14 @@ class LRFinder:
         if not base_lr > 0:
             raise ScheduleError("LRFinder: every param group has LR 0; give the groups their LRs (the ratios matter)")
         ratios = [float(group["lr"]) / base_lr for group in groups]
+        if not any(p.requires_grad for group in groups for p in group["params"]):
+            raise TrainerError(
+                "LRFinder: every parameter of the optimizer is frozen (requires_grad=False), so the sweep would "
+                "change nothing and measure nothing; unfreeze the layers that train first (finetune.unfreeze), or "
+                "run the test before freezing them all"
+            )
         if isinstance(loader, DataLoader) and not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
+            check_train_batches(trainer, loader)  # batches of one sample that a BatchNorm cannot train on
             loader = trainer.accelerator.prepare(loader)  # inside the snapshot: preparing may draw from the RNG
         snapshot = _Snapshot(trainer, schedulers)
         try:

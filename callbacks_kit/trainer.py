@@ -23,11 +23,11 @@ from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.checkpoint.restore import restore_training
 from callbacks_kit.checks import (
     check_epochs,
-    check_last_batch,
     check_loader,
     check_loss,
     check_model_and_optimizer,
     check_options,
+    check_train_batches,
     extract_loss,
     sanity_check,
 )
@@ -227,7 +227,7 @@ class Trainer:
         """
         check_epochs(epochs)
         check_loader(train_loader, "train_loader", reiterable=True)
-        check_last_batch(train_loader, self.unwrapped_model, self.accelerator.num_processes)
+        check_train_batches(self, train_loader)
         if val_loader is not None:
             check_loader(val_loader, "val_loader", reiterable=True)
         self.train_loader = self._loaders.prepare(train_loader)

@@ -105,6 +105,39 @@ def test_a_trainer_refuses_a_one_sample_last_batch_with_batchnorm_before_trainin
     trainer.fit(DataLoader(data, batch_size=8, drop_last=True), epochs=1)  # the fix it names works
 
 
+def test_batches_of_one_sample_are_refused_where_a_batchnorm_would_see_one_value_per_channel():
+    # small_bn_cnn's BatchNorm2d layers see one sample's whole map: 1 value at 1x1, 16 at 4x4 (which trains).
+    for size in (1, 4):
+        data = TensorDataset(torch.randn(4, 3, size, size), torch.randint(0, 3, (4,)))
+        model = small_bn_cnn()
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), cpu=True,
+                          progress_bar=False)  # fmt: skip
+        if size == 1:
+            with pytest.raises(TrainerError, match=r"every batch of train_loader holds 1 sample \(batch_size 1; "
+                               r"--batch-size\), and BatchNorm layers stem.1, block.1 see a single value"):  # fmt: skip
+                trainer.fit(DataLoader(data, batch_size=1), epochs=1)
+            assert trainer.state.global_step == 0
+        else:
+            trainer.fit(DataLoader(data, batch_size=1), epochs=1)
+            assert trainer.state.global_step == 4
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3))
+    trainer = Trainer(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), cpu=True)
+    one = TensorDataset(torch.randn(1, 8), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(TrainerError, match=r"train_loader holds 1 sample in all .* BatchNorm layer 1 sees"):
+        trainer.fit(DataLoader(one, batch_size=8), epochs=1)
+
+
+def test_a_val_split_that_leaves_one_training_image_is_one_line(tmp_path, capsys):
+    _tree(tmp_path / "data", parts=("",))
+    images = len(list((tmp_path / "data").rglob("*.png")))
+    split = str(1 - 1.4 / images)  # one image left to train on
+    assert main(["train", "--data", str(tmp_path / "data"), "--val-split", split, *RUN,
+                 "--log-dir", str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "train_loader holds 1 sample in all (--train-samples, --val-split), and BatchNorm layers" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------------------ class 4: classes
 def test_a_single_class_folder_is_refused_before_training(tmp_path, capsys):
     _tree(tmp_path / "data", parts=("",), classes=("cats",))

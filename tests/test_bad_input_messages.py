@@ -40,6 +40,11 @@ TINY = ["--epochs", "1", "--train-samples", "32", "--val-samples", "16", "--batc
         (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
         (["--workers", "-1"], "--workers must be at least 0, got -1"),
         (["--hist-include", "conv("], "is not a valid regular expression"),
+        # batches of one sample: resnet18's layer4 is 1x1 at 32 px, where BatchNorm sees one value per channel
+        (
+            ["--batch-size", "1"],
+            "every batch of train_loader holds 1 sample (batch_size 1; --batch-size), and BatchNorm",
+        ),
     ],
 )
 def test_bad_options_are_one_line_naming_the_flag(tmp_path, capsys, args, message):

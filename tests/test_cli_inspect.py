@@ -94,3 +94,23 @@ def test_bad_layer_name_is_a_clean_cli_error(tmp_path, capsys):
     ]
     assert cli.main(argv) == 2
     assert "closest: layer4" in capsys.readouterr().err
+
+
+def test_event_files_tensorboard_cannot_read_are_named_and_the_status_says_so(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    garbage = tmp_path / "events.out.tfevents.1.garbage"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    assert cli.main(["inspect", str(tmp_path)]) == 2  # it was: an empty report and exit 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"1 event file(s) hold no TensorBoard record (empty, damaged, or not written by TensorBoard): {garbage}" in (
+        captured.err
+    )
+    with SummaryWriter(str(tmp_path)) as writer:  # a good file beside it: reported, the bad one still named
+        writer.add_scalar("val/loss", 0.5, 3)
+    assert cli.main(["inspect", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "val/loss: 1 steps (3..3), last 0.5" in captured.out and f"{garbage}  (unreadable: left out)" in captured.out
+    assert str(garbage) in captured.err and "nothing to report" not in captured.err
+    assert inspect_run(tmp_path)["unreadable"] == [str(garbage)]

@@ -53,6 +53,8 @@ def test_train_lr_auto_prints_and_trains_with_the_suggestion_and_ema_validates(
         (["--ema", "1.5"], "--ema DECAY must be strictly between 0 and 1"),
         (["--ema", "0"], "--ema DECAY must be strictly between 0 and 1"),
         (["--ema", "0.99", "--ema-every", "0"], "--ema-every must be at least 1"),
+        (["--ema-buffers", "recompute"], "--ema-buffers set how the EMA is kept, and there is none: add --ema DECAY"),
+        (["--ema-every", "4"], "--ema-every set how the EMA is kept, and there is none: add --ema DECAY"),
     ],
 )
 def test_bad_options_are_refused_before_training(
@@ -73,3 +75,23 @@ def test_lr_must_be_a_number_or_auto(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit):
         main(["train", "--lr", "fast"])
     assert "a number or 'auto'" in capsys.readouterr().err
+
+
+def test_lr_find_without_a_suggestion_exits_2_and_says_where_the_curve_is(tmp_path: Path, capsys):
+    find = tmp_path / "find"
+    # At LRs of 1e3 and more the loss diverges at once: fewer than 3 finite points, no suggestion.
+    argv = ["lr-find", *TINY, "--lr-find-min", "1e3", "--lr-find-max", "1e4", "--lr-find-steps", "5"]
+    assert main([*argv, "--log-dir", str(find)]) == 2
+    captured = capsys.readouterr()
+    assert "LR range test: no suggestion" in captured.out and "train --lr" not in captured.out
+    assert "the LR range test found no LR to suggest (fewer than 3 finite points" in captured.err
+    assert f"the curve is in {find}" in captured.err and "--lr-find-min/--lr-find-max" in captured.err
+    assert events(find).Images("lr_find/curve")  # the curve is there to look at
+
+
+def test_lr_find_on_one_training_sample_with_batchnorm_is_one_line(tmp_path: Path, capsys):
+    argv = ["lr-find", "--train-samples", "1", "--val-samples", "4", "--image-size", "32", *SWEEP]
+    assert main([*argv, "--log-dir", str(tmp_path / "find")]) == 2
+    err = capsys.readouterr().err
+    assert "train_loader holds 1 sample in all (--train-samples, --val-split), and BatchNorm layers" in err
+    assert "layer4.0.bn1" in err and "Traceback" not in err and err.count("\n") == 1

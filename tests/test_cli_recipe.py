@@ -112,6 +112,8 @@ def test_an_unknown_augment_name_is_an_argparse_choices_error(tmp_path: Path, ca
         (["--mixup", "0"], "--mixup must be a finite number > 0"),
         (["--cutmix", "-1"], "--cutmix must be a finite number > 0"),
         (["--mixup", "0.2", "--mix-prob", "2"], "--mix-prob is a probability: it must be within [0, 1], got 2.0"),
+        (["--mixup", "0.2", "--mix-prob", "0"], "--mix-prob is 0: no batch would ever be mixed; give the share"),
+        (["--mixup", "0.2", "--mix-stop-epoch", "0"], "--mix-stop-epoch=0 would never mix"),  # refused alike
         (["--mix-prob", "0.5"], "--mix-prob set how batches are mixed: add --mixup ALPHA and/or --cutmix ALPHA"),
         (["--mixup", "0.2", "--mix-stop-epoch", "1"], "--mix-stop-epoch 1 is not before --epochs 1"),
         (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1"),

@@ -219,8 +219,9 @@ def test_a_run_refused_for_bad_input_keeps_the_run_json_it_found(
 ):
     run, _ = trained
     before = (run / RUN_INFO).read_text()
-    # SqueezeNet's pools need more than 16 px: the first batch fails in the sanity check, before fit starts.
-    bad = [*TRAIN[:-1], "16", *QUIET, "--model", "squeezenet1_1", "--log-dir", str(run)]
+    # ViT-B/16 takes 224 px only: the first batch fails in the sanity check, before fit starts (a run folder
+    # is continued with --resume alone; without it the folder is refused before anything is read).
+    bad = [*TRAIN, *QUIET, "--model", "vit_b_16", "--log-dir", str(run), "--resume", "last"]
     assert main(["train", *bad]) == 2
     assert "the first batch fails in the model" in capsys.readouterr().err
     assert (run / RUN_INFO).read_text() == before

@@ -97,3 +97,13 @@ def test_the_lock_is_released_and_retaken_by_one_object(tmp_path):
     time.sleep(0)
     with FolderLock(tmp_path, "the folder", "fix"):
         pass
+
+
+def test_a_folder_where_the_lock_file_goes_is_named_in_one_line(tmp_path, capsys):
+    for lock in (tmp_path / "a" / ".lock", tmp_path / "b" / "checkpoints" / ".lock"):  # run folder, checkpoint folder
+        lock.mkdir(parents=True)
+        run = lock.parents[1] if lock.parent.name == "checkpoints" else lock.parent
+        assert main(["train", *TINY, "--log-dir", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{lock} is a folder, where the" in err and f"rmdir {lock}" in err and err.count("\n") == 1
+        assert "pick a folder you can write to" not in err

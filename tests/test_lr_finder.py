@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit import Trainer
-from callbacks_kit.errors import ScheduleError
+from callbacks_kit.errors import ScheduleError, TrainerError
 from callbacks_kit.lr_finder import RULE, LRFinder, range_test
 
 
@@ -178,3 +178,16 @@ def test_apply_sets_the_suggestion_in_the_groups_ratios():
     result.suggestion = None
     with pytest.raises(ScheduleError, match="no suggestion"):
         result.apply(trainer.optimizer)
+
+
+def test_a_fully_frozen_model_and_one_sample_batches_are_refused_before_the_sweep():
+    model = bn_dropout_model()
+    trainer = grouped_trainer(model)
+    model.requires_grad_(False)
+    with pytest.raises(TrainerError, match=r"every parameter of the optimizer is frozen.*finetune.unfreeze"):
+        LRFinder(steps=5).run(trainer, train_loader())
+    model.requires_grad_(True)
+    one = DataLoader(data(1), batch_size=8)  # BatchNorm1d sees one value per channel in a batch of one
+    with pytest.raises(TrainerError, match=r"train_loader holds 1 sample in all.*BatchNorm layer 1 sees a single"):
+        LRFinder(steps=5).run(trainer, one)
+    assert LRFinder(steps=5).run(trainer, DataLoader(data(16), batch_size=2)).lrs  # two samples a batch: fine

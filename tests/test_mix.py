@@ -205,6 +205,7 @@ def test_gradcam_titles_soft_targets_by_their_most_likely_class():
         ({"p": 1.5}, "p is a probability"),
         ({"switch_prob": -0.1}, "switch_prob is a probability"),
         ({"stop_epoch": 0}, "stop_epoch=0 would never mix"),
+        ({"p": 0.0}, "p is 0: no batch would ever be mixed"),
         ({"num_classes": 1}, "num_classes must be at least 2"),
     ],
 )

@@ -39,7 +39,7 @@ class MixUpCutMix(Callback):
             `mixup_alpha`; None turns MixUp off.
         cutmix_alpha: The same for CutMix, whose box covers `1 - lam` of the image; None turns
             CutMix off.
-        p: Probability that a batch is mixed at all.
+        p: Probability that a batch is mixed at all, in (0, 1].
         switch_prob: With both on, the probability that a batch gets CutMix rather than MixUp.
         stop_epoch: Mix in epochs `0 .. stop_epoch - 1` only (epochs count from 0), then
             train on clean batches, a common end of the recipe; None mixes to the end.
@@ -53,11 +53,11 @@ class MixUpCutMix(Callback):
 
     Raises:
         AugmentationError: At construction for alpha <= 0, both transforms off, p or
-            switch_prob outside [0, 1], stop_epoch < 1. Before the forward of a training
-            batch (checked on each, from shapes and dtypes only) for targets that are not
-            class indices (float or regression targets, masks `(N, H, W)`) and inputs that
-            are not `(N, C, H, W)` images; at the first batch for a num_classes that differs
-            from the model's outputs.
+            switch_prob outside [0, 1], p = 0 or stop_epoch < 1 (nothing would be mixed).
+            Before the forward of a training batch (checked on each, from shapes and dtypes
+            only) for targets that are not class indices (float or regression targets, masks
+            `(N, H, W)`) and inputs that are not `(N, C, H, W)` images; at the first batch for a
+            num_classes that differs from the model's outputs.
     """
 
     order = Order.DEFAULT
@@ -82,6 +82,11 @@ class MixUpCutMix(Callback):
         for name, value in (("p", p), ("switch_prob", switch_prob)):
             if not 0 <= value <= 1:
                 raise AugmentationError(f"{name} is a probability: it must be within [0, 1], got {value}")
+        if p == 0:  # as stop_epoch=0: a mixing callback that never mixes is a mistake, not a setting
+            raise AugmentationError(
+                "p is 0: no batch would ever be mixed; give the share of batches to mix, above 0 (1 mixes every "
+                "batch), or leave MixUp/CutMix out"
+            )
         if stop_epoch is not None and stop_epoch < 1:
             raise AugmentationError(
                 f"stop_epoch={stop_epoch} would never mix: give the first epoch (from 0) trained without mixing, "

@@ -171,8 +171,8 @@ class ModelCheckpoint(Callback):
                 # One writer per folder: the main process holds the lock for the whole launch.
                 try:
                     self._lock.acquire()
-                except FolderInUseError as exc:
-                    error, in_use = str(exc), True
+                except CheckpointError as exc:  # in use, or a folder where the lock file goes
+                    error, in_use = str(exc), isinstance(exc, FolderInUseError)
             if error is None:
                 clean_leftovers(self.dirpath)
         if trainer.accelerator.num_processes > 1:

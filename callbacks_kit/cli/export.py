@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from callbacks_kit.deploy.export import EXPORT_FORMATS, TOLERANCE, check_packages, export_run
+from callbacks_kit.deploy.export import EXPORT_FORMATS, TOLERANCE, check_packages, check_tolerance, export_run
 
 
 def add_parser(commands: Any) -> None:
@@ -29,6 +29,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export, check and say where the file went; 0 on success."""
     check_packages(args.format)
+    check_tolerance(args.tolerance)
     result = export_run(
         args.run,
         args.format,

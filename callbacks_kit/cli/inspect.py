@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from callbacks_kit.inspection.event_report import format_report, inspect_run
+from callbacks_kit.errors import CLIError
+from callbacks_kit.inspection.event_report import format_report, inspect_run, unreadable_message
 
 
 def add_parser(commands: Any) -> None:
@@ -18,11 +19,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report for `args.run`; 2 when there is nothing to read."""
+    """Print the report for `args.run`; 2 when there is nothing to read, or some event file cannot be read."""
     try:
         report = inspect_run(args.run)
     except FileNotFoundError as exc:
         print(f"callbacks-kit inspect: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    if report["unreadable"]:  # the rest is reported, and the status says that not everything was
+        raise CLIError(unreadable_message(report["unreadable"]))
     return 0

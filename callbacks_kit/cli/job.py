@@ -67,7 +67,11 @@ class Job:
 
     def describe(self, args: argparse.Namespace) -> str:
         """The model and the data, for the line a command prints at start."""
-        source = args.data or f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {self.size}px)"
+        if args.data or args.labels:
+            source = f"{args.data or args.labels} ({len(self.train_loader.dataset)} train / "  # type: ignore[arg-type]
+            source += f"{len(self.val_loader.dataset)} val, {self.size}px)"  # type: ignore[arg-type]
+        else:
+            source = f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {self.size}px)"
         return f"{args.model} on {source}: {len(self.classes)} classes"
 
     def processes(self, trainer: Trainer) -> str:

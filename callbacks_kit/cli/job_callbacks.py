@@ -129,8 +129,15 @@ def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[C
 
 
 def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
-    """An `EMA` when `--ema` is given."""
+    """An `EMA` when `--ema` is given; its other flags without it are refused (they would be ignored)."""
     if args.ema is None:
+        given = [
+            flag
+            for flag, value in (("--ema-every", args.ema_every != 1), ("--ema-buffers", args.ema_buffers != "average"))
+            if value
+        ]
+        if given:
+            raise CLIError(f"{' and '.join(given)} set how the EMA is kept, and there is none: add --ema DECAY")
         return []
     if not 0 < args.ema < 1:  # also refuses NaN
         raise CLIError(f"--ema DECAY must be strictly between 0 and 1, e.g. 0.999 or 0.9999; got {args.ema}")
@@ -194,4 +201,5 @@ def _as_flags(message: str) -> str:
         ("p is", "--mix-prob is"),
     ):
         message = message.replace(name, flag)
+    message = message.replace("leave MixUp/CutMix out", "drop --mixup/--cutmix")
     return message.replace("pass None to turn that transform off", "leave the flag out to turn that transform off")

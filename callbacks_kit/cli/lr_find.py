@@ -9,6 +9,7 @@ from callbacks_kit.cli.flags import add_finetune_args, add_job_args, add_lr_find
 from callbacks_kit.cli.job import build_job
 from callbacks_kit.cli.lr_sweep import lr_finder, sweep_lr
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
+from callbacks_kit.errors import CLIError
 
 
 def add_parser(commands: Any) -> None:
@@ -27,7 +28,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the `lr-find` command; 0 on success."""
+    """Run the `lr-find` command; 0 with a suggestion, a CLIError (exit 2) when the sweep gives none."""
     lr_finder(args)  # the range is checked before any data is loaded
     job = build_job(args)  # with --lr auto, the groups start at AUTO_PLACEHOLDER_LR: the sweep uses their ratios
     trainer = job.trainer(args, [], progress_bar=False)
@@ -35,9 +36,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = pick_run_dir(args.log_dir, job.state)
     with lock_run(run_dir, job.state):
         result = sweep_lr(args, trainer, job.train_loader, run_dir)
-    if result.suggestion is not None:
-        trainer.print(
-            f"train with it: callbacks-kit train --lr {result.suggestion:.3g} (same options), or --lr auto\n"
-            f"curve written to {run_dir}\nopen it with: tensorboard --logdir {run_dir}"
+    if result.suggestion is None:  # the command's one product is missing: a script must not read on
+        raise CLIError(
+            f"the LR range test found no LR to suggest ({'; '.join(result.notes) or 'no finite loss'}); the curve "
+            f"is in {run_dir} (tensorboard --logdir {run_dir}). Widen --lr-find-min/--lr-find-max or raise "
+            "--lr-find-steps, then run it again"
         )
+    trainer.print(
+        f"train with it: callbacks-kit train --lr {result.suggestion:.3g} (same options), or --lr auto\n"
+        f"curve written to {run_dir}\nopen it with: tensorboard --logdir {run_dir}"
+    )
     return 0

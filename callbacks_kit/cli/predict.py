@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from callbacks_kit.data.images import expand_images
-from callbacks_kit.deploy.predict import predict_images, write_predictions
+from callbacks_kit.deploy.output_file import check_output_file
+from callbacks_kit.deploy.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
 from callbacks_kit.deploy.run_info import load_run_model
 from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import CLIError
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image; 0 on success."""
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
-    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
-        raise CLIError(f"--output {args.output}: give a .csv or .json file name")
+    if args.output:  # before any work: a folder, a missing or read-only place would fail after every image
+        check_output_file(args.output, suffixes=OUTPUT_SUFFIXES)
     paths = expand_images(args.images)
     model, info = load_run_model(args.run, args.checkpoint)
     device = best_device(args.cpu)

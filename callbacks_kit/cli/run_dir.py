@@ -31,11 +31,12 @@ def lock_run(run_dir: str, state: PartialState) -> Iterator[None]:
         try:
             lock.acquire()
         except CallbacksKitError as exc:
-            box[0] = (True, str(exc))
+            box[0] = (isinstance(exc, FolderInUseError), str(exc))
         except OSError as exc:
+            where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(run_dir) else ""
             box[0] = (
                 False,
-                f"--log-dir {run_dir} cannot hold a run ({exc.strerror or exc}); pick a folder you can write to",
+                f"--log-dir {run_dir} cannot hold a run ({exc.strerror or exc}{where}); pick a folder you can write to",
             )
     if state.num_processes > 1:
         broadcast_object_list(box, from_process=0)

@@ -24,6 +24,7 @@ from callbacks_kit.cli.job_callbacks import (
     training_view_callbacks,
 )
 from callbacks_kit.cli.lr_sweep import auto_lr, lr_finder
+from callbacks_kit.cli.resume_checks import check_new_run, check_resume, checkpoint_folder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
 from callbacks_kit.cli.train_flags import (
     add_checkpoint_args,
@@ -77,6 +78,7 @@ def train(
         customize: Sees (and may change) the main job's callbacks before the Trainer is
             built; the benchmark uses it to time them.
     """
+    check_new_run(args)  # before anything is read or written
     if args.lr == "auto":
         if args.resume:
             raise CLIError(
@@ -109,7 +111,9 @@ def train(
         hidden=args.hidden,
         dropout=args.dropout,
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
+        label_smoothing=args.label_smoothing,
     )
+    check_resume(args, info, checkpoint_folder(args, run_dir))  # the data and settings the checkpoint was trained on
     callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
     if customize is not None:
         callbacks = customize(callbacks)

@@ -21,11 +21,18 @@ from callbacks_kit.inspection.confusion_image import confusion_image
 
 @dataclass
 class EvaluationReport:
-    """A run measured on a test set. `confusion` rows are true classes, columns predictions (the run's order)."""
+    """A run measured on a test set. `confusion` rows are true classes, columns predictions (the run's order).
+
+    `loss` is the run's own criterion, the cross-entropy with the run's label smoothing, so
+    it compares with the run's `val/loss`; `nll` is the plain cross-entropy (negative
+    log-likelihood) beside it. The macro averages cover the classes with test images
+    (`present`), as scikit-learn's `labels=` does: a class without samples has no recall.
+    """
 
     classes: list[str]
     samples: int
     loss: float
+    nll: float
     accuracy: float
     confusion: torch.Tensor
     precision: list[float]
@@ -34,6 +41,17 @@ class EvaluationReport:
     support: list[int]
     missing_classes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    label_smoothing: float = 0.0
+
+    @property
+    def present(self) -> list[int]:
+        """Indices of the classes with at least one test image: those the macro averages cover."""
+        return [i for i, count in enumerate(self.support) if count > 0]
+
+    def macro(self, metric: str) -> float:
+        """The mean of "precision", "recall" or "f1" over the classes with test images (`present`)."""
+        values = getattr(self, metric)
+        return sum(values[i] for i in self.present) / len(self.present) if self.present else float("nan")
 
     def table(self) -> str:
         """The per-class report as aligned text, with the overall loss and accuracy."""
@@ -42,18 +60,27 @@ class EvaluationReport:
         for i, name in enumerate(self.classes):
             lines.append(
                 f"{name:<{width}}  {self.precision[i]:9.4f}  {self.recall[i]:6.4f}  {self.f1[i]:.4f}  "
-                f"{self.support[i]:7d}"
+                f"{self.support[i]:7d}" + ("  (no test images)" if not self.support[i] else "")
             )
         lines.append(
-            f"{'macro avg':<{width}}  {_mean(self.precision):9.4f}  {_mean(self.recall):6.4f}  "
-            f"{_mean(self.f1):.4f}  {self.samples:7d}"
+            f"{'macro avg':<{width}}  {self.macro('precision'):9.4f}  {self.macro('recall'):6.4f}  "
+            f"{self.macro('f1'):.4f}  {self.samples:7d}"
         )
-        lines.append(f"test/loss {self.loss:.4f}, test/accuracy {self.accuracy:.4f} on {self.samples} images")
+        if len(self.present) < len(self.classes):
+            lines.append(
+                f"(the macro average covers the {len(self.present)} of {len(self.classes)} classes with test images; "
+                "classes without any are left out, as scikit-learn's labels= does)"
+            )
+        criterion = (
+            f"cross-entropy with label smoothing {self.label_smoothing:g}, as the run's val/loss"
+            if self.label_smoothing
+            else "cross-entropy, as the run's val/loss"
+        )
+        lines.append(
+            f"test/loss {self.loss:.4f} ({criterion}), test/nll {self.nll:.4f} (plain cross-entropy), "
+            f"test/accuracy {self.accuracy:.4f} on {self.samples} images"
+        )
         return "\n".join(lines)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
 
 
 def labelled_folder(root: str | os.PathLike[str], info: RunInfo) -> tuple[CheckedImageFolder, list[str]]:
@@ -99,7 +126,9 @@ def evaluate_run(
 ) -> EvaluationReport:
     """Measure a run on the ImageFolder at `data` and (by default) write the results into its TensorBoard.
 
-    Scalars `test/loss`, `test/accuracy` and `test/<precision|recall|f1>/<class>`, the image
+    Scalars `test/loss` (the run's criterion, with its label smoothing), `test/nll` (plain
+    cross-entropy), `test/accuracy` and `test/<precision|recall|f1>/<class>` for the classes
+    with test images, the image
     `confusion_matrix/test` and the text `test/report` go into the run folder, at the step
     0 (the test set is measured once, after training).
 
@@ -117,10 +146,11 @@ def evaluate_run(
     device = torch.device(device) if device else best_device()
     model.to(device)
     counts = ConfusionCounts()
-    loss_sum = 0.0
+    loss_sum = nll_sum = 0.0
     for images, targets in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
         logits = model(images.to(device)).float().cpu()
-        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum", label_smoothing=info.label_smoothing))
+        nll_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
         counts.add(logits, targets)
     confusion = counts.matrix()
     assert confusion is not None  # labelled_folder refuses a folder without images
@@ -130,6 +160,7 @@ def evaluate_run(
         classes=list(info.classes),
         samples=samples,
         loss=loss_sum / samples,
+        nll=nll_sum / samples,
         accuracy=float(confusion.diag().sum()) / samples,
         confusion=confusion,
         precision=stats.precision,
@@ -137,6 +168,7 @@ def evaluate_run(
         f1=stats.f1,
         support=stats.support,
         missing_classes=missing,
+        label_smoothing=info.label_smoothing,
     )
     if tensorboard:
         write_tensorboard(run_json_path(run).parent, report)
@@ -147,9 +179,10 @@ def write_tensorboard(run_dir: str | os.PathLike[str], report: EvaluationReport)
     """Write `report` into the run's TensorBoard under `test/` (a new event file; nothing existing changes)."""
     with SummaryWriter(str(run_dir)) as writer:
         writer.add_scalar("test/loss", report.loss, 0)
+        writer.add_scalar("test/nll", report.nll, 0)
         writer.add_scalar("test/accuracy", report.accuracy, 0)
         for metric in ("precision", "recall", "f1"):
-            for name, value in zip(report.classes, getattr(report, metric), strict=True):
-                writer.add_scalar(f"test/{metric}/{name}", value, 0)
+            for i in report.present:  # a class without test images has nothing to show
+                writer.add_scalar(f"test/{metric}/{report.classes[i]}", getattr(report, metric)[i], 0)
         writer.add_image("confusion_matrix/test", confusion_image(report.confusion, report.classes, "test set"), 0)
         writer.add_text("test/report", "    " + report.table().replace("\n", "\n    "), 0)

@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DeployError
 from callbacks_kit.finetune.heads import replace_head
@@ -143,17 +144,19 @@ def export_run(
         tolerance: Largest absolute difference of the logits accepted.
 
     Raises:
-        DeployError: the format's package is missing, `output` exists, or the check fails.
+        DeployError: the format's package is missing, `tolerance` is not a finite number >= 0,
+            `output` exists, is a folder or cannot be written (all before the model is loaded),
+            or the check fails.
     """
     check_packages(fmt)
+    check_tolerance(tolerance)
     path = Path(output) if output else run_json_path(run).parent / "export" / f"model{SUFFIXES[fmt]}"
-    if path.exists() and not overwrite:
-        raise DeployError(f"{path} exists; pass another --output, or --overwrite to replace it")
+    check_output_file(path, overwrite=overwrite, example=f"model{SUFFIXES[fmt]}")  # before the model is loaded
     model, info = load_run_model(run, checkpoint)
     model = model.float().cpu().eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         diff = WRITERS[fmt](model, info, tmp, sample_batch(info))
         if not diff <= tolerance:
             raise DeployError(
@@ -161,6 +164,17 @@ def export_run(
                 "sample batch; it was not written. Report this with the model name"
             )
         os.replace(tmp, path)
+    except OSError as exc:
+        raise DeployError(f"--output {path}: cannot write it ({exc.strerror or exc}); choose another place") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(fmt, path, diff)
+
+
+def check_tolerance(tolerance: float) -> None:
+    """`--tolerance`: a finite number of at least 0 (NaN would accept nothing, a negative value too)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float("inf"):
+        raise DeployError(
+            f"--tolerance must be a finite number of at least 0 (the largest absolute difference of the logits "
+            f"accepted; {TOLERANCE:g} by default), got {tolerance}"
+        )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from callbacks_kit.data.images import expand_images, read_image
+from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model
 from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import DataError, DeployError
@@ -112,14 +113,30 @@ def _top(prediction: Prediction) -> list[dict[str, object]]:
     return [{"class": name, "probability": value} for name, value in pairs]
 
 
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
 def write_predictions(result: PredictionResult, path: str | os.PathLike[str]) -> Path:
-    """Write predictions as CSV (`path, class_1, probability_1, ...`) or JSON, by the file's extension."""
-    path = Path(path)
+    """Write predictions as CSV (`path, class_1, probability_1, ...`) or JSON, by the file's extension.
+
+    Missing folders of `path` are made. The CLI checks `path` with `check_output_file`
+    before predicting, so a place it cannot write to fails before any work.
+    """
+    path = check_output_file(path, suffixes=OUTPUT_SUFFIXES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(result, path)
+    except OSError as exc:
+        raise DeployError(f"--output {path}: cannot write it ({exc.strerror or exc}); choose another file") from exc
+    return path
+
+
+def _write(result: PredictionResult, path: Path) -> None:
     if path.suffix.lower() == ".json":
         rows = [{"path": p.path, "top": _top(p)} for p in result.predictions]
         skipped = [{"path": name, "reason": reason} for name, reason in result.skipped]
         path.write_text(json.dumps({"predictions": rows, "skipped": skipped}, indent=2) + "\n")
-    elif path.suffix.lower() == ".csv":
+    else:
         k = max(len(p.classes) for p in result.predictions)
         header = ["path"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("class", "probability")]
         with open(path, "w", newline="") as f:
@@ -127,6 +144,3 @@ def write_predictions(result: PredictionResult, path: str | os.PathLike[str]) ->
             writer.writerow(header)
             for p in result.predictions:
                 writer.writerow([p.path] + [x for pair in zip(p.classes, p.probabilities, strict=True) for x in pair])
-    else:
-        raise DeployError(f"--output {path}: give a .csv or .json file name")
-    return path

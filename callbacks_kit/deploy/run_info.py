@@ -23,9 +23,10 @@ from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL
 from callbacks_kit.checkpoint.store import read_pointer, write_atomic
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
-from callbacks_kit.errors import CheckpointError
+from callbacks_kit.deploy.run_schema import run_json_problems
+from callbacks_kit.errors import CheckpointError, DeployError, FinetuneError
 from callbacks_kit.finetune.models import build_classifier
-from callbacks_kit.finetune.weights import load_weights
+from callbacks_kit.finetune.weights import load_state, read_state_dict
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -47,6 +48,8 @@ class RunInfo:
         mean, std: Per-channel normalisation after scaling pixels to [0, 1].
         checkpoint_dir: The checkpoint folder, relative to the run folder when inside it.
         package_version: The callbacks_kit version that wrote it.
+        label_smoothing: The label smoothing of the run's cross-entropy, so that `evaluate`
+            reports the loss the run validated with (0 in files written before it existed).
     """
 
     model: str
@@ -60,6 +63,7 @@ class RunInfo:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     checkpoint_dir: str = "checkpoints"
     package_version: str = ""
+    label_smoothing: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +93,15 @@ def _package_version() -> str:
 
 
 def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
-    """Write `info` as `run_dir/run.json` atomically (a reader never sees half a file); returns the path."""
+    """Write `info` as `run_dir/run.json` atomically (a reader never sees half a file); returns the path.
+
+    Raises:
+        DeployError: `info` breaks the schema (`run_schema`), e.g. classes given as one string.
+    """
     info.package_version = info.package_version or _package_version()
+    problems = run_json_problems(asdict(info))
+    if problems:
+        raise DeployError(f"RunInfo cannot be written as {RUN_INFO}: {'; '.join(problems)}")
     path = Path(run_dir) / RUN_INFO
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "num_classes": info.num_classes, **asdict(info)}
@@ -99,15 +110,28 @@ def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
 
 
 class WriteRunInfo(Callback):
-    """Writes `run.json` into `run_dir` when `fit` starts, on the main process.
+    """Writes `run.json` into `run_dir` when `fit` starts, on the main process; keeps it in every checkpoint.
 
     At `on_fit_start` every input check has passed (a run refused for bad input leaves an
-    earlier `run.json` as it was) and no checkpoint of this run exists yet.
+    earlier `run.json` as it was) and no checkpoint of this run exists yet. The same
+    description is the callback's checkpointed state, so a checkpoint knows the classes it
+    was trained on: resuming it on other classes, or on the same names in another order
+    (which would reassign every output), is refused.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], info: RunInfo) -> None:
         self.run_dir = Path(run_dir)
         self.info = info
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's description, as `run.json` holds it."""
+        return asdict(self.info)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other classes (or the same in another order)."""
+        saved = state.get("classes")
+        if isinstance(saved, list) and saved != list(self.info.classes):
+            raise CheckpointError(class_change_message(saved, list(self.info.classes)))
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Write the file (main process only)."""
@@ -115,9 +139,30 @@ class WriteRunInfo(Callback):
             write_run_info(self.run_dir, self.info)
 
 
+def class_change_message(
+    saved: list[str],
+    now: list[str],
+    new_run: str = "start a new run from its weights (callbacks_kit.finetune.load_weights, or --init-from)",
+) -> str:
+    """Why a checkpoint trained on the classes `saved` cannot go on with `now`, naming both and the fixes."""
+    if sorted(saved) == sorted(now):
+        change = "the same class names in another order, which would give every output another class"
+    else:
+        change = "other classes"
+    return (
+        f"the checkpoint was trained on the classes {saved}, and this run's data has {change}: {now}. Resume "
+        f"with the data the run was trained on, or {new_run}"
+    )
+
+
 def run_json_path(run: str | os.PathLike[str]) -> Path:
     """`run.json` of a run folder; also accepted: the file itself, or the run's checkpoint folder."""
     run = Path(run)
+    if not run.exists():
+        raise CheckpointError(
+            f"{run}: no such run folder; pass the --log-dir folder of a run trained with `callbacks-kit train` "
+            "(check the path)"
+        )
     for candidate in (run, run / RUN_INFO, run.parent / RUN_INFO):
         if candidate.is_file() and candidate.name == RUN_INFO:
             return candidate
@@ -136,24 +181,29 @@ def read_run_info(run: str | os.PathLike[str]) -> RunInfo:
     """
     path = run_json_path(run)
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: Any = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}; the run's description is damaged") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path} is not a callbacks-kit run description: {run_json_problems(data)[0]}; it was edited or "
+            "replaced: restore the run's own file, or train the run again"
+        )
+    if data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a callbacks-kit run description (format {data.get('format')!r})")
-    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+    if not isinstance(data.get("version"), int) or isinstance(data["version"], bool) or data["version"] > VERSION:
         raise CheckpointError(
             f"{path} has run format version {data.get('version')}, newer than this callbacks-kit reads ({VERSION}, "
             f"version {_package_version()}); upgrade callbacks-kit (written by {data.get('package_version')})"
         )
+    problems = run_json_problems(data)
+    if problems:
+        raise CheckpointError(
+            f"{path} does not describe a run callbacks-kit can use: {'; '.join(problems)}. It was edited or written "
+            "by other code: fix those fields (docs/guide.md, After training, lists them), or train the run again"
+        )
     known = set(RunInfo.__dataclass_fields__)
-    try:
-        info = RunInfo(**{key: value for key, value in data.items() if key in known})
-    except TypeError as exc:
-        raise CheckpointError(f"{path} misses a field: {exc}") from exc
-    if len(info.classes) != data.get("num_classes", len(info.classes)):
-        raise CheckpointError(f"{path}: num_classes {data['num_classes']} but {len(info.classes)} class names")
-    return info
+    return RunInfo(**{key: value for key, value in data.items() if key in known})
 
 
 def checkpoint_dir(run: str | os.PathLike[str], info: RunInfo) -> Path:
@@ -191,10 +241,44 @@ def weights_file(run: str | os.PathLike[str], info: RunInfo, checkpoint: str = "
 def load_run_model(run: str | os.PathLike[str], checkpoint: str = "best") -> tuple[nn.Module, RunInfo]:
     """The run's model with the chosen weights loaded (strictly), in eval mode, on the CPU; and its `RunInfo`."""
     info = read_run_info(run)
-    model = info.build_model()
     path = weights_file(run, info, checkpoint)
     try:
-        load_weights(model, path, strict=True)
-    except ValueError as exc:
+        state = read_state_dict(path)
+    except FinetuneError as exc:
+        verified = (
+            ""
+            if checkpoint not in ("best", "last")
+            else (
+                "; the checkpoint folders hold copies verified by sha256: use --checkpoint last, or a checkpoint folder"
+                if checkpoint == "best"
+                else "; use --checkpoint best, or an older checkpoint folder"
+            )
+        )
+        raise CheckpointError(f"cannot use the weights {path}: {exc}{verified}") from exc
+    model = info.build_model()
+    _check_outputs(model, state, info, path)
+    try:
+        load_state(model, state, path, strict=True)
+    except FinetuneError as exc:
         raise CheckpointError(f"{path} does not fit the model that {RUN_INFO} describes: {exc}") from exc
     return model.eval(), info
+
+
+def _check_outputs(model: nn.Module, state: dict[str, torch.Tensor], info: RunInfo, path: Path) -> None:
+    """Refuse weights whose output layer has another number of classes than `run.json` lists."""
+    own = model.state_dict()
+    differ = [key for key in state if key in own and state[key].shape != own[key].shape]
+    if not differ:
+        return
+    heads = [
+        key
+        for key in differ
+        if own[key].ndim >= 1 and own[key].shape[0] == info.num_classes and own[key].shape[1:] == state[key].shape[1:]
+    ]
+    if heads == differ:
+        key = max(heads, key=lambda name: state[name].ndim)  # the weight rather than the bias
+        raise CheckpointError(
+            f"{RUN_INFO} lists {info.num_classes} classes, but the weights {path} have {state[key].shape[0]} outputs "
+            f"({key}: {list(state[key].shape)}): the class names and the weights belong to different "
+            f"runs. Restore the run's own {RUN_INFO}, or pass the weights trained with it (--checkpoint)"
+        )

@@ -9,7 +9,7 @@ from callbacks_kit.finetune.heads import HEADS, SUPPORTED_FAMILIES, MLPHead, bac
 from callbacks_kit.finetune.hub import cached_weights
 from callbacks_kit.finetune.models import build_classifier, idx_to_class
 from callbacks_kit.finetune.param_groups import param_groups, select_parameters
-from callbacks_kit.finetune.weights import LoadReport, load_weights
+from callbacks_kit.finetune.weights import LoadReport, load_state, load_weights, read_state_dict
 
 __all__ = [
     "HEADS",
@@ -23,8 +23,10 @@ __all__ = [
     "freeze",
     "head_name",
     "idx_to_class",
+    "load_state",
     "load_weights",
     "param_groups",
+    "read_state_dict",
     "replace_head",
     "select_parameters",
     "unfreeze",

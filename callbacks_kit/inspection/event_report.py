@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import STORE_EVERYTHING_SIZE_GUIDANCE, EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+
+from callbacks_kit.errors import CheckpointError
 
 EVENT_PREFIX = "events.out.tfevents."
 PLUGINS = ("scalars", "histograms", "images", "text", "graphs", "hparams", "custom_scalars")
@@ -30,19 +33,49 @@ def load(path: str | Path) -> EventAccumulator:
     return accumulator
 
 
+def readable(path: Path) -> bool:
+    """True when `path` starts with a whole TensorBoard record (TensorBoard's own reader, length and CRC checked).
+
+    TensorBoard skips a file it cannot read without a word, so a damaged or foreign file would
+    look like an empty run; a run killed mid-write still starts with a whole record.
+    """
+    return next(iter(RawEventFileLoader(str(path)).Load()), None) is not None
+
+
 def inspect_run(run: str | Path) -> dict[str, Any]:
     """A summary of `run` per sub-run folder (relative path, "." for the run itself) and plugin.
 
+    `unreadable` lists the event files that hold no TensorBoard record (empty, damaged, or
+    not event files); they are left out of the summary.
+
     Raises:
         FileNotFoundError: `run` holds no event file.
+        CheckpointError: no event file under `run` can be read.
     """
     root = Path(run)
     files = event_files(root)
     if not files:
         raise FileNotFoundError(f"no TensorBoard event file ({EVENT_PREFIX}*) under {root}")
-    folders = sorted({f.parent for f in files})
+    unreadable = [f for f in files if not readable(f)]
+    if len(unreadable) == len(files):
+        raise CheckpointError(unreadable_message(unreadable) + "; there is nothing to report")
+    folders = sorted({f.parent for f in files if f not in unreadable})
     runs = {str(folder.relative_to(root)) if root.is_dir() else ".": _inspect(load(folder)) for folder in folders}
-    return {"run": str(root), "event_files": [str(f) for f in files], "runs": runs}
+    return {
+        "run": str(root),
+        "event_files": [str(f) for f in files],
+        "unreadable": [str(f) for f in unreadable],
+        "runs": runs,
+    }
+
+
+def unreadable_message(files: list[Path] | list[str]) -> str:
+    """What is wrong with event files that hold no TensorBoard record, naming them."""
+    shown = ", ".join(map(str, files[:5])) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return (
+        f"{len(files)} event file(s) hold no TensorBoard record (empty, damaged, or not written by TensorBoard): "
+        f"{shown}. TensorBoard skips them without a word; remove or replace them"
+    )
 
 
 def _inspect(acc: EventAccumulator) -> dict[str, Any]:
@@ -141,7 +174,8 @@ def _layout(acc: EventAccumulator) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """The report as indented text, one section per plugin."""
     lines = [f"run {report['run']}: {len(report['event_files'])} event file(s)"]
-    lines += [f"  {path}" for path in report["event_files"]]
+    unreadable = set(report.get("unreadable", ()))
+    lines += [f"  {path}" + ("  (unreadable: left out)" * (path in unreadable)) for path in report["event_files"]]
     for name, plugins in report["runs"].items():
         lines.append(f"\n[{name}]")
         for plugin in PLUGINS:
