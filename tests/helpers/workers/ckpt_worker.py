@@ -10,7 +10,15 @@ import os
 import signal
 from pathlib import Path
 
-from helpers.checkpoints import Heartbeat, StepLRCallback, StopAtStep, loaders, make_trainer, save_weights
+from helpers.checkpoints import (
+    Heartbeat,
+    ScriptedScore,
+    StepLRCallback,
+    StopAtStep,
+    loaders,
+    make_trainer,
+    save_weights,
+)
 
 from callbacks_kit import Callback, ModelCheckpoint, PreemptionHandler
 
@@ -87,15 +95,20 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--preemption", action="store_true")
-    parser.add_argument("--die-during-save", metavar="PHASE", help="see die_during_save; at the 3rd match")
+    parser.add_argument("--die-during-save", metavar="PHASE", help="see die_during_save; at the --die-at-match'th")
+    parser.add_argument("--die-at-match", type=int, default=3)
+    parser.add_argument("--scores", help="val/score per epoch, comma-separated: monitored instead of val/accuracy")
     args = parser.parse_args()
     if args.die_during_save:
-        die_during_save(args.die_during_save, nth=3)
+        die_during_save(args.die_during_save, nth=args.die_at_match)
+    monitor = "val/score" if args.scores else "val/accuracy"
     callbacks = [
         StepLRCallback(),
-        ModelCheckpoint(args.dir, monitor="val/accuracy", mode="max", every_n_steps=args.every_n_steps),
+        ModelCheckpoint(args.dir, monitor=monitor, mode="max", every_n_steps=args.every_n_steps),
         Heartbeat(args.sleep),
     ]
+    if args.scores:
+        callbacks.append(ScriptedScore([float(v) for v in args.scores.split(",")]))
     if args.stop_at:
         callbacks.append(StopAtStep(args.stop_at))
     if args.kill_at:
