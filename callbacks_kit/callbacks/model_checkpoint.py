@@ -44,12 +44,14 @@ class ModelCheckpoint(Callback):
     With `async_save` (the default) the loop only waits for a host copy of the state;
     encoding, hashing, writing, fsync, the commit, `last.json`, `best.safetensors` and
     pruning run on a background thread, with the same crash safety. One save is in flight
-    at most (the next waits for it); its failure is raised at the next save or when `fit`
-    ends, and `fit` ends (also on an exception or a preemption) only once it is done. The
-    cost: one extra host copy of the model and optimizer state, kept between saves. With
+    at most (the next waits for it); a failure is found at the next step boundary and tried
+    once more at once (a second failure stops training, saying what is not saved), and `fit`
+    ends (also on an exception or a preemption) only once it is done. The cost: one extra
+    host copy of the model and optimizer state, kept between saves. With
     several processes the commit of a save happens at the next save or at fit end, so
     `last.json` lags by one save (docs/checkpointing.md). `last_path` names a folder
-    that may still be in flight until `fit` returns or `save_now()` is called.
+    that may still be in flight until `fit` returns or `save_now()` is called. A resume
+    removes the folders a kill left that its record does not keep, and fixes best.safetensors.
 
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
@@ -260,7 +262,8 @@ class ModelCheckpoint(Callback):
         if not (ranked or self.save_last or force):
             return
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
-        if not self._finite(trainer, score):  # with or without the guard, never replace a clean checkpoint
+        weights = trainer.unwrapped_model.state_dict()  # live; checked, then copied (or written) by the save
+        if not self._finite(trainer, score, weights):  # with or without the guard, never replace a clean one
             return
         name = folder_name(position, state.global_step)
         old_best, old_last, old_saved, old_stale = dict(self.best_k), self.last_name, self._saved_at, self._stale
@@ -274,7 +277,7 @@ class ModelCheckpoint(Callback):
                     del self.best_k[self.monitor.worst_of(self.best_k)]
             self.last_name, self._saved_at = final, position  # recorded in the state saved now
             self._stale = sorted({*old_best, *filter(None, [old_last])} - {*self.best_k, final})  # pruned on commit
-            return collect_files(trainer, position, should_stop, meta, self._snapshot)
+            return collect_files(trainer, position, should_stop, meta, self._snapshot, weights)
 
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
@@ -355,7 +358,7 @@ class ModelCheckpoint(Callback):
         if note:
             trainer.print(f"ModelCheckpoint: {note}")
 
-    def _finite(self, trainer: Trainer, score: float | None) -> bool:
+    def _finite(self, trainer: Trainer, score: float | None, state: dict[str, torch.Tensor]) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
 
         One host sync, at saves only. Every process gets the same answer (the weights are
@@ -364,7 +367,6 @@ class ModelCheckpoint(Callback):
         nothing (a tenth of `isfinite().all()`'s time on ResNet-18); a sum that overflowed from
         finite values is told apart by checking that tensor element by element.
         """
-        state = trainer.unwrapped_model.state_dict()
         floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
         bad: list[str] = []
         if floats:
