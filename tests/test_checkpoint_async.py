@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import sys
 import threading
 
 import pytest
@@ -15,7 +13,7 @@ from helpers.checkpoints import assert_identical, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
 from callbacks_kit.callbacks import model_checkpoint
-from callbacks_kit.checkpoint import background, store
+from callbacks_kit.checkpoint import store
 from callbacks_kit.checkpoint.codec import safetensors_parts
 from callbacks_kit.checkpoint.restore import read_checkpoint
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
@@ -216,22 +214,6 @@ def test_host_snapshot_copies_once_and_reuses_its_buffers():
     snapshot.copy({"w": torch.zeros(2)}, "model")
     snapshot.ready()
     assert snapshot.nbytes == 8  # a changed shape is reallocated; unused buffers are freed
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value is per thread on Linux only")
-def test_the_background_writer_runs_at_a_lower_priority_than_the_loop(tmp_path, monkeypatch):
-    real_write, seen = store._write_file, []
-
-    def write(path, data):
-        if path.parent.name.startswith(".tmp-"):  # a checkpoint's file, not the folder's write check at fit start
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        real_write(path, data)
-
-    monkeypatch.setattr(store, "_write_file", write)
-    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    make_trainer([ModelCheckpoint(tmp_path, every_n_steps=4, every_n_epochs=None)]).fit(*loaders(), epochs=1)
-    assert seen and set(seen) == {min(loop + background.WRITER_NICE, 19)}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop  # the loop's own is unchanged
 
 
 def test_a_snapshot_is_one_buffer_per_file_in_file_order_and_written_as_one_part():

@@ -19,33 +19,11 @@ they were.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable
 
 from callbacks_kit.checkpoint.store import PendingSave, finish_save
 from callbacks_kit.errors import CheckpointError
-
-WRITER_NICE = 10  # added to the writer thread's nice value: about a tenth of a core's share next to a training thread
-
-
-def lower_priority(increment: int = WRITER_NICE) -> None:
-    """Make the calling thread yield the CPU to the training threads (Linux, where a nice value is per thread).
-
-    Where every core trains (torch's threads on all of them), a writer of equal priority
-    takes a core from one of them, and every parallel operation waits for the thread it
-    preempted; at a lower priority it runs in the gaps, and whatever is left runs at full
-    speed when the loop waits for it (the next save, or fit end). Elsewhere nothing
-    changes: `os.setpriority` would lower the whole process there.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + increment, 19))
-    except OSError:  # a sandbox that forbids it: the save goes on at the same priority
-        pass
 
 
 class BackgroundSave:
@@ -82,7 +60,6 @@ class BackgroundSave:
 
     @staticmethod
     def _run(pending: PendingSave) -> None:
-        lower_priority()
         pending.write()
         if pending.world_size == 1:  # no collective: the whole save can end here
             try:
