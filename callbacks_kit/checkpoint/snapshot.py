@@ -62,14 +62,15 @@ class HostSnapshot:
         """Host copies of `tensors`, contiguous views of one buffer per `group` (one file's tensors)."""
         order = safetensors_order(tensors)
         layout = tuple((key, tensors[key].shape, tensors[key].dtype) for key in order)
-        on_cuda = any(tensor.device.type == "cuda" for tensor in tensors.values())
         held = self._groups.get(group)
         if held is None or held.layout != layout:
-            held = self._groups[group] = _Group.allocate(layout, pin=on_cuda)
+            pin = any(tensor.is_cuda for tensor in tensors.values())
+            held = self._groups[group] = _Group.allocate(layout, pin=pin)
+        pinned = held.buffer.is_pinned()  # copies from a GPU into it are queued, and `ready()` waits for them
         with torch.no_grad():  # copying from a parameter records nothing: no detach per tensor
             for key in order:
-                held.views[key].copy_(tensors[key], non_blocking=on_cuda)
-        self._pending_cuda |= on_cuda
+                held.views[key].copy_(tensors[key], non_blocking=pinned)
+        self._pending_cuda |= pinned
         self._used.add(group)
         return {key: held.views[key] for key in tensors}
 
