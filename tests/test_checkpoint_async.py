@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
 import threading
 
 import pytest
 import safetensors.torch
 import torch
-from helpers.checkpoints import assert_identical, loaders, make_trainer, weights
+from helpers.checkpoints import assert_identical, loaders, make_trainer, weights, worker_command
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
 from callbacks_kit.callbacks import model_checkpoint
@@ -245,3 +246,22 @@ def test_safetensors_parts_match_the_safetensors_library(metadata):
     assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v) for k, v in tensors.items())
     header = json.loads(ours[8 : 8 + int.from_bytes(ours[:8], "little")])
     assert header.get("__metadata__") == metadata
+
+
+@pytest.mark.slow
+def test_a_save_failing_twice_on_one_of_two_processes_stops_both_with_its_message(tmp_path):
+    directory = tmp_path / "ckpt"
+    cmd, env = worker_command("--dir", str(directory), "--epochs", "3", "--no-space-for", "epoch=0002",
+                              "--no-space-rank", "1", nproc=2)  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "finished at step" not in output
+    for rank in (0, 1):  # every process raised it: none waits for the other at a collective
+        error = f"[rank{rank}]: callbacks_kit.errors.CheckpointError: on process 1: could not save checkpoint"
+        assert f"{error} 'epoch=0002-step=00000008'" in output, output[-4000:]
+    assert "writing rng-rank1.json: No space left on device (a second try failed too)" in output
+    assert "Not saved: the training after 'epoch=0001-step=00000004'" in output
+    assert json.loads((directory / "last.json").read_text())["checkpoint"] == "epoch=0001-step=00000004"
+    assert sorted(p.name for p in directory.iterdir() if p.name != ".lock") == ["best.safetensors",
+                                                                                   "epoch=0001-step=00000004",
+                                                                                   "last.json"]  # fmt: skip

@@ -188,8 +188,8 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         if state.optimizer_stepped:  # else mid-accumulation: gradients in flight are not part of a checkpoint
             self._position = Position(state.epoch, state.batch_idx + 1)
-        if self._background.failed:  # found at the first step boundary after the failure, without waiting
-            self._retry(trainer)
+        if self._background.failed:  # at the first step boundary after the failure, without waiting; the
+            self._retry(trainer)  # step saves below and the stop agreement after the batch are on every process
         if state.optimizer_stepped and self.every_n_steps and state.global_step % self.every_n_steps == 0:
             self._save(trainer, rank=False, should_stop=False)
 
@@ -202,8 +202,6 @@ class ModelCheckpoint(Callback):
         self._checked = True
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        if self._background.failed:
-            self._retry(trainer)
         state = trainer.state
         self._position = Position(state.epoch + 1, 0)
         done = state.epoch + 1

@@ -6,6 +6,7 @@ Writes the final weights to `--out` when training ends normally.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 from pathlib import Path
@@ -82,6 +83,22 @@ def die_during_save(phase: str, nth: int) -> None:
     setattr(os, kind, move)
 
 
+def no_space_for(folder: str, rank: int) -> None:
+    """On process `rank`, every write into a checkpoint folder whose name contains `folder` fails: a full disk."""
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    from callbacks_kit.checkpoint import store
+
+    real_write = store._write_file
+
+    def full(path: Path, data: object) -> None:
+        if folder in path.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    store._write_file = full
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
@@ -97,10 +114,14 @@ def main() -> None:
     parser.add_argument("--preemption", action="store_true")
     parser.add_argument("--die-during-save", metavar="PHASE", help="see die_during_save; at the --die-at-match'th")
     parser.add_argument("--die-at-match", type=int, default=3)
+    parser.add_argument("--no-space-for", metavar="FOLDER", help="see no_space_for (with --no-space-rank)")
+    parser.add_argument("--no-space-rank", type=int, default=0)
     parser.add_argument("--scores", help="val/score per epoch, comma-separated: monitored instead of val/accuracy")
     args = parser.parse_args()
     if args.die_during_save:
         die_during_save(args.die_during_save, nth=args.die_at_match)
+    if args.no_space_for:
+        no_space_for(args.no_space_for, args.no_space_rank)
     monitor = "val/score" if args.scores else "val/accuracy"
     callbacks = [
         StepLRCallback(),
