@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
 import threading
 
 import pytest
 import safetensors.torch
 import torch
-from helpers.checkpoints import loaders, make_trainer, weights
+from helpers.checkpoints import assert_identical, loaders, make_trainer, weights, worker_command
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
 from callbacks_kit.callbacks import model_checkpoint
@@ -58,29 +59,118 @@ def test_training_goes_on_while_the_snapshot_is_written(tmp_path, monkeypatch):
     assert not _save_threads()  # fit returned after the last save was committed
 
 
-def test_a_failed_background_save_surfaces_at_the_next_save_and_keeps_the_previous(tmp_path, monkeypatch):
-    real_write, calls = store._write_file, []
+class _WaitForSave(Callback):
+    """At optimizer step `step`, before ModelCheckpoint looks, waits for the background save to end (any machine)."""
 
-    def full_once(path, data):
-        calls.append(path.name)
-        if path.name == "state.safetensors" and calls.count("state.safetensors") == 2:  # the save of step 4
+    order = 100
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer) -> None:
+        if trainer.state.global_step == self.step:
+            for thread in threading.enumerate():
+                if thread.name.startswith("checkpoint "):
+                    thread.join()
+
+
+def test_a_background_save_failing_twice_surfaces_at_the_next_step_and_keeps_the_previous(tmp_path, monkeypatch):
+    real_write = store._write_file
+
+    def full(path, data):
+        if path.name == "state.safetensors" and "step=00000004" in path.parent.name:  # the save of step 4, twice
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(store, "_write_file", full_once)
+    monkeypatch.setattr(store, "_write_file", full)
     checkpoint = ModelCheckpoint(tmp_path, every_n_steps=2, every_n_epochs=None)
-    trainer = make_trainer([checkpoint])
+    trainer = make_trainer([checkpoint, _WaitForSave(5)])
     with pytest.raises(CheckpointError) as info:
         trainer.fit(*loaders(), epochs=1)
     message = str(info.value)
     assert "could not save checkpoint 'epoch=0001-batch=0004-step=00000004'" in message
-    assert "writing state.safetensors: No space left on device" in message
+    assert "writing state.safetensors: No space left on device" in message and "a second try failed too" in message
     assert "'epoch=0001-batch=0002-step=00000002' is intact" in message
-    assert trainer.state.global_step == 6  # raised by the save of step 6, the next one
+    assert "Nothing was lost" not in message
+    assert "Not saved: the training after 'epoch=0001-batch=0002-step=00000002', up to batch 5 of epoch 1" in message
+    assert trainer.state.global_step == 5  # raised at the step boundary after the failure, not by the next save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0001-batch=0002-step=00000002", "last.json"]
     read_checkpoint(tmp_path / "epoch=0001-batch=0002-step=00000002")
     assert checkpoint.last_name == "epoch=0001-batch=0002-step=00000002"  # its record rolled back too
     assert not _save_threads()
+
+
+def _pointers(monkeypatch) -> list[str]:
+    """Every folder last.json is pointed at, in order."""
+    names: list[str] = []
+    real = model_checkpoint.write_pointer
+    monkeypatch.setattr(model_checkpoint, "write_pointer", lambda d, name: (names.append(name), real(d, name)))
+    return names
+
+
+def test_a_background_save_failing_once_is_saved_by_a_second_try_at_the_next_step(tmp_path, monkeypatch):
+    real_write, full = store._write_file, {"epoch=0002-step=00000016"}  # no space for this save, once
+
+    def full_once(path, data):
+        if path.name == "state.json" and path.parent.name.removeprefix(".tmp-") in full:
+            full.clear()
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(store, "_write_file", full_once)
+    pointers = _pointers(monkeypatch)
+    trainer = make_trainer([ModelCheckpoint(tmp_path), _WaitForSave(17)])
+    with pytest.warns(UserWarning, match=r"'epoch=0002-step=00000016' .* a second try at optimizer step 17 saved it"):
+        trainer.fit(*loaders(), epochs=3)
+    assert pointers == ["epoch=0001-step=00000008", "epoch=0002-step=00000016", "epoch=0003-step=00000024"]
+    read_checkpoint(tmp_path / "epoch=0003-step=00000024")
+    assert not _save_threads()
+
+
+def test_the_last_save_failing_once_is_saved_by_a_second_try_at_fit_end(tmp_path, monkeypatch):
+    real_write, full = store._write_file, {"epoch=0002-step=00000016"}
+
+    def full_once(path, data):
+        if path.name == "model.safetensors" and path.parent.name.removeprefix(".tmp-") in full:
+            full.clear()
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(store, "_write_file", full_once)
+    with pytest.warns(UserWarning, match="a second try saved it"):
+        make_trainer([ModelCheckpoint(tmp_path)]).fit(*loaders(), epochs=2)
+    assert json.loads((tmp_path / "last.json").read_text())["checkpoint"] == "epoch=0002-step=00000016"
+    read_checkpoint(tmp_path / "epoch=0002-step=00000016")
+
+
+def test_no_space_for_epoch_2_stops_in_epoch_3_and_a_resume_saves_epoch_3_once_there_is(tmp_path, monkeypatch):
+    real_write, no_space = store._write_file, [True]
+
+    def full(path, data):
+        if no_space[0] and "epoch=0002" in path.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as os.write raises it: no file name
+        real_write(path, data)
+
+    monkeypatch.setattr(store, "_write_file", full)
+    trainer = make_trainer([ModelCheckpoint(tmp_path), _WaitForSave(17)])
+    with pytest.raises(CheckpointError) as info:
+        trainer.fit(*loaders(), epochs=3)
+    message = str(info.value)
+    assert message.startswith("could not save checkpoint 'epoch=0002-step=00000016'")
+    assert "No space left on device (a second try failed too)" in message and "(None)" not in message
+    assert "Nothing was lost" not in message and "'epoch=0001-step=00000008' is intact" in message
+    assert message.endswith(
+        "Not saved: the training after 'epoch=0001-step=00000008', up to batch 1 of epoch 3 (optimizer step 17); "
+        "a resume from it repeats that."
+    )
+    assert trainer.state.global_step == 17  # epoch 3 did not train in full for nothing
+    no_space[0] = False  # space came back
+    resumed = make_trainer([ModelCheckpoint(tmp_path)])
+    resumed.fit(*loaders(), epochs=3, resume_from="last")
+    assert json.loads((tmp_path / "last.json").read_text())["checkpoint"] == "epoch=0003-step=00000024"
+    uninterrupted = make_trainer([ModelCheckpoint(tmp_path / "reference")])
+    uninterrupted.fit(*loaders(), epochs=3)
+    assert_identical(weights(resumed), weights(uninterrupted))
 
 
 class _Boom(Callback):
@@ -127,6 +217,19 @@ def test_host_snapshot_copies_once_and_reuses_its_buffers():
     assert snapshot.nbytes == 8  # a changed shape is reallocated; unused buffers are freed
 
 
+def test_a_snapshot_is_one_buffer_per_file_in_file_order_and_written_as_one_part():
+    live = {"w": torch.randn(4, 3), "b": torch.arange(6.0)[::2], "step": torch.tensor(3), "h": torch.randn(5).half(),
+            "mask": torch.tensor([True, False]), "empty": torch.zeros(0)}  # fmt: skip
+    snapshot = HostSnapshot()
+    copies = snapshot.copy(live, "model")
+    snapshot.ready()
+    parts = safetensors_parts(copies, {"format": "pt"})
+    assert len(parts) == 2  # the header, then every tensor's data as one buffer
+    expected = safetensors.torch.save({k: v.contiguous().clone() for k, v in live.items()}, metadata={"format": "pt"})
+    assert b"".join(bytes(part) for part in parts) == expected
+    assert memoryview(parts[1]).nbytes == snapshot.nbytes == 8 + 4 * 12 + 4 * 3 + 2 * 5 + 2
+
+
 @pytest.mark.parametrize("metadata", [None, {"format": "pt"}, {"format": "pt", "epoch": "3", "step": "7"}])
 def test_safetensors_parts_match_the_safetensors_library(metadata):
     tensors = {
@@ -143,3 +246,22 @@ def test_safetensors_parts_match_the_safetensors_library(metadata):
     assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v) for k, v in tensors.items())
     header = json.loads(ours[8 : 8 + int.from_bytes(ours[:8], "little")])
     assert header.get("__metadata__") == metadata
+
+
+@pytest.mark.slow
+def test_a_save_failing_twice_on_one_of_two_processes_stops_both_with_its_message(tmp_path):
+    directory = tmp_path / "ckpt"
+    cmd, env = worker_command("--dir", str(directory), "--epochs", "3", "--no-space-for", "epoch=0002",
+                              "--no-space-rank", "1", nproc=2)  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "finished at step" not in output
+    for rank in (0, 1):  # every process raised it: none waits for the other at a collective
+        error = f"[rank{rank}]: callbacks_kit.errors.CheckpointError: on process 1: could not save checkpoint"
+        assert f"{error} 'epoch=0002-step=00000008'" in output, output[-4000:]
+    assert "writing rng-rank1.json: No space left on device (a second try failed too)" in output
+    assert "Not saved: the training after 'epoch=0001-step=00000004'" in output
+    assert json.loads((directory / "last.json").read_text())["checkpoint"] == "epoch=0001-step=00000004"
+    assert sorted(p.name for p in directory.iterdir() if p.name != ".lock") == ["best.safetensors",
+                                                                                   "epoch=0001-step=00000004",
+                                                                                   "last.json"]  # fmt: skip

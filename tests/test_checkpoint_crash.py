@@ -4,6 +4,7 @@ lost, and the run that finally completes is bit-identical to one that was never 
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -79,3 +80,41 @@ def test_sigkill_in_every_phase_of_a_save(tmp_path):
     out = tmp_path / "final.safetensors"
     run_worker("--dir", str(directory), "--resume", "last", "--out", str(out), *args)
     assert_identical(safetensors.torch.load_file(str(out)), reference_weights(*args))
+
+
+def _listing(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name != ".lock")  # a killed run leaves its lock file
+
+
+@pytest.mark.slow
+def test_a_kill_while_best_safetensors_is_replaced_is_repaired_on_resume(tmp_path):
+    directory = tmp_path / "ckpt"
+    args = ("--epochs", "2", "--scores", "0.1,0.5")  # epoch 2 is the best
+    first, best = "epoch=0001-step=00000008", "epoch=0002-step=00000016"
+    # killed right after last.json names epoch 2: before best.safetensors is replaced and epoch 1 pruned
+    process = start_worker("--dir", str(directory), "--die-during-save", "replace:last.json", "--die-at-match", "2",
+                           *args)  # fmt: skip
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == -9, output
+    assert resolve_checkpoint("last", directory).name == best and (directory / first).is_dir()
+    best_file = directory / "best.safetensors"
+    assert best_file.read_bytes() == (directory / first / "model.safetensors").read_bytes()  # the older model
+    result = run_worker("--dir", str(directory), "--resume", "last", *args)  # nothing left to train
+    assert f"removed {first} from {directory}" in result.stdout, result.stdout
+    assert f"{best_file} did not hold the weights of the best checkpoint, '{best}'" in result.stdout
+    assert best_file.read_bytes() == (directory / best / "model.safetensors").read_bytes()  # the record's best
+    assert _listing(directory) == ["best.safetensors", best, "last.json"] == sorted(os.listdir(directory))
+
+
+@pytest.mark.slow
+def test_a_folder_committed_before_last_json_named_it_is_removed_on_resume_not_twinned(tmp_path):
+    directory = tmp_path / "ckpt"
+    args = ("--dir", str(directory), "--epochs", "1", "--every-n-steps", "1")
+    process = start_worker(*args, "--die-during-save", "rename:.tmp-")  # the 3rd commit: step 3
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == -9, output
+    orphan = "epoch=0001-batch=0003-step=00000003"
+    assert _listing(directory) == ["epoch=0001-batch=0002-step=00000002", orphan, "last.json"]
+    result = run_worker(*args, "--resume", "last")
+    assert f"removed {orphan} from {directory}" in result.stdout, result.stdout
+    assert _listing(directory) == ["best.safetensors", "epoch=0001-step=00000008", "last.json"]  # no `-v1` twin

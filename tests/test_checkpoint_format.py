@@ -157,6 +157,10 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     message = str(info.value)
     assert "No space left on device" in message and "writing state.json" in message
     assert "'epoch=0001-step=00000008' is intact" in message
+    assert "Nothing was lost" not in message  # epoch 2 is: the message says so
+    assert "Not saved: the training after 'epoch=0001-step=00000008', up to the end of epoch 2 (optimizer step 16)" in (
+        message
+    )
     assert sorted(p.name for p in directory.iterdir()) == [previous.name, "last.json"]  # temp folder removed
     assert (directory / "last.json").read_bytes() == pointer
     read_checkpoint(previous)  # still whole

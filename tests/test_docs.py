@@ -572,6 +572,7 @@ def _budget_limits() -> dict[str, float]:
         "tiny MLP": common.LOOP_BUDGETS["tiny MLP"],
         "small CNN": common.LOOP_BUDGETS["small CNN"],
         "checkpoint save": checkpoints.ASYNC_STALL_BUDGET,
+        "one copy of the state": checkpoints.ASYNC_FLOOR_BUDGET,
         "end to end": end_to_end.END_TO_END_BUDGET,
         "each inspection callback": common.CALLBACK_SHARE_BUDGET,
         "each error-analysis view": error_views.VIEW_SHARE_BUDGET,

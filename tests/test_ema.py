@@ -9,7 +9,14 @@ import json
 import pytest
 import safetensors.torch
 import torch
-from helpers.checkpoints import StepLRCallback, StopAtStep, assert_identical, loaders, make_trainer, weights
+from helpers.checkpoints import (
+    StepLRCallback,
+    StopAtStep,
+    assert_identical,
+    loaders,
+    make_trainer,
+    weights,
+)
 from helpers.tiny import tiny_classification_data
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -21,6 +28,7 @@ from callbacks_kit import (
     Callback,
     ConfusionMatrix,
     ModelCheckpoint,
+    ProgressBar,
     TensorBoardLogger,
     Trainer,
     TrainerError,
@@ -185,6 +193,49 @@ def test_resume_with_ema_is_bit_identical(tmp_path):
     assert ema_metrics and all(resumed.state.metrics[k] == v for k, v in ema_metrics.items())
     saved = json.loads(next((tmp_path / "ckpt").glob("*/state.json")).read_text())
     assert saved["callbacks"]["EMA"]["decay"] == 0.9
+
+
+def test_the_epoch_line_shows_val_ema_only_when_this_run_validates_it(tmp_path, capsys):
+    make_trainer([EMA(decay=0.9), ModelCheckpoint(tmp_path), ProgressBar(bar=False)]).fit(*loaders(), epochs=1)
+    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1")]
+    assert first and "val_ema/loss" in first[0]
+    resumed = make_trainer([ModelCheckpoint(tmp_path), ProgressBar(bar=False)])  # resumed without the EMA
+    resumed.fit(*loaders(), epochs=2, resume_from="last")
+    second = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 2/2")]
+    assert second and "val/loss" in second[0] and "val_ema/" not in second[0]
+
+
+class _EmaScore(Callback):
+    """Sets `val_ema/score` from a list, one value per epoch, after each EMA validation."""
+
+    order = 100
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        if trainer.state.validation_prefix == "val_ema":
+            trainer.state.metrics["val_ema/score"] = self.values[trainer.state.epoch]
+
+
+def test_resume_rewrites_a_best_safetensors_that_is_not_the_records_best_ema(tmp_path):
+    def fit(epochs: int, resume: str | None = None) -> ModelCheckpoint:
+        checkpoint = ModelCheckpoint(tmp_path, monitor="val_ema/score", mode="max")
+        make_trainer([EMA(decay=0.8), _EmaScore([0.1, 0.9]), checkpoint]).fit(*loaders(), epochs=epochs,
+                                                                             resume_from=resume)  # fmt: skip
+        return checkpoint
+
+    fit(1)
+    older = (tmp_path / "best.safetensors").read_bytes()
+    fit(2)  # epoch 2 is the best; a kill before best.safetensors was replaced would leave the older one:
+    exported = (tmp_path / "best.safetensors").read_bytes()
+    (tmp_path / "best.safetensors").write_bytes(older)
+    checkpoint = fit(2, resume="last")  # nothing left to train: only the repair runs
+    assert checkpoint.best_name == "epoch=0002-step=00000016"
+    assert (tmp_path / "best.safetensors").read_bytes() == exported
+    saved = safetensors.torch.load_file(str(tmp_path / checkpoint.best_name / "state.safetensors"))
+    best = safetensors.torch.load_file(str(tmp_path / "best.safetensors"))
+    assert all(torch.equal(value, saved[f"callbacks.EMA.weights.{key}"]) for key, value in best.items())
 
 
 def test_resume_with_another_decay_is_refused(tmp_path):

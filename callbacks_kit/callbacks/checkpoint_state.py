@@ -8,7 +8,10 @@ turns the result into files and `checkpoint.restore` puts it back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from callbacks_kit.checkpoint.codec import capture_rng_states
 from callbacks_kit.checkpoint.files import MainFiles, MainState, main_files, rank_files
@@ -37,10 +40,13 @@ def own_files(trainer: Trainer, position: Position) -> dict[str, bytes]:
     )
 
 
-def main_state(trainer: Trainer, position: Position, should_stop: bool) -> MainState:
+def main_state(
+    trainer: Trainer, position: Position, should_stop: bool, weights: Mapping[str, torch.Tensor] | None = None
+) -> MainState:
     """The model's weights; the trainer's, optimizer's, scaler's and callbacks' states (live, not copied).
 
     The saved `TrainState` holds `position` (not the live batch index) and no transient flags.
+    `weights`: the unwrapped model's `state_dict()` when the caller has it already.
     """
     accelerator = trainer.accelerator
     trainer_state: dict[str, Any] = {
@@ -54,7 +60,7 @@ def main_state(trainer: Trainer, position: Position, should_stop: bool) -> MainS
         "step_skipped": False,
     }
     return MainState(
-        weights=trainer.unwrapped_model.state_dict(),
+        weights=trainer.unwrapped_model.state_dict() if weights is None else weights,
         trainer=trainer_state,
         accelerator_step=accelerator.step,
         global_batch_size=getattr(trainer.train_loader, "total_batch_size", None),
@@ -70,14 +76,15 @@ def collect_files(
     should_stop: bool,
     metadata: dict[str, str],
     snapshot: HostSnapshot | None,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, bytes], MainFiles | None]:
     """The calling process's files of a checkpoint at `position`, and the main files on the main process.
 
     With a `snapshot`, the main process's tensors are copied into its host buffers (an
-    asynchronous save), so training may go on as soon as this returns.
+    asynchronous save), so training may go on as soon as this returns. `weights`: as for `main_state`.
     """
     own = own_files(trainer, position)
     if not trainer.is_main_process:
         return own, None
-    state = main_state(trainer, position, should_stop)
+    state = main_state(trainer, position, should_stop, weights)
     return own, main_files(state, position, trainer.state.global_step, metadata, snapshot)

@@ -8,26 +8,19 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import safetensors.torch
 import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.best_weights import check_best, validated_weights, validator, write_best
 from callbacks_kit.callbacks.checkpoint_state import collect_files
 from callbacks_kit.callbacks.monitor import Monitor, check_mode
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.files import MainFiles
-from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL, Position, folder_name
+from callbacks_kit.checkpoint.format import Position, folder_name
+from callbacks_kit.checkpoint.repair import clean_leftovers, unkept_folders
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
-from callbacks_kit.checkpoint.store import (
-    begin_save,
-    check_writable,
-    clean_leftovers,
-    finish_save,
-    remove_folder,
-    write_atomic,
-    write_pointer,
-)
+from callbacks_kit.checkpoint.store import begin_save, check_writable, finish_save, remove_folder, write_pointer
 from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError, TrainerError
 from callbacks_kit.folder_lock import FolderLock
 
@@ -51,12 +44,14 @@ class ModelCheckpoint(Callback):
     With `async_save` (the default) the loop only waits for a host copy of the state;
     encoding, hashing, writing, fsync, the commit, `last.json`, `best.safetensors` and
     pruning run on a background thread, with the same crash safety. One save is in flight
-    at most (the next waits for it); its failure is raised at the next save or when `fit`
-    ends, and `fit` ends (also on an exception or a preemption) only once it is done. The
-    cost: one extra host copy of the model and optimizer state, kept between saves. With
+    at most (the next waits for it); a failure is found at the next step boundary and tried
+    once more at once (a second failure stops training, saying what is not saved), and `fit`
+    ends (also on an exception or a preemption) only once it is done. The cost: one extra
+    host copy of the model and optimizer state, kept between saves. With
     several processes the commit of a save happens at the next save or at fit end, so
     `last.json` lags by one save (docs/checkpointing.md). `last_path` names a folder
-    that may still be in flight until `fit` returns or `save_now()` is called.
+    that may still be in flight until `fit` returns or `save_now()` is called. A resume
+    removes the folders a kill left that its record does not keep, and fixes best.safetensors.
 
     Args:
         dirpath: Folder of the checkpoints, created if needed; checked for writing at fit start.
@@ -102,6 +97,8 @@ class ModelCheckpoint(Callback):
         self._position: Position | None = None  # after the latest optimizer step or epoch end
         self._saved_at: Position | None = None
         self._considered: Position | None = None  # an epoch end that was due but not worth keeping
+        self._stale: list[str] = []  # folders the newest save prunes once committed (a resume finishes that)
+        self._resumed = False
         self._fitting = False
         self._checked = False
         self._lock = FolderLock(
@@ -149,7 +146,7 @@ class ModelCheckpoint(Callback):
         position = [self._saved_at.epoch, self._saved_at.batch] if self._saved_at else None
         monitor = self.monitor.key if self.monitor else None
         return {"monitor": monitor, "mode": self.mode, "best_k": dict(self.best_k), "last": self.last_name,
-                "position": position}  # fmt: skip
+                "position": position, "stale": list(self._stale)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         same = state.get("monitor") == (self.monitor.key if self.monitor else None) and state.get("mode") == self.mode
@@ -160,6 +157,8 @@ class ModelCheckpoint(Callback):
         self.last_name = last if last and (self.dirpath / last).is_dir() else None
         self._position = Position(*state["position"]) if state.get("position") else None
         self._saved_at = self._position if self.last_name else None  # else: not saved in this folder yet
+        self._stale = [name for name in state.get("stale", []) if isinstance(name, str)]
+        self._resumed = True
 
     # ---------------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -175,6 +174,9 @@ class ModelCheckpoint(Callback):
                     error, in_use = str(exc), isinstance(exc, FolderInUseError)
             if error is None:
                 clean_leftovers(self.dirpath)
+                if self._resumed and self.last_name:
+                    self._repair(trainer, self.last_name)
+        self._resumed = False
         if trainer.accelerator.num_processes > 1:
             box: list[Any] = [error, in_use]  # a str | None and a bool, overwritten with the main process's
             broadcast_object_list(box, from_process=0)
@@ -184,16 +186,17 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         state = trainer.state
-        if not state.optimizer_stepped:
-            return  # mid-accumulation: gradients in flight are not part of a checkpoint
-        self._position = Position(state.epoch, state.batch_idx + 1)
-        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+        if state.optimizer_stepped:  # else mid-accumulation: gradients in flight are not part of a checkpoint
+            self._position = Position(state.epoch, state.batch_idx + 1)
+        if self._background.failed:  # at the first step boundary after the failure, without waiting; the
+            self._retry(trainer)  # step saves below and the stop agreement after the batch are on every process
+        if state.optimizer_stepped and self.every_n_steps and state.global_step % self.every_n_steps == 0:
             self._save(trainer, rank=False, should_stop=False)
 
     def on_validation_end(self, trainer: Trainer) -> None:
         if self.monitor is None or not self._fitting or self._checked:
             return
-        if self._validator(trainer) is not None and trainer.state.validation_prefix != self.monitor.prefix:
+        if validator(trainer, self.monitor) is not None and trainer.state.validation_prefix != self.monitor.prefix:
             return  # `<prefix>/...` exists only after that callback's own validation (an EMA's `val_ema`)
         self.monitor.read(trainer)  # a missing key fails at the first validation
         self._checked = True
@@ -211,7 +214,7 @@ class ModelCheckpoint(Callback):
         self._fitting = False
         if self._position is not None and self._position not in (self._saved_at, self._considered):
             self._save(trainer, rank=False, should_stop=False, force=True)  # stopped mid-epoch, preempted
-        self._background.complete()  # fit ends once the save in flight is committed (or raises)
+        self._complete(trainer)  # fit ends once the save in flight is committed (or raises)
 
     def on_exception(self, trainer: Trainer) -> None:
         self._fitting = False  # nothing new is saved: the state may be what failed (NaN, OOM...)
@@ -242,13 +245,13 @@ class ModelCheckpoint(Callback):
         """
         if self._position is not None and self._position != self._saved_at:
             self._save(trainer, rank=False, should_stop=False, force=True)
-        self._background.complete()
+        self._complete(trainer)
         return self.last_path
 
     def _save(self, trainer: Trainer, rank: bool, should_stop: bool, force: bool = False) -> None:
         state, position = trainer.state, self._position
         assert position is not None
-        self._background.complete()  # one save in flight at most; its failure surfaces here
+        self._complete(trainer)  # one save in flight at most; its failure surfaces here
         self._considered = position
         score = None
         if rank and self.monitor is not None:
@@ -257,11 +260,12 @@ class ModelCheckpoint(Callback):
         if not (ranked or self.save_last or force):
             return
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
-        if not self._finite(trainer, score):  # with or without the guard, never replace a clean checkpoint
+        weights = trainer.unwrapped_model.state_dict()  # live; checked, then copied (or written) by the save
+        if not self._finite(trainer, score, weights):  # with or without the guard, never replace a clean one
             return
         name = folder_name(position, state.global_step)
-        old_best, old_last, old_saved = dict(self.best_k), self.last_name, self._saved_at
-        validated = self._validated_weights(trainer) if ranked else None  # taken now: training goes on during the write
+        old_best, old_last, old_saved, old_stale = dict(self.best_k), self.last_name, self._saved_at, self._stale
+        validated = validated_weights(trainer, self.monitor) if ranked else None  # taken now: training goes on
 
         def collect(final: str) -> tuple[dict[str, bytes], MainFiles | None]:
             if ranked:
@@ -270,18 +274,18 @@ class ModelCheckpoint(Callback):
                 if self.save_top_k > 0 and len(self.best_k) > self.save_top_k:
                     del self.best_k[self.monitor.worst_of(self.best_k)]
             self.last_name, self._saved_at = final, position  # recorded in the state saved now
-            return collect_files(trainer, position, should_stop, meta, self._snapshot)
+            self._stale = sorted({*old_best, *filter(None, [old_last])} - {*self.best_k, final})  # pruned on commit
+            return collect_files(trainer, position, should_stop, meta, self._snapshot, weights)
 
         def after_commit(folder: Path) -> None:
             write_pointer(self.dirpath, folder.name)
             if self.best_name == folder.name:
-                write_atomic(self.dirpath / BEST_WEIGHTS, self._best_weights(folder, validated))
-            keep = set(self.best_k) | {folder.name}
-            for stale in ({old_last} | set(old_best)) - keep - {None}:
-                remove_folder(self.dirpath / str(stale))
+                write_best(self.dirpath, folder, validated)
+            for stale in self._stale:
+                remove_folder(self.dirpath / stale)
 
         def rollback() -> None:
-            self.best_k, self.last_name, self._saved_at = old_best, old_last, old_saved
+            self.best_k, self.last_name, self._saved_at, self._stale = old_best, old_last, old_saved, old_stale
 
         meta = {"monitor": self.monitor.key, "score": repr(score)} if self.monitor and score is not None else {}
         try:
@@ -294,42 +298,65 @@ class ModelCheckpoint(Callback):
                 return
             pending.write()
             finish_save(pending)
+        except CheckpointError as exc:
+            rollback()
+            raise CheckpointError(f"{exc} {self._unsaved(trainer)}") from None
         except BaseException:
             rollback()
             raise
 
-    def _best_weights(self, folder: Path, validated: tuple[str, dict[str, torch.Tensor]] | None) -> bytes:
-        """What `best.safetensors` holds: the checkpoint's weights, or those of the model the monitor measured."""
-        if validated is None:
-            return (folder / MODEL).read_bytes()
-        owner, weights = validated
-        tag = {"format": "pt", "weights": owner, "checkpoint": folder.name}
-        return safetensors.torch.save(weights, metadata=tag)
+    # ---------------------------------------------------------------------------------- failures and kills
+    def _retry(self, trainer: Trainer) -> None:
+        """A failed background save, found at a step boundary: tried again now; training stops if that fails too.
 
-    def _validated_weights(self, trainer: Trainer) -> tuple[str, dict[str, torch.Tensor]] | None:
-        """The class name of the callback whose model the monitor measures, and a host copy of its weights.
-
-        A monitor such as `val_ema/accuracy` ranks the weights that an `EMA` callback publishes
-        for its prefix (`Callback.validated_models`), so those are the best model; None when
-        the monitor ranks the trained weights. The copy is taken on the loop thread, at the
-        save's step: an asynchronous save writes it while the average moves on.
+        With one process the failure is raised here; with several, this process asks for a
+        stop (agreed by every process after this step) and `fit` ends raising it everywhere.
         """
-        validator = self._validator(trainer)
-        if validator is None or self.monitor is None:
-            return None
-        module = validator.validated_models()[self.monitor.prefix]
-        assert module is not None  # built at the validator's on_fit_start, before any save
-        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-        return type(validator).__name__, weights
+        first = self._background.retry()
+        if first is not None:
+            where = f"optimizer step {trainer.state.global_step}"
+            warnings.warn(f"ModelCheckpoint: {first.split('. ')[0]}; a second try at {where} saved it", stacklevel=2)
+        elif trainer.accelerator.num_processes == 1:
+            self._complete(trainer)
+        else:
+            trainer.state.should_stop = True
 
-    def _validator(self, trainer: Trainer) -> Callback | None:
-        """The first callback publishing a model for the monitor's prefix (an `EMA` for `val_ema/...`), if any."""
-        if self.monitor is None:
-            return None
-        prefix = self.monitor.prefix
-        return next((callback for callback in trainer.callbacks if prefix in callback.validated_models()), None)
+    def _complete(self, trainer: Trainer) -> None:
+        """Finish the save in flight; its failure is raised with what training it leaves unsaved."""
+        try:
+            first = self._background.complete()
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} {self._unsaved(trainer)}") from None
+        if first is not None:
+            warnings.warn(f"ModelCheckpoint: {first.split('. ')[0]}; a second try saved it", stacklevel=2)
 
-    def _finite(self, trainer: Trainer, score: float | None) -> bool:
+    def _unsaved(self, trainer: Trainer) -> str:
+        """What a failed save leaves unsaved: the training since the newest checkpoint that is kept."""
+        position, where = self._position, "the start"
+        if position is not None:
+            where = f"batch {position.batch} of epoch {position.epoch + 1}" if position.batch else (
+                f"the end of epoch {position.epoch}")  # fmt: skip
+        where = f"{where} (optimizer step {trainer.state.global_step})"
+        if self.last_name is None:
+            return f"Not saved: this run's training, up to {where}; a resume starts it again."
+        return f"Not saved: the training after {self.last_name!r}, up to {where}; a resume from it repeats that."
+
+    def _repair(self, trainer: Trainer, last: str) -> None:
+        """After a resume (main process): remove the folders a kill left that the record does not keep, fix best."""
+        removed = unkept_folders(self.dirpath, last, {*self.best_k, last}, self._stale)
+        for name in removed:
+            remove_folder(self.dirpath / name)
+        if removed:
+            trainer.print(
+                f"ModelCheckpoint: removed {', '.join(removed)} from {self.dirpath}: saved after, or left to prune "
+                f"by, the checkpoint resumed from ({last}), by a run killed before it finished that save"
+            )
+        best = self.best_name
+        note = check_best(trainer, self.dirpath, best, last, self.monitor) if best else None
+        if note:
+            trainer.print(f"ModelCheckpoint: {note}")
+
+    def _finite(self, trainer: Trainer, score: float | None, state: dict[str, torch.Tensor]) -> bool:
         """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
 
         One host sync, at saves only. Every process gets the same answer (the weights are
@@ -338,7 +365,6 @@ class ModelCheckpoint(Callback):
         nothing (a tenth of `isfinite().all()`'s time on ResNet-18); a sum that overflowed from
         finite values is told apart by checking that tensor element by element.
         """
-        state = trainer.unwrapped_model.state_dict()
         floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
         bad: list[str] = []
         if floats:

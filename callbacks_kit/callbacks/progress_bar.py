@@ -81,7 +81,10 @@ class ProgressBar(Callback):
         state = trainer.state
         if self.summary and trainer.is_main_process:
             rate = (state.samples_seen - self._epoch_samples) * trainer.accelerator.num_processes / max(elapsed, 1e-9)
-            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", "val_ema/"))}
+            # Validations of this run only: a resumed run keeps the metrics of the checkpoint, and those of a
+            # validation it no longer does (`val_ema/*` without an EMA) are not this epoch's.
+            validated = [f"{prefix}/" for callback in trainer.callbacks for prefix in callback.validated_models()]
+            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", *validated))}
             values = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
             tqdm.write(f"epoch {state.epoch + 1}/{state.max_epochs}  {values}  ({elapsed:.1f} s, {rate:.0f} samples/s)")
 

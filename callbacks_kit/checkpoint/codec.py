@@ -25,6 +25,7 @@ from callbacks_kit.errors import StateFormatError
 
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _MARKERS = (_TENSOR, _TUPLE, _ITEMS)
+_LEAVES = (str, bool, int, float, type(None))  # kept as they are, found without the ABC checks below
 
 
 def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
@@ -33,10 +34,12 @@ def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> An
     Raises:
         StateFormatError: `obj` holds something else (an arbitrary object, a function...).
     """
+    if type(obj) in _LEAVES:  # most of a state; `isinstance(obj, Mapping)` costs a few µs per value
+        return obj
     if isinstance(obj, torch.Tensor):
         tensors[prefix] = obj.detach()  # made host-ready by `host_tensors` when serialised
         return {_TENSOR: prefix}
-    if isinstance(obj, Mapping):
+    if isinstance(obj, (dict, Mapping)):
         if all(isinstance(k, str) and k not in _MARKERS for k in obj):
             return {k: split_tensors(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
         return {
@@ -91,37 +94,53 @@ _SAFETENSORS_DTYPES = {
 _DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
 
 
+def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys in the order a safetensors file holds their data: by dtype (that list, from its end), then by name.
+
+    Unknown dtypes (which `safetensors_parts` leaves to the library) go last, by name.
+    """
+    return sorted(tensors, key=lambda k: (-_DTYPE_RANK.get(tensors[k].dtype, -1), k))
+
+
 def safetensors_parts(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> list[bytes | memoryview]:
-    """The bytes of a safetensors file as a header and one buffer per tensor, without copying the tensors.
+    """The bytes of a safetensors file as a header and the tensors' buffers, without copying the tensors.
 
     `safetensors.torch.save` returns the same bytes but builds them holding the GIL (about
     0.4 s for 130 MB here), which would stall the training loop while a background thread
-    saves; writing and hashing these buffers releases it. Tensors must be contiguous CPU
-    tensors that nothing changes until the file is written (a snapshot). The order and the
-    header are safetensors' own: the file is byte-identical to `safetensors.torch.save`'s
-    but for the order of the metadata entries (a hash map's there).
+    saves; writing and hashing these buffers releases it. Tensors that follow each other in
+    one storage, in file order (a `HostSnapshot`'s), are one buffer. Tensors must be
+    contiguous CPU tensors that nothing changes until the file is written (a snapshot). The
+    order and the header are safetensors' own: the file is byte-identical to
+    `safetensors.torch.save`'s but for the order of the metadata entries (a hash map's there).
     """
     if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
         import safetensors.torch
 
         return [safetensors.torch.save(dict(tensors), metadata=dict(metadata) if metadata else None)]
-    order = sorted(tensors, key=lambda k: (-_DTYPE_RANK[tensors[k].dtype], k))
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    buffers: list[bytes | memoryview] = []
+    runs: list[tuple[torch.UntypedStorage, int, int]] = []  # storage, first byte, end: data written as one buffer
     offset = 0
-    for key in order:
+    for key in safetensors_order(tensors):
         tensor = tensors[key]
         size = tensor.numel() * tensor.element_size()
         header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                        "data_offsets": [offset, offset + size]}  # fmt: skip
         offset += size
-        if size:
-            buffers.append(tensor.reshape(-1).view(torch.uint8).numpy().data)  # NumPy's memoryview: no copy
+        if not size:
+            continue
+        storage, start = tensor.untyped_storage(), int(tensor.storage_offset()) * tensor.element_size()
+        if runs and runs[-1][0].data_ptr() == storage.data_ptr() and runs[-1][2] == start:
+            runs[-1] = (storage, runs[-1][1], start + size)
+        else:
+            runs.append((storage, start, start + size))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(len(text) + 8) % 8)
-    return [struct.pack("<Q", len(text)) + text, *buffers]
+    buffers: list[bytes | memoryview] = [struct.pack("<Q", len(text)) + text]
+    for storage, start, end in runs:  # NumPy's memoryview of the storage's bytes: no copy
+        buffers.append(torch.empty(0, dtype=torch.uint8).set_(storage).numpy().data[start:end])
+    return buffers
 
 
 def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:

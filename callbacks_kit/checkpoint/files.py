@@ -50,20 +50,22 @@ class MainFiles:
     """The main process's files, ready to be written on any thread; `files()` encodes them.
 
     `weights` and `tensors` are host tensors that training no longer touches (a snapshot,
-    or the live CPU tensors of a synchronous save); `doc` is state.json, already encoded;
+    or the live CPU tensors of a synchronous save); `doc` is state.json's content, JSON
+    values in containers of its own (`split_tensors` and `TrainState.state_dict` build new
+    ones), so it is encoded by `files()`, on the background thread of an asynchronous save;
     `tag` is the header of model.safetensors.
     """
 
     weights: dict[str, torch.Tensor]
     tensors: dict[str, torch.Tensor]
-    doc: bytes
+    doc: dict[str, Any]
     tag: dict[str, str]
 
     def files(self) -> dict[str, bytes | list[bytes | memoryview]]:
         """The files' contents: bytes, or the buffers of a safetensors file (`codec.safetensors_parts`)."""
         return {
             MODEL: safetensors_parts(self.weights, {"format": "pt", **self.tag}),
-            STATE_JSON: self.doc,
+            STATE_JSON: json.dumps(self.doc).encode(),
             STATE_TENSORS: safetensors_parts(self.tensors),
         }
 
@@ -97,4 +99,4 @@ def main_files(
     else:
         host_weights, host_state = snapshot.copy(state.weights, "model"), snapshot.copy(tensors, "state")
         snapshot.ready()
-    return MainFiles(host_weights, host_state, json.dumps(doc).encode(), tag)
+    return MainFiles(host_weights, host_state, doc, tag)

@@ -17,18 +17,18 @@ fsyncs them, and `finish_save` agrees across processes, commits, and runs `after
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import broadcast_object_list, gather_object
 
+from callbacks_kit.checkpoint.digest import Data, HashingParts, digest
 from callbacks_kit.checkpoint.files import MainFiles
 from callbacks_kit.checkpoint.format import (
     FORMAT,
@@ -48,10 +48,7 @@ FINISHING = "updating last.json and best.safetensors or pruning"
 
 
 # ------------------------------------------------------------------------------ low-level writes
-Data = bytes | Sequence[bytes | memoryview]  # a file's bytes, or its parts in order
-
-
-def _write_file(path: Path, data: Data) -> None:
+def _write_file(path: Path, data: Data | HashingParts) -> None:
     """Write and fsync one file (the one place bytes reach the disk; tests fail it on purpose)."""
     with open(path, "wb") as f:
         for part in [data] if isinstance(data, bytes) else data:
@@ -72,11 +69,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: Data) -> None:
     """Replace `path` with `data` so that a reader sees the old file or the new one, whole."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     try:
         _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Replace `path` with a copy of the file `source`, as `write_atomic` does.
+
+    The kernel copies the bytes (`shutil.copyfile` uses `sendfile` on Linux): nothing is
+    read into Python, and the GIL is released while it copies.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -93,16 +108,6 @@ def remove_folder(path: Path) -> None:
     os.rename(path, trash)
     _fsync_dir(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def clean_leftovers(dirpath: Path) -> list[str]:
-    """Remove `.tmp-*` and `.trash-*` entries that a killed save or prune left; returns their names."""
-    removed = []
-    for entry in sorted(dirpath.glob(".*")):
-        if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return removed
 
 
 def check_writable(dirpath: Path) -> str | None:
@@ -171,14 +176,6 @@ def _free_name(dirpath: Path, name: str) -> str:
     return candidate
 
 
-def _digest(data: Data) -> dict[str, Any]:
-    sha, size = hashlib.sha256(), 0
-    for part in [data] if isinstance(data, bytes) else data:
-        sha.update(part)  # releases the GIL for large buffers
-        size += memoryview(part).nbytes
-    return {"bytes": size, "sha256": sha.hexdigest()}
-
-
 def _commit(pending: PendingSave) -> None:
     """Describe every file in meta.json, fsync, and rename the folder into place.
 
@@ -193,24 +190,47 @@ def _commit(pending: PendingSave) -> None:
         "epoch": position.epoch,
         "batch": position.batch,
         "global_step": pending.global_step,
-        "files": {p.name: known.get(p.name) or _digest(p.read_bytes()) for p in sorted(tmp.iterdir())},
+        "files": {p.name: known.get(p.name) or digest(p.read_bytes()) for p in sorted(tmp.iterdir())},
     }
     _write_file(tmp / META, json.dumps(meta, indent=1).encode())
     _fsync_dir(tmp)
     os.rename(tmp, pending.final)
+    pending.committed = True
     _fsync_dir(pending.final.parent)
 
 
-def _failure(dirpath: Path, name: str, doing: str, exc: BaseException) -> str:
-    reason = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+def _conclude(pending: PendingSave) -> str | None:
+    """Commit (unless done already) and run `after_commit`, on the main process; the failure, worded, or None."""
+    doing = "committing"
+    try:
+        if not pending.committed:
+            _commit(pending)
+        doing = FINISHING
+        if pending.after_commit is not None:
+            pending.after_commit(pending.final)
+    except Exception as exc:  # any failure must reach every process, or they would wait forever
+        return _failure(pending.dirpath, pending.name, doing, exc, pending.retried)
+    return None
+
+
+def _failure(dirpath: Path, name: str, doing: str, exc: BaseException, retried: bool = False) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    else:
+        reason = str(exc)
+    again = " (a second try failed too)" if retried else ""
     last = read_pointer(dirpath)
     if doing == FINISHING:
-        what = f"checkpoint {name!r} was committed in {dirpath}, but {doing} failed: {reason}"
+        what = f"checkpoint {name!r} was committed in {dirpath}, but {doing} failed: {reason}{again}"
     else:
-        what = f"could not save checkpoint {name!r} in {dirpath} while {doing}: {reason}"
-    kept = f"the checkpoint {last!r} is intact and last.json points to it" if last else "no earlier checkpoint"
+        what = f"could not save checkpoint {name!r} in {dirpath} while {doing}: {reason}{again}"
+    kept = (
+        f"No saved checkpoint was lost: {last!r} is intact and last.json points to it"
+        if last
+        else "No checkpoint of this folder was saved before it"
+    )
     fix = "Free some disk space or fix the folder" if isinstance(exc, OSError) else "Fix that"
-    return f"{what}. Nothing was lost: {kept}. {fix}, then resume with resume_from='last' (--resume last)."
+    return f"{what}. {kept}. {fix}, then resume with resume_from='last' (--resume last)."
 
 
 @dataclass
@@ -233,6 +253,9 @@ class PendingSave:
     digests: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     written: bool = False
+    committed: bool = False
+    retried: bool = False
+    first_error: str | None = None
 
     @property
     def tmp(self) -> Path:
@@ -256,11 +279,37 @@ class PendingSave:
                 files.update(self.main.files())
             for filename, data in files.items():
                 doing = f"writing {filename}"
-                _write_file(self.tmp / filename, data)
-                self.digests[filename] = _digest(data)
+                parts = HashingParts(data)
+                _write_file(self.tmp / filename, parts)
+                self.digests[filename] = parts.digest()
         except Exception as exc:  # reported by finish_save, on every process
-            self.error = self.error or _failure(self.dirpath, self.name, doing, exc)
+            self.error = self.error or _failure(self.dirpath, self.name, doing, exc, self.retried)
         self.written = True
+
+    def retry(self, commit: bool) -> None:
+        """Try a failed save a second time, from the files it holds; touches no collective.
+
+        The host copies it holds are those of its position (nothing changes them before the
+        next save begins). Before the commit, the files are written again, and with `commit`
+        (one process: nobody else must agree) committed; after the commit, only
+        `after_commit` runs again. A failure sets `error` again, saying it was the second try.
+        """
+        self.first_error, self.error, self.retried = self.error, None, True
+        if not self.committed:
+            self.digests.clear()
+            try:
+                if self.is_main:
+                    self.tmp.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.error = _failure(self.dirpath, self.name, "creating its temporary folder", exc, True)
+                return
+            self.write()
+            if not commit:
+                return  # the agreement of `finish_save` removes the temporary folder of a failure
+        if self.error is None:
+            self.error = _conclude(self)
+        if self.error is not None:
+            self.discard()
 
     def discard(self) -> None:
         """Remove the temporary folder of a failed save (main process; a committed folder stays)."""
@@ -338,14 +387,7 @@ def finish_save(pending: PendingSave) -> Path:
     """
     error = _agree(pending.world_size, pending.error)
     if error is None and pending.is_main:
-        doing = "committing"
-        try:
-            _commit(pending)
-            doing = FINISHING
-            if pending.after_commit is not None:
-                pending.after_commit(pending.final)
-        except Exception as exc:  # any failure must reach every process, or they would wait forever
-            error = _failure(pending.dirpath, pending.name, doing, exc)
+        error = _conclude(pending)
     error = _agree(pending.world_size, error)
     if error:
         pending.error = error

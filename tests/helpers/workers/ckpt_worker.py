@@ -6,11 +6,20 @@ Writes the final weights to `--out` when training ends normally.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 from pathlib import Path
 
-from helpers.checkpoints import Heartbeat, StepLRCallback, StopAtStep, loaders, make_trainer, save_weights
+from helpers.checkpoints import (
+    Heartbeat,
+    ScriptedScore,
+    StepLRCallback,
+    StopAtStep,
+    loaders,
+    make_trainer,
+    save_weights,
+)
 
 from callbacks_kit import Callback, ModelCheckpoint, PreemptionHandler
 
@@ -74,6 +83,22 @@ def die_during_save(phase: str, nth: int) -> None:
     setattr(os, kind, move)
 
 
+def no_space_for(folder: str, rank: int) -> None:
+    """On process `rank`, every write into a checkpoint folder whose name contains `folder` fails: a full disk."""
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    from callbacks_kit.checkpoint import store
+
+    real_write = store._write_file
+
+    def full(path: Path, data: object) -> None:
+        if folder in path.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    store._write_file = full
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
@@ -87,15 +112,24 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--preemption", action="store_true")
-    parser.add_argument("--die-during-save", metavar="PHASE", help="see die_during_save; at the 3rd match")
+    parser.add_argument("--die-during-save", metavar="PHASE", help="see die_during_save; at the --die-at-match'th")
+    parser.add_argument("--die-at-match", type=int, default=3)
+    parser.add_argument("--no-space-for", metavar="FOLDER", help="see no_space_for (with --no-space-rank)")
+    parser.add_argument("--no-space-rank", type=int, default=0)
+    parser.add_argument("--scores", help="val/score per epoch, comma-separated: monitored instead of val/accuracy")
     args = parser.parse_args()
     if args.die_during_save:
-        die_during_save(args.die_during_save, nth=3)
+        die_during_save(args.die_during_save, nth=args.die_at_match)
+    if args.no_space_for:
+        no_space_for(args.no_space_for, args.no_space_rank)
+    monitor = "val/score" if args.scores else "val/accuracy"
     callbacks = [
         StepLRCallback(),
-        ModelCheckpoint(args.dir, monitor="val/accuracy", mode="max", every_n_steps=args.every_n_steps),
+        ModelCheckpoint(args.dir, monitor=monitor, mode="max", every_n_steps=args.every_n_steps),
         Heartbeat(args.sleep),
     ]
+    if args.scores:
+        callbacks.append(ScriptedScore([float(v) for v in args.scores.split(",")]))
     if args.stop_at:
         callbacks.append(StopAtStep(args.stop_at))
     if args.kill_at:
