@@ -22,6 +22,7 @@ import torch
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from callbacks_kit.checkpoint.codec import apply_rng_states, capture_rng_states
 from callbacks_kit.checks import check_train_batches
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 # stops falling (fastai v1's rule of thumb), and moves less from run to run than the steepest
 # point of a short, noisy sweep (reported next to it as `steepest`).
 RULE = "the LR of the lowest smoothed loss / 10"
+# The first tenth of a sweep is left out of the steepest descent: at the lowest LRs the loss
+# moves by batch-to-batch noise alone, which the debiased average has seen few batches of, and
+# divided by a small step in log LR that noise makes the steepest slope (fastai v1 skipped the
+# first 10 of 100 steps alike). The steepest descent is looked for up to the lowest loss.
+NOISY_START = 0.1
 
 
 class Stateful(Protocol):
@@ -59,7 +65,8 @@ class LRFinderResult:
         base_lr: The reference group's LR before the test (the largest of the groups); every
             group swept in proportion to its own LR, so group `g` had `lr * base_g / base_lr`.
         suggestion: The suggested LR for the reference group (`RULE`), None without a usable curve.
-        steepest: The LR of the steepest descent of the smoothed curve, for comparison.
+        steepest: The LR of the steepest descent of the smoothed curve before its lowest point, the
+            first `NOISY_START` of the sweep left out; for comparison (None when nothing is left).
         diverged: True when the sweep stopped early because the loss diverged.
         notes: Warnings about the curve (a minimum at the range's start...).
     """
@@ -79,8 +86,9 @@ class LRFinderResult:
         if self.suggestion is None:
             return "LR range test: no suggestion (" + "; ".join(self.notes or ["no finite loss"]) + ")"
         ended = "stopped when the loss diverged" if self.diverged else "ran the whole range"
+        steepest = f"at {self.steepest:.3g}" if self.steepest is not None else "not found after the first steps"
         text = (
-            f"suggested LR {self.suggestion:.3g} ({self.rule}); steepest descent at {self.steepest:.3g}; "
+            f"suggested LR {self.suggestion:.3g} ({self.rule}); steepest descent {steepest}; "
             f"the sweep {ended} after {len(self.lrs)} steps, from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}"
         )
         return text + "".join(f". Note: {note}" for note in self.notes)
@@ -117,6 +125,45 @@ class LRFinderResult:
             raise ScheduleError(f"LRFinderResult: the sweep gave no suggestion to apply ({reasons})")
         for group in optimizer.param_groups:
             group["lr"] = self.suggestion * group["lr"] / self.base_lr
+
+    @classmethod
+    def from_curve(
+        cls,
+        lrs: list[float],
+        losses: list[float],
+        smoothed: list[float],
+        base_lr: float,
+        diverged: bool,
+        planned_steps: int | None = None,
+    ) -> LRFinderResult:
+        """The result of a sweep's curve: the suggestion (`RULE`), the steepest descent, notes on a poor curve.
+
+        Args:
+            lrs: The reference group's LR at each step taken.
+            losses: The loss at each step (averaged across processes).
+            smoothed: The smoothed loss at each step.
+            base_lr: The reference group's LR before the sweep.
+            diverged: The sweep stopped because the loss diverged (its last point is no candidate).
+            planned_steps: The steps the sweep was to take (default: those taken); the first
+                `NOISY_START` of them are left out of the steepest descent.
+        """
+        notes: list[str] = []
+        usable = [i for i, value in enumerate(smoothed[:-1] if diverged else smoothed) if math.isfinite(value)]
+        if len(usable) < 3:
+            notes.append("fewer than 3 finite points: widen the range or lower min_lr")
+            return cls(lrs, losses, smoothed, base_lr, None, None, diverged, notes)
+        lowest = min(usable, key=lambda i: smoothed[i])
+        suggestion = lrs[lowest] / 10
+        logs = [math.log10(lr) for lr in lrs]
+        first = max(1, math.ceil((planned_steps or len(lrs)) * NOISY_START))
+        candidates = [i for i in usable[1:-1] if first <= i <= lowest]
+        slopes = {i: (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in candidates}
+        steepest = lrs[min(slopes, key=slopes.__getitem__)] if slopes else None
+        if lowest == usable[0]:
+            notes.append("the loss was lowest at the start of the range: lower min_lr")
+        if not diverged and lowest == usable[-1]:
+            notes.append("the loss still fell at the end of the range: raise max_lr")
+        return cls(lrs, losses, smoothed, base_lr, suggestion, steepest, diverged, notes)
 
 
 class LRFinder:
@@ -163,13 +210,16 @@ class LRFinder:
         ratio = self.max_lr / self.min_lr
         return [self.min_lr * ratio ** (i / (self.steps - 1)) for i in range(self.steps)]
 
-    def run(self, trainer: Trainer, loader: Iterable[Any], schedulers: Sequence[Stateful] = ()) -> LRFinderResult:
+    def run(
+        self, trainer: Trainer, loader: Iterable[Any], schedulers: Sequence[Stateful] = (), progress: bool = False
+    ) -> LRFinderResult:
         """Sweep on `trainer`'s model and optimizer with batches of `loader`; everything is restored after.
 
         Args:
             trainer: A Trainer that is not fitting; its `forward` computes the loss.
             loader: Training batches (a DataLoader is prepared for the processes).
             schedulers: LR schedulers already attached to the optimizer, restored too.
+            progress: Show a tqdm bar of the steps with the LR and the smoothed loss (main process).
         """
         if trainer.state.stage != "idle":
             raise TrainerError("LRFinder: run it before or after fit, not from a callback during training")
@@ -188,14 +238,18 @@ class LRFinder:
             check_train_batches(trainer, loader)  # batches of one sample that a BatchNorm cannot train on
             loader = trainer.accelerator.prepare(loader)  # inside the snapshot: preparing may draw from the RNG
         snapshot = _Snapshot(trainer, schedulers)
+        bar = tqdm(
+            total=self.steps, desc="LR range test", unit="step", disable=not (progress and trainer.is_main_process)
+        )
         try:
-            lrs, losses, smoothed, diverged = self._sweep(trainer, loader, ratios)
+            lrs, losses, smoothed, diverged = self._sweep(trainer, loader, ratios, bar)
         finally:
+            bar.close()
             snapshot.restore()
-        return _result(lrs, losses, smoothed, base_lr, diverged)
+        return LRFinderResult.from_curve(lrs, losses, smoothed, base_lr, diverged, self.steps)
 
     def _sweep(
-        self, trainer: Trainer, loader: Iterable[Any], ratios: list[float]
+        self, trainer: Trainer, loader: Iterable[Any], ratios: list[float], bar: tqdm
     ) -> tuple[list[float], list[float], list[float], bool]:
         accelerator, optimizer = trainer.accelerator, trainer.optimizer
         model = trainer.model
@@ -229,6 +283,8 @@ class LRFinder:
                 lrs.append(lr)
                 losses.append(value)
                 smoothed.append(smooth)
+                bar.set_postfix_str(f"lr {lr:.2e}, loss {smooth:.4g}", refresh=False)
+                bar.update()
                 if not math.isfinite(smooth) or smooth > self.diverge * best:
                     return lrs, losses, smoothed, True
                 best = min(best, smooth)
@@ -243,6 +299,7 @@ def range_test(
     loader: Iterable[Any],
     frozen: Sequence[str] = (),
     log_dir: str | None = None,
+    progress: bool = False,
 ) -> LRFinderResult:
     """`finder.run(trainer, loader)` with the modules named in `frozen` frozen for the sweep only.
 
@@ -256,6 +313,7 @@ def range_test(
         loader: Training batches.
         frozen: Names of modules of `trainer.unwrapped_model` (e.g. `finetune.backbone_blocks(model)`).
         log_dir: A TensorBoard run the main process writes the result to (`LRFinderResult.log`); None: none.
+        progress: Show the sweep's progress bar (`LRFinder.run`).
     """
     model = trainer.unwrapped_model
     modules = [model.get_submodule(name) for name in frozen]
@@ -263,7 +321,7 @@ def range_test(
         freeze(modules)
         trainer.refresh_trainable()
     try:
-        result = finder.run(trainer, loader)
+        result = finder.run(trainer, loader, progress=progress)
     finally:
         if modules:
             unfreeze(modules)
@@ -321,25 +379,3 @@ def _cycle(loader: Iterable[Any]) -> Generator[Any, None, None]:
                 end()
         if not seen:
             raise TrainerError("LRFinder: the loader yielded no batches; check the dataset and batch size")
-
-
-def _result(
-    lrs: list[float], losses: list[float], smoothed: list[float], base_lr: float, diverged: bool
-) -> LRFinderResult:
-    """The suggestion (`RULE`) and the steepest descent of the smoothed curve, with notes on a poor curve."""
-    notes: list[str] = []
-    # The point where the sweep diverged is not a candidate.
-    usable = [i for i, value in enumerate(smoothed[:-1] if diverged else smoothed) if math.isfinite(value)]
-    if len(usable) < 3:
-        notes.append("fewer than 3 finite points: widen the range or lower min_lr")
-        return LRFinderResult(lrs, losses, smoothed, base_lr, None, None, diverged, notes)
-    lowest = min(usable, key=lambda i: smoothed[i])
-    suggestion = lrs[lowest] / 10
-    logs = [math.log10(lr) for lr in lrs]
-    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in usable[1:-1]]
-    steepest = lrs[usable[1:-1][min(range(len(slopes)), key=slopes.__getitem__)]] if slopes else None
-    if lowest == usable[0]:
-        notes.append("the loss was lowest at the start of the range: lower min_lr")
-    if not diverged and lowest == usable[-1]:
-        notes.append("the loss still fell at the end of the range: raise max_lr")
-    return LRFinderResult(lrs, losses, smoothed, base_lr, suggestion, steepest, diverged, notes)

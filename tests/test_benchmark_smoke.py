@@ -46,13 +46,25 @@ def test_loop_and_syncs_sections(tmp_path: Path):
         "Trainer / hand loop, small CNN",
     }
     assert results["quick"] is True and results["machine"]["torch"]
+    # Section 10: every start-up command ran as it should (help, an argument error) and was timed.
+    assert "10. Start-up" in stdout
+    startup = {row["command"]: row for row in results["startup"]["rows"]}
+    assert set(startup) == {
+        'python -c "import torch"',
+        "callbacks-kit --help",
+        "callbacks-kit train --help",
+        "callbacks-kit train --epochs x (argument error)",
+    }
+    assert all(row["median_s"] > 0 for row in startup.values())
+    assert "CLI help and argument errors / import torch" in {b["budget"] for b in results["budgets"]}
 
 
 @pytest.mark.slow
 def test_every_section(tmp_path: Path):
     stdout, results = run_benchmark(tmp_path, "--throughput")
     for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
-                  "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "Budgets"):  # fmt: skip
+                  "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "10. Start-up",
+                  "Budgets"):  # fmt: skip
         assert title in stdout
     assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "ema", "budgets"} <= set(results)
     assert [r["mode"] for r in results["checkpoints"]["rows"]] == ["no save", "synchronous save", "asynchronous save"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from helpers.images import write_image_folder
 from helpers.paths import REPO
 
 from callbacks_kit.cli import main
+from callbacks_kit.cli.run_dir import tensorboard_command
 
 TINY = [
     "--epochs",
@@ -35,20 +37,18 @@ def test_main_job_tiny_run_writes_a_tensorboard_run(tmp_path: Path, capsys: pyte
     assert main(["train", *TINY, "--log-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert f"run written to {tmp_path / 'run'}" in out
-    assert f"tensorboard --logdir {tmp_path / 'run'}" in out
+    assert f"open it with: {tensorboard_command(tmp_path / 'run')}\n" in out  # runs as printed: test_cli_help
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
 
 
 def test_image_folder_with_train_and_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    write_image_folder(tmp_path / "data")
+    write_image_folder(tmp_path / "data")  # 40 px PNGs
     args = [
         "train",
         "--data",
         str(tmp_path / "data"),
         "--epochs",
         "1",
-        "--image-size",
-        "32",
         "--batch-size",
         "8",
         "--workers",
@@ -58,7 +58,15 @@ def test_image_folder_with_train_and_val(tmp_path: Path, capsys: pytest.CaptureF
         str(tmp_path / "run"),
     ]
     assert main(args) == 0
-    assert "6 classes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 classes" in out
+    # No --image-size: the input fits the data, and the start says so with what validation does.
+    assert (
+        "\ninput 40x40 px (the training images' median shorter side, 40 px); validation resizes the shorter side "
+        "to 46 px and centre-crops 40 (crop ratio 0.875, --crop-ratio)\n"
+    ) in out
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["image_size"], info["resize"]) == (40, 46)
 
 
 def test_image_folder_split_and_local_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import safetensors
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks_kit.cli import main
@@ -20,9 +23,19 @@ def events(folder: Path) -> EventAccumulator:
 
 def test_lr_find_writes_the_curve_and_suggests_an_lr(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["lr-find", *TINY, *SWEEP, "--freeze-backbone", "--log-dir", str(tmp_path / "find")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     suggestion = re.search(r"suggested LR (\S+) \(", out)
     assert suggestion and f"callbacks-kit train --lr {suggestion.group(1)}" in out
+    # A line per phase, and a progress bar of the sweep's steps in between.
+    phases = [
+        "lr-find: loading the built-in shapes and building resnet18",
+        "input 32x32 px (--image-size)",
+        "LR range test: sweeping the LR from 1e-05 to 1 over up to 6 steps of one batch each with the backbone frozen",
+        "LR range test done in ",
+        "suggested LR",
+    ]
+    assert [out.index(line) for line in phases] == sorted(out.index(line) for line in phases), out
+    assert re.search(r"LR range test: 100%.*6/6", err), err
     run = events(tmp_path / "find")
     assert run.Images("lr_find/curve") and len(run.Scalars("lr_find/smoothed_loss")) == 6
     assert run.Tensors("lr_find/suggestion/text_summary")
@@ -34,14 +47,34 @@ def test_train_lr_auto_prints_and_trains_with_the_suggestion_and_ema_validates(
     argv = ["train", *TINY, *SWEEP, "--epochs", "1", "--no-progress", "--no-inspection", "--scheduler", "none"]
     argv += ["--model", "mobilenet_v3_small", "--lr", "auto", "--ema", "0.9", "--log-dir", str(tmp_path / "run")]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     used = re.search(r"--lr auto: training with LR (\S+) ", out)
     assert used, out
+    assert "6/6" not in err  # --no-progress: the sweep's bar too
     run = events(tmp_path / "run")
     lrs = [event.value for tag in run.Tags()["scalars"] if tag.startswith("lr/") for event in run.Scalars(tag)]
     assert lrs and all(f"{lr:.3g}" == used.group(1) for lr in lrs)  # every group trained with the suggestion
     assert run.Scalars("val_ema/accuracy") and run.Scalars("val/accuracy")
     assert events(tmp_path / "run" / "lr_find").Images("lr_find/curve")
+    # With --ema the best checkpoint ranks the averaged weights, and says so everywhere.
+    last = {tag: run.Scalars(tag)[-1].value for tag in ("val/accuracy", "val/loss", "val_ema/accuracy", "val_ema/loss")}
+    assert (
+        f"val/accuracy {last['val/accuracy']:.4f}, val/loss {last['val/loss']:.4f}; "
+        f"val_ema/accuracy {last['val_ema/accuracy']:.4f}, val_ema/loss {last['val_ema/loss']:.4f}"
+    ) in out.split("done in")[-1]
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    assert (
+        f"best val_ema/accuracy {last['val_ema/accuracy']:.4f} after epoch 1: the EMA's averaged weights, in {best}"
+        in out
+    )
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["monitor"], info["monitor_mode"], info["best_weights"]) == ("val_ema/accuracy", "max", "ema")
+    with safetensors.safe_open(str(best), "pt") as f:
+        assert f.metadata()["weights"] == "EMA"
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", str(tmp_path / "run"), str(image), "--cpu"]) == 0
+    assert "weights: best (the EMA's averaged weights with the best val_ema/accuracy)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

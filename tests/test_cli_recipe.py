@@ -12,7 +12,8 @@ from torchvision.transforms import v2
 
 from callbacks_kit import Callback, MixUpCutMix, Trainer
 from callbacks_kit.cli import main
-from callbacks_kit.cli.train import add_parser, train
+from callbacks_kit.cli.parser import add_train
+from callbacks_kit.cli.train import train
 from callbacks_kit.data import augmentation, base_dataset, eval_transform
 
 
@@ -32,7 +33,7 @@ class FirstStep(Callback):
 
 def parse(*flags: str) -> argparse.Namespace:
     commands = argparse.ArgumentParser().add_subparsers()
-    add_parser(commands)
+    add_train(commands)
     return commands.choices["train"].parse_args([*flags, "--no-inspection", "--log-every", "1"])
 
 

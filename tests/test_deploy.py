@@ -179,16 +179,27 @@ def test_export_all_formats_reproduce_pytorch(
     batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))  # another batch size than the check's
     with torch.inference_mode():
         expected = model(batch)
-    for fmt in ("state_dict", "torchscript", "onnx"):
+    for fmt in ("state_dict", "torchscript", "pt2", "onnx"):
         out = tmp_path / f"model.{fmt}"
+        if fmt == "torchscript":  # deprecated in torch 2.14: torch's warnings reach the user, and a note says why
+            with pytest.warns(FutureWarning, match=r"torch\.jit\.trace. is deprecated"):
+                assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
+            assert "note: TorchScript is deprecated since torch 2.14" in capsys.readouterr().out
+            continue
         assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
-        assert f"{fmt} written to {out}; checked on a sample batch: largest difference" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert f"{fmt} written to {out}; checked on a sample batch: largest difference" in printed
+        assert "weights: best (the trained weights with the best val/accuracy)" in printed
     plain = torchvision.models.get_model("resnet18", num_classes=6)
     plain.load_state_dict(torch.load(tmp_path / "model.state_dict", weights_only=True))
-    scripted = torch.jit.load(str(tmp_path / "model.torchscript"))
+    with pytest.warns(FutureWarning, match=r"torch\.jit\.load. is deprecated"):
+        scripted = torch.jit.load(str(tmp_path / "model.torchscript"))
+    program = torch.export.load(str(tmp_path / "model.pt2"))  # an ExportedProgram, any batch size
+    assert isinstance(program, torch.export.ExportedProgram)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        outputs = {"state_dict": plain.eval()(batch), "torchscript": scripted(batch)}
+        outputs = {"state_dict": plain.eval()(batch), "torchscript": scripted(batch), "pt2": program.module()(batch)}
+        assert program.module()(batch[:1]).shape == (1, 6)
     outputs["onnx"] = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
     for fmt, got in outputs.items():
         assert (got - expected).abs().max() <= 1e-4, fmt

@@ -69,6 +69,7 @@ def _one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ({"image_size": -5}, "image_size must be a whole number of pixels, at least 1, got -5"),
         ({"mean": [0.5, 0.5], "head": "conv"}, "head must be one of 'linear', 'mlp', got the string 'conv'; mean"),
         ({"classes": ["a", "a", "b", "c", "d", "e"]}, "classes must be a list of distinct class names"),
+        ({"best_weights": "averaged"}, "best_weights must be 'trained' or 'ema', got the string 'averaged'"),
     ],
 )
 def test_a_run_json_that_breaks_the_schema_is_one_message(made, tmp_path, capsys, changes, message):

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit import Trainer
 from callbacks_kit.errors import ScheduleError, TrainerError
-from callbacks_kit.lr_finder import RULE, LRFinder, range_test
+from callbacks_kit.lr_finder import RULE, LRFinder, LRFinderResult, range_test
 
 
 class RecordingTrainer(Trainer):
@@ -191,3 +191,41 @@ def test_a_fully_frozen_model_and_one_sample_batches_are_refused_before_the_swee
     with pytest.raises(TrainerError, match=r"train_loader holds 1 sample in all.*BatchNorm layer 1 sees a single"):
         LRFinder(steps=5).run(trainer, one)
     assert LRFinder(steps=5).run(trainer, DataLoader(data(16), batch_size=2)).lrs  # two samples a batch: fine
+
+
+def noisy_start_curve(steps: int = 100) -> tuple[list[float], list[float], list[float]]:
+    """A sweep's curve from 1e-7 to 10: noise at the lowest LRs, a fall from 1e-4 to 1e-1, divergence past 1."""
+    lrs = LRFinder(min_lr=1e-7, max_lr=10.0, steps=steps).lrs()
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for i, lr in enumerate(lrs):
+        fall = 1.5 / (1 + math.exp(-2.5 * (math.log10(lr) + 2.5)))  # steepest at 10^-2.5
+        noise = 0.4 * float(torch.randn((), generator=generator)) if i < 8 else 0.0
+        rise = 50 * max(0.0, math.log10(lr)) ** 2
+        losses.append(2.0 - fall + noise + rise)
+    losses[1] = 0.6  # one very lucky early batch
+    average, smoothed = 0.0, []
+    for i, loss in enumerate(losses):  # LRFinder's debiased EMA
+        average = 0.98 * average + 0.02 * loss
+        smoothed.append(average / (1 - 0.98 ** (i + 1)))
+    return lrs, losses, smoothed
+
+
+def test_the_steepest_descent_ignores_the_first_noisy_steps():
+    lrs, losses, smoothed = noisy_start_curve()
+    result = LRFinderResult.from_curve(lrs, losses, smoothed, base_lr=1e-3, diverged=False, planned_steps=100)
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    assert result.suggestion == lrs[lowest] / 10 and 1e-2 < lrs[lowest] < 10  # the rule: past the fall, before the rise
+    assert result.steepest is not None and 1e-4 < result.steepest < lrs[lowest]  # on the fall, not at 1e-7
+    assert f"steepest descent at {result.steepest:.3g}" in result.summary()
+    # Before the first tenth was left out, the lucky batch at step 1 was the "steepest descent".
+    logs = [math.log10(lr) for lr in lrs]
+    slopes = {i: (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, len(lrs) - 1)}
+    assert lrs[min(slopes, key=slopes.__getitem__)] < 1e-6
+
+
+def test_no_steepest_descent_after_the_noisy_start_is_said_plainly():
+    lrs, _, _ = noisy_start_curve(20)
+    smoothed = [1.0 - 0.01 * i if i < 2 else 2.0 + i for i in range(20)]  # lowest at step 1, then it only rises
+    result = LRFinderResult.from_curve(lrs, smoothed, smoothed, base_lr=1e-3, diverged=False, planned_steps=20)
+    assert result.steepest is None and "steepest descent not found after the first steps" in result.summary()

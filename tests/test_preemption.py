@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -19,6 +21,7 @@ from helpers.checkpoints import (
     wait_for_line,
     weights,
 )
+from helpers.paths import REPO, WORKER_PYTHONPATH
 
 from callbacks_kit import Callback, ModelCheckpoint, PreemptionHandler, TrainerError
 
@@ -117,3 +120,50 @@ def test_needs_a_model_checkpoint_and_known_signals():
         PreemptionHandler(("SIGNOPE",))
     with pytest.raises(TrainerError, match="PreemptionHandler saves through a ModelCheckpoint and the trainer has 0"):
         make_trainer([PreemptionHandler()]).fit(*loaders())
+
+
+# A run whose batches come from two forked DataLoader workers, which inherit the signal handlers.
+WORKERS_SCRIPT = """
+import sys, time
+import torch
+from torch.utils.data import DataLoader, Dataset
+from callbacks_kit import Callback, ModelCheckpoint, PreemptionHandler, Trainer
+
+class Slow(Dataset):
+    def __len__(self):
+        return 512
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return torch.randn(4), i % 2
+
+class Started(Callback):
+    def on_train_batch_end(self, trainer):
+        if trainer.state.global_step == 2:
+            print("training", flush=True)
+
+model = torch.nn.Linear(4, 2)
+trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), progress_bar=False,
+                  callbacks=[Started(), ModelCheckpoint(sys.argv[1]), PreemptionHandler()])
+trainer.fit(DataLoader(Slow(), batch_size=4, num_workers=2), epochs=20)
+"""
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_in_a_terminal_prints_its_message_once_with_dataloader_workers(tmp_path):
+    # A terminal's Ctrl-C signals the whole foreground process group: the DataLoader workers too.
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKERS_SCRIPT, str(tmp_path / "ckpt")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": WORKER_PYTHONPATH},
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    wait_for_line(process, "training", seen)
+    os.killpg(process.pid, signal.SIGINT)
+    output = "".join(seen) + process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert output.count("SIGINT received: finishing the current step") == 1, output
+    assert output.count("stopped by SIGINT") == 1 and (tmp_path / "ckpt" / "last.json").exists()

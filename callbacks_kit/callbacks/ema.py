@@ -16,13 +16,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.choices import BUFFER_MODES as BUFFER_MODES
 from callbacks_kit.compat import BATCH_NORMS
 from callbacks_kit.errors import TrainerError
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
-
-BUFFER_MODES = ("average", "recompute")
 
 
 class EMA(Callback):

@@ -32,7 +32,10 @@ class PreemptionHandler(Callback):
     once, without saving. A signal during validation takes effect after it, at the epoch end.
 
     The signal handlers are installed at fit start (main thread only) and the previous ones
-    put back when `fit` ends. Under `torchrun`, a signal sent to the launcher reaches every
+    put back when `fit` ends. DataLoader workers forked during `fit` inherit them, and a
+    Ctrl-C in a terminal signals them too: they ignore it (the process that installed the
+    handlers stops the run), so the message is printed once and the workers keep serving
+    the batches of the step being finished. Under `torchrun`, a signal sent to the launcher reaches every
     worker, and the launcher kills them 30 s later: the step plus the save must fit in that.
 
     Args:
@@ -62,6 +65,7 @@ class PreemptionHandler(Callback):
         self._signum = 0
         self._received_at = 0.0
         self._previous: dict[signal.Signals, Any] = {}
+        self._pid = os.getpid()  # the process whose handlers these are (forked workers inherit them)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._saver = self.checkpoint or self._find_checkpoint(trainer)
@@ -69,10 +73,13 @@ class PreemptionHandler(Callback):
         if threading.current_thread() is not threading.main_thread():
             trainer.print("PreemptionHandler: not in the main thread; signals cannot be handled here")
             return
+        self._pid = os.getpid()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: the training process handles the stop
         if self._signum:
             if signum == signal.SIGINT:
                 self._restore()

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from callbacks_kit.cli.run_dir import tensorboard_command
 from callbacks_kit.deploy.evaluate import evaluate_run
+from callbacks_kit.deploy.run_info import read_run_info
 from callbacks_kit.errors import CLIError
 
-
-def add_parser(commands: Any) -> None:
-    """Add the `evaluate` command and its options to `commands` (what `add_subparsers()` returned)."""
-    parser = commands.add_parser(
-        "evaluate",
-        help="measure a trained run on a held-out ImageFolder and log it under test/",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
-    group = parser.add_argument_group("evaluation")
-    group.add_argument("--data", required=True, metavar="DIR", help="test images, one folder per class")
-    group.add_argument("--checkpoint", default="best", metavar="best|last|PATH", help="which weights to use")
-    group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    group.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    group.add_argument("--no-tensorboard", action="store_true", help="print only; write nothing into the run")
+HEADER_WIDTH = 10  # a predicted class's column shows at most this much of its name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +27,28 @@ def run(args: argparse.Namespace) -> int:
         device="cpu" if args.cpu else None,
         tensorboard=not args.no_tensorboard,
     )
+    print(f"weights: {read_run_info(args.run).weights_description(args.checkpoint)}")
     if report.missing_classes:
         print(f"classes without test images (not measured): {', '.join(report.missing_classes)}")
     print(report.table())
-    width = max(len(name) for name in report.classes)
-    print("confusion matrix (rows: true class, columns: predicted, in the order above):")
-    for name, row in zip(report.classes, report.confusion.tolist(), strict=True):
-        print(f"{name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
+    print("confusion matrix (rows: true class, columns: predicted class):")
+    print(confusion_text(report.classes, report.confusion.tolist()))
     if not args.no_tensorboard:
-        print(f"written to the run's TensorBoard under test/: tensorboard --logdir {args.run}")
+        print(f"written to the run's TensorBoard under test/: {tensorboard_command(args.run)}")
     return 0
+
+
+def confusion_text(classes: list[str], rows: list[list[int]]) -> str:
+    """The confusion matrix as aligned text: a header row of predicted classes, a row per true class.
+
+    A header longer than `HEADER_WIDTH` is cut, ending in "~"; each column is as wide as its
+    header or its largest count.
+    """
+    headers = [name if len(name) <= HEADER_WIDTH else name[: HEADER_WIDTH - 1] + "~" for name in classes]
+    widths = [max(len(header), *(len(str(row[j])) for row in rows)) for j, header in enumerate(headers)]
+    corner = "true / predicted"
+    first = max(len(corner), *(len(name) for name in classes))
+    lines = [corner.ljust(first) + "  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    for name, row in zip(classes, rows, strict=True):
+        lines.append(name.ljust(first) + "  " + "  ".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from callbacks_kit.data import AUGMENTS
+from callbacks_kit.choices import AUGMENTS, HEADS
 from callbacks_kit.errors import CLIError
-from callbacks_kit.finetune.heads import HEADS
 
 # Sizes of the built-in shapes dataset; with --data the folder decides and these flags are refused.
 SHAPES_SIZES = {"train_samples": 3000, "val_samples": 600}
+# The share of the resized image that validation keeps (torchvision's reference scripts: 224 of 256).
+CROP_RATIO = 0.875
 
 # Each numeric option's range: (lowest, lowest allowed?, highest or None, highest allowed?).
 NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
@@ -36,24 +37,47 @@ NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
 }
 
 
-def add_job_args(train: argparse.ArgumentParser) -> None:
-    """The data, model and run options, shared with `lr-find`."""
+def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
+    """The data, model and run options, shared with `lr-find` (without those of training: `training=False`)."""
     data = train.add_argument_group("data")
     data.add_argument(
         "--data",
         metavar="DIR",
-        help="ImageFolder tree (train/ and val/, or class folders); default: the built-in shapes dataset",
-    )
-    data.add_argument("--val-split", type=float, default=None, help="fraction held out when --data has no val/ (0.2)")
-    data.add_argument("--image-size", type=int, default=None, help="input size (64 for shapes, 224 for --data)")
-    data.add_argument(
-        "--train-samples", type=int, help=f"size of the built-in training set ({SHAPES_SIZES['train_samples']})"
+        help="ImageFolder tree: train/ and val/, or class folders (default: the built-in shapes dataset)",
     )
     data.add_argument(
-        "--val-samples", type=int, help=f"size of the built-in validation set ({SHAPES_SIZES['val_samples']})"
+        "--val-split", type=float, default=None, help="fraction of --data held out when it has no val/ (default: 0.2)"
     )
     data.add_argument(
-        "--workers", type=int, default=None, help="DataLoader workers (0 for shapes, else half the cores)"
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="side of the square input (default: 64 for the built-in shapes; with --data or --labels the size "
+        "the named --weights were trained at, else the training images' median shorter side within 32-224)",
+    )
+    data.add_argument(
+        "--crop-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --data or --labels, validation (and evaluate, predict) resizes the shorter side to "
+        "image-size / R and centre-crops image-size; 1 keeps the whole image (default: the named --weights' "
+        f"ratio, else {CROP_RATIO})",
+    )
+    data.add_argument(
+        "--train-samples",
+        type=int,
+        help=f"size of the built-in training set (default: {SHAPES_SIZES['train_samples']})",
+    )
+    data.add_argument(
+        "--val-samples", type=int, help=f"size of the built-in validation set (default: {SHAPES_SIZES['val_samples']})"
+    )
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default: 0 for the built-in shapes, else half the CPU cores)",
     )
     model = train.add_argument_group("model and optimisation")
     model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
@@ -61,31 +85,47 @@ def add_job_args(train: argparse.ArgumentParser) -> None:
         "--weights",
         metavar="PATH|NAME",
         help="local state_dict to start from (head is replaced), or torchvision weights by name (DEFAULT, "
-        "IMAGENET1K_V1) read from the torch hub cache, offline",
+        "IMAGENET1K_V1) read from the torch hub cache, offline (default: random initialisation)",
     )
     model.add_argument(
         "--allow-partial-weights",
         action="store_true",
         help="load the matching part of --weights that only partly fit the model (refused by default)",
     )
-    model.add_argument("--epochs", type=int, default=5)
-    model.add_argument("--batch-size", type=int, default=64, help="per process")
+    if training:
+        model.add_argument("--epochs", type=int, default=5, help="passes over the training data")
+    model.add_argument("--batch-size", type=int, default=64, help="images per batch, per process")
+    if training:
+        model.add_argument(
+            "--lr",
+            type=lr_value,
+            default=2e-3,
+            help="LR of every param group; 'auto' runs the LR range test first (see lr-find) and trains with its "
+            "suggestion",
+        )
+    model.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
+    if training:
+        model.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
     model.add_argument(
-        "--lr",
-        type=lr_value,
-        default=2e-3,
-        help="LR of every param group; 'auto' runs the LR range test first (see lr-find) and trains with its "
-        "suggestion",
+        "--max-grad-norm",
+        type=float,
+        default=None,
+        help="clip the global gradient norm to this value (default: no clipping)",
     )
-    model.add_argument("--weight-decay", type=float, default=0.05)
-    model.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
-    model.add_argument("--max-grad-norm", type=float, default=None)
     run = train.add_argument_group("run")
-    run.add_argument("--log-dir", help="folder of this run (default runs/<date>-<time>)")
-    run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    run.add_argument("--log-dir", help="folder of this run (default: runs/<date>-<time>)")
+    run.add_argument(
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        default="no",
+        help="autocast precision: bf16 (CPU or GPU), fp16 with loss scaling (GPU), or no",
+    )
     run.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
+    run.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial weights, the data order and the built-in data"
+    )
+    if training:
+        run.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss reads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines stay)")
     add_augment_args(train)
     add_head_args(train)
@@ -145,8 +185,8 @@ def add_augment_args(parser: argparse.ArgumentParser) -> None:
         "--augment",
         choices=AUGMENTS,
         help="training augmentation: none; basic (random resized crop and horizontal flip); or basic followed by "
-        "torchvision's TrivialAugmentWide, RandAugment or AutoAugment. Default: basic for --data, none for the "
-        "built-in shapes (validation images are never augmented)",
+        "torchvision's TrivialAugmentWide, RandAugment or AutoAugment; validation images are never augmented "
+        "(default: basic for --data, none for the built-in shapes)",
     )
     group.add_argument(
         "--no-flip",
@@ -194,8 +234,12 @@ def check_head_args(args: argparse.Namespace) -> None:
 def add_csv_args(parser: argparse.ArgumentParser) -> None:
     """Images labelled by a CSV instead of an ImageFolder tree."""
     group = parser.add_argument_group("CSV-labelled data")
-    group.add_argument("--labels", metavar="FILE.csv", help="CSV of image paths and labels (with --images)")
-    group.add_argument("--images", metavar="DIR", help="folder the CSV's paths are relative to")
+    group.add_argument(
+        "--labels", metavar="FILE.csv", help="CSV of image paths and labels, with --images (default: none)"
+    )
+    group.add_argument(
+        "--images", metavar="DIR", help="folder the CSV's paths are relative to, with --labels (default: none)"
+    )
     group.add_argument("--path-column", metavar="NAME", help="column of image paths (default: the first)")
     group.add_argument("--label-column", metavar="NAME", help="column of labels (default: 'label', else the second)")
 
@@ -210,17 +254,18 @@ def check_csv_args(args: argparse.Namespace) -> None:
         raise CLIError("--path-column and --label-column name columns of --labels FILE.csv; add --labels and --images")
 
 
-def add_finetune_args(parser: argparse.ArgumentParser) -> None:
-    """Freezing, unfreezing and LR scheduling options."""
-    group = parser.add_argument_group("LR schedule and fine-tuning")
-    group.add_argument(
-        "--scheduler",
-        choices=["none", "onecycle", "cosine", "linear", "step", "plateau"],
-        default="onecycle",
-        help="onecycle/cosine/linear: per optimizer step; step: LR/10 every third of the epochs; "
-        "plateau: LR/10 when val/loss stalls for an epoch",
-    )
-    group.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear warmup over the first STEPS")
+def add_finetune_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """Freezing, unfreezing and LR scheduling options (`training=False`: the freezing the LR range test sees)."""
+    group = parser.add_argument_group("LR schedule and fine-tuning" if training else "freezing")
+    if training:
+        group.add_argument(
+            "--scheduler",
+            choices=["none", "onecycle", "cosine", "linear", "step", "plateau"],
+            default="onecycle",
+            help="onecycle/cosine/linear: per optimizer step; step: LR/10 every third of the epochs; "
+            "plateau: LR/10 when val/loss stalls for an epoch",
+        )
+        group.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear warmup over the first STEPS")
     group.add_argument(
         "--freeze-backbone", action="store_true", help="train only the classifier head (until --unfreeze-at)"
     )
@@ -230,14 +275,15 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="EPOCH",
         help="unfreeze the backbone at this epoch; several epochs unfreeze it block by block from the head "
-        "down (implies --freeze-backbone)",
+        "down (implies --freeze-backbone; default: never)",
     )
-    group.add_argument(
-        "--backbone-lr-factor",
-        type=float,
-        metavar="F",
-        help="on unfreezing, the backbone's LR is the head's times F (default: the same LR)",
-    )
+    if training:
+        group.add_argument(
+            "--backbone-lr-factor",
+            type=float,
+            metavar="F",
+            help="on unfreezing, the backbone's LR is the head's times F (default: the same LR)",
+        )
 
 
 def add_lr_find_args(parser: argparse.ArgumentParser) -> None:

@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from callbacks_kit.errors import CLIError
 from callbacks_kit.inspection.event_report import format_report, inspect_run, unreadable_message
-
-
-def add_parser(commands: Any) -> None:
-    """Add the `inspect` command and its options to `commands` (what `add_subparsers()` returned)."""
-    parser = commands.add_parser("inspect", help="print what a TensorBoard run contains, per plugin")
-    parser.add_argument("run", help="a run folder (or a folder of runs, or one event file)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli.flags import check_csv_args, check_head_args, check_numbers, label_smoothing
+from callbacks_kit.cli.input_size import InputSize, input_size
 from callbacks_kit.data import (
     ShapesDataset,
     augmentation,
@@ -64,6 +65,7 @@ class Job:
     resize: int  # the side images are resized to before the centre crop (run.json)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    input: InputSize  # size and resize, and why (`input.describe()`: the line printed at start)
 
     def describe(self, args: argparse.Namespace) -> str:
         """The model and the data, for the line a command prints at start."""
@@ -106,6 +108,7 @@ def build_job(args: argparse.Namespace) -> Job:
     check_csv_args(args)
     check_head_args(args)
     check_numbers(args)
+    shape = input_size(args)  # the folder's images are looked at before any dataset is built
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu)
     state = process_state(cpu_only)
@@ -113,8 +116,10 @@ def build_job(args: argparse.Namespace) -> Job:
     label_smoothing(args)
     train_set: Dataset
     val_set: Dataset
+    size = shape.size
     if args.data or args.labels:
-        size = args.image_size or 224
+        ratio = shape.crop_ratio
+        assert ratio is not None  # --data and --labels always have one
         augment, flip = args.augment or "basic", not args.no_flip
         if args.labels:
             train_set, val_set, classes = csv_datasets(
@@ -127,15 +132,20 @@ def build_job(args: argparse.Namespace) -> Job:
                 args.label_column,
                 augment=augment,
                 flip=flip,
+                crop_ratio=ratio,
             )
         else:
             train_set, val_set, classes = image_folder_datasets(
-                args.data, size, args.val_split, args.seed, augment=augment, flip=flip
+                args.data,
+                size,
+                args.val_split,
+                args.seed,
+                augment=augment,
+                flip=flip,
+                crop_ratio=ratio,
             )
         workers = default_workers() if args.workers is None else args.workers
-        resize = round(size / 0.875)  # eval_transform's resize before the centre crop
     else:
-        size = args.image_size or 64
         steps = augmentation(size, args.augment or "none", flip=not args.no_flip)
         train_set = ShapesDataset(
             args.train_samples, size, seed=args.seed, transform=v2.Compose(steps) if steps else None
@@ -143,7 +153,6 @@ def build_job(args: argparse.Namespace) -> Job:
         val_set = ShapesDataset(args.val_samples, size, seed=args.seed + 10_000)
         classes = list(ShapesDataset.classes)
         workers = 0 if args.workers is None else args.workers  # generating is cheaper than a worker's IPC
-        resize = size  # shapes are drawn at the input size: a saved one goes in unchanged
     pin = pin_by_default() and not cpu_only  # pinned pages only help copies to a GPU
     # Drop the ragged last batch, as the reference training scripts do: one sample fails BatchNorm.
     # All three kinds have a length; torch's Dataset declares no __len__.
@@ -172,4 +181,4 @@ def build_job(args: argparse.Namespace) -> Job:
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, lr))
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-    return Job(state, cpu_only, train_loader, val_loader, classes, size, resize, model, optimizer)
+    return Job(state, cpu_only, train_loader, val_loader, classes, size, shape.resize, model, optimizer, shape)

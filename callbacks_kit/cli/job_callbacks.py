@@ -6,6 +6,7 @@ The flags themselves are added in `flags` (those `lr-find` takes too) and `train
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Sequence
 
@@ -146,8 +147,36 @@ def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
     return [EMA(args.ema, every_n_steps=args.ema_every, buffers=args.ema_buffers)]
 
 
+# The metrics of each validation of the main job (val/*, and val_ema/* with --ema).
+VALIDATED = ("accuracy", "loss")
+
+
+def monitored(args: argparse.Namespace) -> tuple[str, str]:
+    """`--monitor` and its mode, checked: the metric that picks the best checkpoint and that early stopping watches.
+
+    By default the accuracy of the last validation there is: `val_ema/accuracy` with `--ema`
+    (the averaged weights are what the run is for), else `val/accuracy`. `--monitor-mode auto`
+    is "min" for a metric whose name contains "loss" and "max" otherwise.
+    """
+    prefixes = ["val", "val_ema"] if args.ema is not None else ["val"]
+    metric = args.monitor or f"{prefixes[-1]}/accuracy"
+    known = [f"{prefix}/{name}" for prefix in prefixes for name in VALIDATED]
+    if metric not in known:
+        if args.ema is None and metric.startswith("val_ema/"):
+            raise CLIError(
+                f"--monitor {metric} ranks the EMA's averaged weights, and this run keeps none: add --ema DECAY "
+                f"(e.g. --ema 0.999), or monitor one of {', '.join(known)}"
+            )
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CLIError(f"--monitor {metric} is not a metric this run validates{hint}; choose one of {', '.join(known)}")
+    if args.monitor_mode != "auto":
+        return metric, args.monitor_mode
+    return metric, "min" if "loss" in metric.rsplit("/", 1)[-1] else "max"
+
+
 def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callback]:
-    """Keep the best model by val/accuracy and the last; stop cleanly on SIGTERM/SIGINT/SIGUSR1."""
+    """Keep the best model by `--monitor` and the last; stop cleanly on SIGTERM/SIGINT/SIGUSR1."""
     if args.resume == "last" and not (args.log_dir or args.checkpoint_dir):
         raise CLIError(
             "--resume last continues the run of --log-dir (or of --checkpoint-dir), and neither was given; "
@@ -156,13 +185,14 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
     if args.early_stop_patience is not None and args.early_stop_patience < 1:
         raise CLIError(f"--early-stop-patience must be at least 1, got {args.early_stop_patience}")
     directory = args.checkpoint_dir or os.path.join(run_dir, "checkpoints")
+    metric, mode = monitored(args)
     callbacks: list[Callback] = [
-        ModelCheckpoint(directory, monitor="val/accuracy", mode="max"),
+        ModelCheckpoint(directory, monitor=metric, mode=mode),
         TerminateOnNaN(),
         PreemptionHandler(("SIGTERM", "SIGINT", "SIGUSR1")),
     ]
     if args.early_stop_patience is not None:
-        callbacks.append(EarlyStopping("val/accuracy", patience=args.early_stop_patience, mode="max"))
+        callbacks.append(EarlyStopping(metric, patience=args.early_stop_patience, mode=mode))
     return callbacks
 
 

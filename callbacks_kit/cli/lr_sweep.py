@@ -6,6 +6,7 @@ The sweep itself, with its freezing and its TensorBoard run, is `lr_finder.range
 from __future__ import annotations
 
 import argparse
+import time
 from typing import TYPE_CHECKING
 
 from torch.utils.data import DataLoader
@@ -38,11 +39,23 @@ def sweep_lr(args: argparse.Namespace, trainer: Trainer, loader: DataLoader, log
     """The LR range test of `--lr-find-*` on `trainer`, frozen as `--freeze-backbone` trains first.
 
     The curve, the scalars and the suggestion go to a TensorBoard run in `log_dir` (main
-    process); the summary is printed.
+    process). A line says when the sweep starts and when it is done, a progress bar shows
+    its steps (unless --no-progress), and the summary is printed.
     """
     model = trainer.unwrapped_model
     frozen = backbone_blocks(model) if args.freeze_backbone or args.unfreeze_at else []
-    result = range_test(lr_finder(args), trainer, loader, frozen=frozen, log_dir=log_dir)
+    finder = lr_finder(args)
+    trainer.print(
+        f"LR range test: sweeping the LR from {finder.min_lr:g} to {finder.max_lr:g} over up to {finder.steps} "
+        f"steps of one batch each{' with the backbone frozen' if frozen else ''}; it stops early when the loss "
+        "diverges"
+    )
+    start = time.perf_counter()
+    result = range_test(finder, trainer, loader, frozen=frozen, log_dir=log_dir, progress=not args.no_progress)
+    trainer.print(
+        f"LR range test done in {time.perf_counter() - start:.0f} s ({len(result.lrs)} steps); the weights, "
+        "optimizer and random state are as they were before it"
+    )
     trainer.print(result.summary())
     return result
 

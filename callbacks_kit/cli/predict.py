@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from callbacks_kit.data.images import expand_images
 from callbacks_kit.deploy.output_file import check_output_file
@@ -11,23 +10,6 @@ from callbacks_kit.deploy.predict import OUTPUT_SUFFIXES, predict_images, write_
 from callbacks_kit.deploy.run_info import load_run_model
 from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import CLIError
-
-
-def add_parser(commands: Any) -> None:
-    """Add the `predict` command and its options to `commands` (what `add_subparsers()` returned)."""
-    parser = commands.add_parser(
-        "predict",
-        help="classify images with a trained run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
-    parser.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
-    group = parser.add_argument_group("prediction")
-    group.add_argument("--checkpoint", default="best", metavar="best|last|PATH", help="which weights to use")
-    group.add_argument("--top-k", type=int, default=3, help="classes shown per image")
-    group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    group.add_argument("--output", metavar="FILE", help="also write the predictions to FILE (.csv or .json)")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p.path}: {shown}")
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
-    print(f"{len(result.predictions)} image(s) predicted on {device}, {len(result.skipped)} skipped")
+    print(
+        f"{len(result.predictions)} image(s) predicted on {device}, {len(result.skipped)} skipped; weights: "
+        f"{info.weights_description(args.checkpoint)}"
+    )
     if args.output:
         print(f"written to {write_predictions(result, args.output)}")
     return 0

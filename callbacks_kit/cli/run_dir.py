@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import shutil
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
@@ -47,3 +52,24 @@ def lock_run(run_dir: str, state: PartialState) -> Iterator[None]:
         yield
     finally:
         lock.release()  # held by the main process alone; a no-op on the others
+
+
+def tensorboard_command(run_dir: str | os.PathLike[str]) -> str:
+    """`tensorboard --logdir RUN` as a command that runs where it is printed: TensorBoard beside this Python.
+
+    A virtual environment's scripts are on PATH only once it is activated, and the README's
+    set-up never activates it: unless `tensorboard` on PATH is the one installed with this
+    interpreter, the command names it by path (relative to the current folder when inside it),
+    or runs it as `python -m tensorboard.main` when there is no script.
+    """
+    script = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+    on_path = shutil.which("tensorboard")
+    if on_path and script.is_file() and Path(on_path).resolve() == script.resolve():
+        program = "tensorboard"
+    elif script.is_file():
+        here = Path.cwd()
+        near = script.relative_to(here) if script.is_relative_to(here) else script
+        program = shlex.quote(str(near) if len(near.parts) > 1 else f"./{near}")  # a bare name is looked up on PATH
+    else:
+        program = f"{shlex.quote(sys.executable)} -m tensorboard.main"
+    return f"{program} --logdir {shlex.quote(str(run_dir))}"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
-from callbacks_kit.cli.flags import add_finetune_args, add_job_args, add_lr_find_args
+from callbacks_kit.checkpoint.format import BEST_WEIGHTS
 from callbacks_kit.cli.job import build_job
 from callbacks_kit.cli.job_callbacks import (
     checkpoint_callbacks,
@@ -20,40 +21,15 @@ from callbacks_kit.cli.job_callbacks import (
     error_analysis_callbacks,
     finetune_callbacks,
     inspection_callbacks,
+    monitored,
     recipe_callbacks,
     training_view_callbacks,
 )
 from callbacks_kit.cli.lr_sweep import auto_lr, lr_finder
 from callbacks_kit.cli.resume_checks import check_new_run, check_resume, checkpoint_folder
-from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
-from callbacks_kit.cli.train_flags import (
-    add_checkpoint_args,
-    add_ema_args,
-    add_error_analysis_args,
-    add_inspection_args,
-    add_recipe_args,
-    add_training_view_args,
-)
+from callbacks_kit.cli.run_dir import lock_run, pick_run_dir, tensorboard_command
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CLIError, ScheduleError
-
-
-def add_parser(commands: Any) -> None:
-    """Add the `train` command and its options to `commands` (what `add_subparsers()` returned)."""
-    train = commands.add_parser(
-        "train",
-        help="train an image classifier and write a TensorBoard run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_job_args(train)
-    add_inspection_args(train)
-    add_error_analysis_args(train)
-    add_training_view_args(train)
-    add_finetune_args(train)
-    add_ema_args(train)
-    add_checkpoint_args(train)
-    add_recipe_args(train)
-    add_lr_find_args(train)
 
 
 def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -> str:
@@ -87,6 +63,7 @@ def train(
             )
         lr_finder(args)  # its range is checked before any data is loaded
     recipe = recipe_callbacks(args)  # checks the recipe's flags before any data is read
+    monitor, mode = monitored(args)  # and --monitor's
     job = build_job(args)
     state, classes, size = job.state, job.classes, job.size
     train_loader, val_loader = job.train_loader, job.val_loader
@@ -112,6 +89,9 @@ def train(
         dropout=args.dropout,
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
         label_smoothing=args.label_smoothing,
+        monitor=monitor,
+        monitor_mode=mode,
+        best_weights="ema" if monitor.startswith("val_ema/") else "trained",
     )
     check_resume(args, info, checkpoint_folder(args, run_dir))  # the data and settings the checkpoint was trained on
     callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
@@ -119,6 +99,7 @@ def train(
         callbacks = customize(callbacks)
     trainer = job.trainer(args, callbacks)
     trainer.print(f"training {job.describe(args)}, {args.epochs} epochs, {job.processes(trainer)}")
+    trainer.print(job.input.describe())
     start = time.perf_counter()
     with lock_run(run_dir, state):  # one run per folder: a second one is refused before it writes anything
         if args.lr == "auto":
@@ -131,11 +112,36 @@ def train(
             raise CLIError(_resume_advice(args, run_dir, exc)) from exc
     metrics = dict(trainer.state.metrics)
     trainer.print(
-        f"done in {time.perf_counter() - start:.0f} s: val/accuracy {metrics.get('val/accuracy', float('nan')):.4f}, "
-        f"val/loss {metrics.get('val/loss', float('nan')):.4f}\n"
-        f"run written to {run_dir}\nopen it with: tensorboard --logdir {run_dir}"
+        f"done in {time.perf_counter() - start:.0f} s: {_last_figures(metrics)}\n"
+        f"{_best_line(trainer.callbacks.find(ModelCheckpoint), info)}"
+        f"run written to {run_dir}\nopen it with: {tensorboard_command(run_dir)}"
     )
     return metrics
+
+
+def _last_figures(metrics: dict[str, float]) -> str:
+    """The last validation's figures: `val/*`, and `val_ema/*` when the EMA was validated."""
+    nan = float("nan")
+    figures = f"val/accuracy {metrics.get('val/accuracy', nan):.4f}, val/loss {metrics.get('val/loss', nan):.4f}"
+    if "val_ema/accuracy" in metrics:
+        figures += (
+            f"; val_ema/accuracy {metrics['val_ema/accuracy']:.4f}, val_ema/loss {metrics.get('val_ema/loss', nan):.4f}"
+        )
+    return figures
+
+
+def _best_line(checkpoints: list[ModelCheckpoint], info: RunInfo) -> str:
+    """Which weights best.safetensors holds, with its score and epoch (a line), or nothing before any best."""
+    best = checkpoints[0] if checkpoints else None
+    if best is None or best.best_name is None:
+        return ""
+    epoch = re.match(r"epoch=(\d+)", best.best_name)
+    when = f" after epoch {int(epoch.group(1))}" if epoch else ""
+    weights = "the EMA's averaged weights" if info.best_weights == "ema" else "the trained weights"
+    return (
+        f"best {info.monitor} {best.best_k[best.best_name]:.4f}{when}: {weights}, in "
+        f"{best.dirpath / BEST_WEIGHTS} (predict, evaluate and export use them)\n"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from callbacks_kit.callbacks.ema import BUFFER_MODES
+from callbacks_kit.choices import BUFFER_MODES
+
+# --monitor-mode: auto follows the metric's name (a loss is better lower).
+MONITOR_MODES = ("auto", "min", "max")
 
 
 def add_inspection_args(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +27,27 @@ def add_inspection_args(parser: argparse.ArgumentParser) -> None:
         help="optimizer steps between weight/gradient histograms; 0: at each epoch end",
     )
     group.add_argument("--no-grad-hist", action="store_true", help="weight histograms only")
-    group.add_argument("--hist-include", metavar="REGEX", help="only parameters whose name matches (e.g. 'conv|fc')")
+    group.add_argument(
+        "--hist-include",
+        metavar="REGEX",
+        help="only parameters whose name matches, e.g. 'conv|fc' (default: every parameter)",
+    )
     group.add_argument(
         "--images-every", type=int, default=1, metavar="N", help="epochs between kernels, feature maps, Grad-CAM"
     )
-    group.add_argument("--kernel-layers", nargs="+", metavar="NAME", help="conv layers shown as kernel grids (first)")
     group.add_argument(
-        "--feature-layers", nargs="+", metavar="NAME", help="layers whose feature maps are shown (4 spread stages)"
+        "--kernel-layers",
+        nargs="+",
+        metavar="NAME",
+        help="conv layers shown as kernel grids (default: the first conv layer)",
     )
-    group.add_argument("--gradcam-layer", metavar="NAME", help="Grad-CAM target layer (last conv block)")
+    group.add_argument(
+        "--feature-layers",
+        nargs="+",
+        metavar="NAME",
+        help="layers whose feature maps are shown (default: 4 stages spread over the model)",
+    )
+    group.add_argument("--gradcam-layer", metavar="NAME", help="Grad-CAM target layer (default: the last conv block)")
     group.add_argument("--probe-images", type=int, default=8, metavar="N", help="validation images for Grad-CAM")
 
 
@@ -67,7 +82,9 @@ def add_training_view_args(parser: argparse.ArgumentParser) -> None:
         help="optimizer steps between per-layer gradient norms, update ratios and activation statistics; 0: off",
     )
     group.add_argument(
-        "--layer-stats-layers", metavar="REGEX", help="layers whose statistics are logged (every conv and linear)"
+        "--layer-stats-layers",
+        metavar="REGEX",
+        help="layers whose statistics are logged (default: every conv and linear layer)",
     )
     group.add_argument(
         "--batch-grid-every",
@@ -87,7 +104,8 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="DECAY",
         help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate it "
-        "too, as val_ema/* next to val/*; its decay warms up as min(DECAY, (1+n)/(10+n)) over the updates n",
+        "too, as val_ema/* next to val/*; its decay warms up as min(DECAY, (1+n)/(10+n)) over the updates n; "
+        "the best checkpoint then ranks the averaged weights (see --monitor; default: off)",
     )
     group.add_argument("--ema-every", type=int, default=1, metavar="N", help="optimizer steps between EMA updates")
     group.add_argument(
@@ -107,20 +125,34 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--resume",
         metavar="PATH|last",
         help="continue a run exactly: 'last' (the newest checkpoint in --checkpoint-dir, or in the checkpoints "
-        "of --log-dir; starts fresh when there is none yet) or the path of a checkpoint folder",
+        "of --log-dir; starts fresh when there is none yet) or the path of a checkpoint folder (default: a new run)",
     )
     group.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
         help="start a new run from the weights of a checkpoint (a checkpoint folder, a checkpoint directory "
         "holding last.json, or a .safetensors file), with a fresh optimizer and schedule; for other settings "
-        "than --resume allows",
+        "than --resume allows (default: none)",
     )
     group.add_argument(
         "--early-stop-patience",
         type=int,
         metavar="N",
-        help="stop after N epochs without a better val/accuracy (default: never)",
+        help="stop after N epochs without a better --monitor metric (default: never)",
+    )
+    group.add_argument(
+        "--monitor",
+        metavar="METRIC",
+        help="the metric that picks the best checkpoint (best.safetensors, which predict, evaluate and export use) "
+        "and that early stopping watches: val/accuracy, val/loss, or with --ema val_ema/accuracy, val_ema/loss "
+        "(the averaged weights are then the best model) (default: val_ema/accuracy with --ema, else val/accuracy)",
+    )
+    group.add_argument(
+        "--monitor-mode",
+        choices=MONITOR_MODES,
+        default="auto",
+        help="whether lower (min) or higher (max) --monitor is better; auto: min for a metric whose name contains "
+        "'loss', else max",
     )
 
 
@@ -131,13 +163,14 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         "--mixup",
         type=float,
         metavar="ALPHA",
-        help="MixUp, its weight drawn from a Beta distribution with both shapes ALPHA, e.g. 0.2",
+        help="MixUp, its weight drawn from a Beta distribution with both shapes ALPHA, e.g. 0.2 (default: off)",
     )
     group.add_argument(
         "--cutmix",
         type=float,
         metavar="ALPHA",
-        help="CutMix, its box area drawn likewise with ALPHA, e.g. 1.0; with --mixup each batch gets one",
+        help="CutMix, its box area drawn likewise with ALPHA, e.g. 1.0; with --mixup each batch gets one "
+        "(default: off)",
     )
     group.add_argument(
         "--mix-prob", type=float, default=1.0, metavar="P", help="share of batches mixed by --mixup/--cutmix"

@@ -24,11 +24,25 @@ if TYPE_CHECKING:
         read_labels,
     )
     from callbacks_kit.data.folders import PROGRESS_FROM, CheckedImageFolder, drop_unreadable, image_folder_datasets
-    from callbacks_kit.data.images import check_image, expand_images, is_image_name, load_image, read_image
+    from callbacks_kit.data.images import (
+        check_image,
+        expand_images,
+        is_image_name,
+        load_image,
+        read_image,
+        typical_side,
+    )
     from callbacks_kit.data.loaders import default_workers, make_loader, pin_by_default
     from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD, denormalize
     from callbacks_kit.data.shapes import SHAPES, ShapesDataset
-    from callbacks_kit.data.transforms import AUGMENTS, POLICIES, augmentation, eval_transform, train_transform
+    from callbacks_kit.data.transforms import (
+        AUGMENTS,
+        POLICIES,
+        augmentation,
+        eval_resize,
+        eval_transform,
+        train_transform,
+    )
     from callbacks_kit.data.wrappers import base_dataset, class_names
 
 # Public name -> the module of this package that defines it.
@@ -43,11 +57,13 @@ _HOMES: dict[str, str] = {
     "augmentation": "transforms",
     "train_transform": "transforms",
     "eval_transform": "transforms",
+    "eval_resize": "transforms",
     "load_image": "images",
     "check_image": "images",
     "is_image_name": "images",
     "expand_images": "images",
     "read_image": "images",
+    "typical_side": "images",
     "PROGRESS_FROM": "folders",
     "image_folder_datasets": "folders",
     "drop_unreadable": "folders",
@@ -76,11 +92,13 @@ __all__ = [
     "augmentation",
     "train_transform",
     "eval_transform",
+    "eval_resize",
     "load_image",
     "check_image",
     "is_image_name",
     "expand_images",
     "read_image",
+    "typical_side",
     "PROGRESS_FROM",
     "image_folder_datasets",
     "drop_unreadable",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from callbacks_kit.choices import CROP_RATIO
 from callbacks_kit.data.folders import drop_unreadable
 from callbacks_kit.data.images import is_image_name, load_image
 from callbacks_kit.data.transforms import eval_transform, train_transform
@@ -251,10 +252,11 @@ def csv_datasets(
     label_column: str | None = None,
     augment: str = "basic",
     flip: bool = True,
+    crop_ratio: float = CROP_RATIO,
 ) -> tuple[CsvImageDataset, CsvImageDataset, list[str]]:
     """Train and validation datasets from a labels CSV, with the transforms of `image_folder_datasets`.
 
-    `augment` and `flip` choose the training augmentation as there (`data.train_transform`).
+    `augment`, `flip` and `crop_ratio` choose the transforms as there (`data.train_transform`).
 
     The CSV's `split` column decides when present (train, val; test rows are left out);
     otherwise `val_split` (default 0.2) of the rows is held out at random by `seed`.
@@ -287,7 +289,8 @@ def csv_datasets(
         if n_val >= len(order):
             raise DataError(f"{csv_file} has {len(order)} images: too few to hold out {split:.0%} for validation")
         train_rows, val_rows = order[n_val:], order[:n_val]
-    train = CsvImageDataset(table=table, indices=train_rows, transform=train_transform(image_size, augment, flip))
-    val = CsvImageDataset(table=table, indices=val_rows, transform=eval_transform(image_size))
+    train_steps = train_transform(image_size, augment, flip, crop_ratio)
+    train = CsvImageDataset(table=table, indices=train_rows, transform=train_steps)
+    val = CsvImageDataset(table=table, indices=val_rows, transform=eval_transform(image_size, crop_ratio))
     drop_unreadable(train, val)
     return train, val, list(table.classes)

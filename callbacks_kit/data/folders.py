@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from callbacks_kit.choices import CROP_RATIO
 from callbacks_kit.data.images import check_image, load_image
 from callbacks_kit.data.transforms import eval_transform, train_transform
 from callbacks_kit.errors import DataError
@@ -25,13 +26,14 @@ def image_folder_datasets(
     seed: int = 0,
     augment: str = "basic",
     flip: bool = True,
+    crop_ratio: float = CROP_RATIO,
 ) -> tuple[Dataset, Dataset, list[str]]:
     """Train and validation datasets from an ImageFolder tree.
 
     `root/train/<class>/*.jpg` and `root/val/<class>/*.jpg` when both exist; otherwise
     `root/<class>/*.jpg` split at random (by `seed`) with `val_split` of it for validation.
-    Training images get `train_transform(image_size, augment, flip)`; validation images
-    are only resized, centre-cropped and normalised.
+    Training images get `train_transform(image_size, augment, flip, crop_ratio)`; validation
+    images are only resized, centre-cropped (`eval_transform(image_size, crop_ratio)`) and normalised.
 
     Returns:
         `(train_dataset, val_dataset, class_names)`.
@@ -41,8 +43,8 @@ def image_folder_datasets(
         raise DataError(f"--data {root}: no such folder; give a folder with train/ and val/ or class subfolders")
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
-        train = _image_folder(train_dir, train_transform(image_size, augment, flip))
-        val = _image_folder(val_dir, eval_transform(image_size))
+        train = _image_folder(train_dir, train_transform(image_size, augment, flip, crop_ratio))
+        val = _image_folder(val_dir, eval_transform(image_size, crop_ratio))
         drop_unreadable(train, val)
         if val_split is not None:
             warnings.warn(f"--val-split {val_split} is ignored: {root} has its own val/ folder", stacklevel=2)
@@ -62,8 +64,8 @@ def image_folder_datasets(
     split = 0.2 if val_split is None else val_split
     if not 0 < split < 1:
         raise DataError(f"--val-split {split} must be between 0 and 1 (exclusive)")
-    train_all = _image_folder(root, train_transform(image_size, augment, flip))
-    val_all = _image_folder(root, eval_transform(image_size))
+    train_all = _image_folder(root, train_transform(image_size, augment, flip, crop_ratio))
+    val_all = _image_folder(root, eval_transform(image_size, crop_ratio))
     _check_classes(train_all.classes, root)
     drop_unreadable(train_all, val_all)
     order = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed)).tolist()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from callbacks_kit.choices import AUGMENTS as AUGMENTS
+from callbacks_kit.choices import CROP_RATIO
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import DataError
 
-# What `--augment` may name: no random transform, today's crop and flip, or one of
-# torchvision's v2 policies after the crop and flip (as in torchvision's reference scripts).
-AUGMENTS = ("none", "basic", "trivialaugment", "randaugment", "autoaugment")
 POLICIES = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment, "autoaugment": v2.AutoAugment}
 
 
@@ -34,13 +33,15 @@ def augmentation(image_size: int, augment: str = "basic", flip: bool = True) -> 
     return steps
 
 
-def train_transform(image_size: int, augment: str = "basic", flip: bool = True) -> v2.Compose:
+def train_transform(
+    image_size: int, augment: str = "basic", flip: bool = True, crop_ratio: float = CROP_RATIO
+) -> v2.Compose:
     """`augmentation(image_size, augment, flip)` on the 8-bit image, then ImageNet normalisation.
 
     With `augment="none"` the images are resized and centre-cropped as for validation.
     """
     random = augmentation(image_size, augment, flip)
-    fixed = [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
+    fixed = [v2.Resize(eval_resize(image_size, crop_ratio), antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose(
         [
             v2.ToImage(),
@@ -51,12 +52,17 @@ def train_transform(image_size: int, augment: str = "basic", flip: bool = True) 
     )
 
 
-def eval_transform(image_size: int) -> v2.Compose:
-    """Resize to 1/0.875 of the size, centre crop, ImageNet normalisation."""
+def eval_resize(image_size: int, crop_ratio: float = CROP_RATIO) -> int:
+    """The shorter side images are resized to before the centre crop of `image_size` keeps `crop_ratio` of it."""
+    return max(image_size, round(image_size / crop_ratio))
+
+
+def eval_transform(image_size: int, crop_ratio: float = CROP_RATIO) -> v2.Compose:
+    """Resize the shorter side to `eval_resize(image_size, crop_ratio)`, centre crop, ImageNet normalisation."""
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(round(image_size / 0.875), antialias=True),
+            v2.Resize(eval_resize(image_size, crop_ratio), antialias=True),
             v2.CenterCrop(image_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),

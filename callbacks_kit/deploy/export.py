@@ -1,10 +1,9 @@
-"""Shipping a trained run: a plain state_dict, TorchScript or ONNX, each checked against PyTorch right after writing."""
+"""Shipping a trained run: state_dict, TorchScript, torch.export or ONNX, each checked against PyTorch once written."""
 
 from __future__ import annotations
 
 import importlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,17 +11,25 @@ import torch
 import torchvision
 from torch import nn
 
+from callbacks_kit.choices import EXPORT_FORMATS as EXPORT_FORMATS
+from callbacks_kit.choices import EXPORT_TOLERANCE
 from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DeployError
 from callbacks_kit.finetune.heads import replace_head
 from callbacks_kit.finetune.timm_models import create_timm_model, is_timm_name
 
-EXPORT_FORMATS = ("state_dict", "torchscript", "onnx")
-SUFFIXES = {"state_dict": ".pth", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+SUFFIXES = {"state_dict": ".pth", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
+# Printed by `callbacks-kit export --format torchscript` next to torch's own FutureWarnings.
+TORCHSCRIPT_NOTE = (
+    "TorchScript is deprecated since torch 2.14 (torch.jit.trace and torch.jit.load warn) but still what many "
+    "serving stacks load; --format pt2 writes its successor, a torch.export ExportedProgram"
+)
+# The batch sizes an exported program accepts (pt2, ONNX): the sample batch's size is not baked in.
+BATCH_RANGE = (1, 4096)
 # The packages each format needs beyond torch, and the extra that installs them.
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
-TOLERANCE = 1e-4
+TOLERANCE = EXPORT_TOLERANCE
 
 
 @dataclass
@@ -86,9 +93,8 @@ def _write_state_dict(model: nn.Module, info: RunInfo, path: Path, batch: torch.
 
 
 def _write_torchscript(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
-    # TorchScript is deprecated in favour of torch.export, yet still what many serving stacks load.
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+    # Deprecated in favour of torch.export (`TORCHSCRIPT_NOTE`); torch's FutureWarnings are left for the user to see.
+    with torch.inference_mode():
         traced = torch.jit.trace(model, batch[:1], check_trace=False)
         traced.save(str(path))
         loaded = torch.jit.load(str(path), map_location="cpu")
@@ -96,17 +102,30 @@ def _write_torchscript(model: nn.Module, info: RunInfo, path: Path, batch: torch
         return _max_diff(model(batch), loaded(batch))
 
 
+def _batch_dim() -> torch.export.Dim:
+    low, high = BATCH_RANGE
+    return torch.export.Dim("batch", min=low, max=high)
+
+
+def _write_pt2(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
+    # torch.export's ExportedProgram: `torch.export.load(path).module()` runs it without this package.
+    program = torch.export.export(model, (batch,), dynamic_shapes=({0: _batch_dim()},))
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+    with torch.inference_mode():
+        return _max_diff(model(batch), loaded(batch))
+
+
 def _write_onnx(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
     import onnxruntime
 
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         model,
         (batch,),
         dynamo=True,
         input_names=["images"],
         output_names=["logits"],
-        dynamic_shapes=({0: batch_dim},),
+        dynamic_shapes=({0: _batch_dim()},),
         external_data=False,
         verbose=False,
     )
@@ -118,7 +137,7 @@ def _write_onnx(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor
         return _max_diff(model(batch), got)
 
 
-WRITERS = {"state_dict": _write_state_dict, "torchscript": _write_torchscript, "onnx": _write_onnx}
+WRITERS = {"state_dict": _write_state_dict, "torchscript": _write_torchscript, "pt2": _write_pt2, "onnx": _write_onnx}
 
 
 def export_run(
@@ -137,7 +156,9 @@ def export_run(
     Args:
         run: The run folder.
         fmt: "state_dict" (a `.pth` for `torch.load(..., weights_only=True)` into
-            `torchvision.models.get_model(name, num_classes=N)`), "torchscript" or "onnx".
+            `torchvision.models.get_model(name, num_classes=N)`), "torchscript" (deprecated in
+            torch 2.14: `TORCHSCRIPT_NOTE`), "pt2" (an `ExportedProgram` for `torch.export.load`,
+            any batch size in `BATCH_RANGE`) or "onnx".
         output: The file to write; default `<run>/export/model<suffix>`.
         checkpoint: "best", "last", or a weights file or checkpoint folder.
         overwrite: Replace an existing `output` (refused by default).

@@ -43,10 +43,15 @@ class RunInfo:
         model: The `--model` name (a torchvision name or `timm/<name>`).
         classes: Class names, in the order of the model's outputs.
         image_size: Side of the square input in pixels.
-        resize: Images are resized to this (shorter side) before the centre crop of `image_size`.
+        resize: Images are resized to this (shorter side) before the centre crop of `image_size`:
+            what validation, `predict`, `evaluate` and `export`'s users feed the model.
         head: "linear" or "mlp"; `hidden` and `dropout` describe the MLP head.
         mean, std: Per-channel normalisation after scaling pixels to [0, 1].
         checkpoint_dir: The checkpoint folder, relative to the run folder when inside it.
+        monitor: The metric that picked the best checkpoint (`--monitor`).
+        monitor_mode: "min" or "max": whether a lower or a higher `monitor` was better.
+        best_weights: What `best.safetensors` holds: "trained" (the model's weights at the best
+            epoch) or "ema" (the EMA's averaged weights, when `monitor` is a `val_ema/` metric).
         package_version: The callbacks_kit version that wrote it.
         label_smoothing: The label smoothing of the run's cross-entropy, so that `evaluate`
             reports the loss the run validated with (0 in files written before it existed).
@@ -62,6 +67,9 @@ class RunInfo:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     checkpoint_dir: str = "checkpoints"
+    monitor: str = "val/accuracy"
+    monitor_mode: str = "max"
+    best_weights: str = "trained"
     package_version: str = ""
     label_smoothing: float = 0.0
 
@@ -81,6 +89,15 @@ class RunInfo:
                 v2.Normalize(self.mean, self.std),
             ]
         )
+
+    def weights_description(self, checkpoint: str = "best") -> str:
+        """Which weights `checkpoint` ("best", "last" or a path) means for this run, in words."""
+        if checkpoint == "best":
+            averaged = "the EMA's averaged weights" if self.best_weights == "ema" else "the trained weights"
+            return f"best ({averaged} with the best {self.monitor})"
+        if checkpoint == "last":
+            return "last (the trained weights of the newest checkpoint)"
+        return checkpoint
 
     def build_model(self) -> nn.Module:
         """The run's architecture with its head, randomly initialised (load weights into it)."""

@@ -63,6 +63,9 @@ FIELDS: dict[str, tuple[Check, str]] = {
     "checkpoint_dir": (_text, "a folder name (a string)"),
     "package_version": (lambda value: isinstance(value, str), "a string"),
     "label_smoothing": (_number(0, 1), "a number in [0, 1)"),
+    "monitor": (_text, "a metric name (a string such as 'val/accuracy')"),
+    "monitor_mode": (lambda value: value in ("min", "max"), "'min' or 'max'"),
+    "best_weights": (lambda value: value in ("trained", "ema"), "'trained' or 'ema'"),
 }
 REQUIRED = ("model", "classes", "image_size", "resize")
 

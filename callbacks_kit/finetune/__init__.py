@@ -6,7 +6,7 @@
 from callbacks_kit.errors import FinetuneError
 from callbacks_kit.finetune.freezing import freeze, unfreeze
 from callbacks_kit.finetune.heads import HEADS, SUPPORTED_FAMILIES, MLPHead, backbone_blocks, head_name, replace_head
-from callbacks_kit.finetune.hub import cached_weights
+from callbacks_kit.finetune.hub import cached_weights, weights_input_size
 from callbacks_kit.finetune.models import build_classifier, idx_to_class
 from callbacks_kit.finetune.param_groups import param_groups, select_parameters
 from callbacks_kit.finetune.weights import LoadReport, load_state, load_weights, read_state_dict
@@ -30,4 +30,5 @@ __all__ = [
     "replace_head",
     "select_parameters",
     "unfreeze",
+    "weights_input_size",
 ]

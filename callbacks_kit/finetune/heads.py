@@ -7,6 +7,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from callbacks_kit.choices import HEADS as HEADS
 from callbacks_kit.errors import FinetuneError
 
 # Where each torchvision family keeps its classification head, tried in order.
@@ -70,9 +71,6 @@ def head_name(model: nn.Module) -> str:
         f"{SUPPORTED_FAMILIES}. Replace the last layer yourself, e.g. "
         "`model.fc = nn.Linear(model.fc.in_features, num_classes)`, and name the modules to freeze."
     )
-
-
-HEADS = ("linear", "mlp")
 
 
 def replace_head(

@@ -53,3 +53,20 @@ def cached_weights(model_name: str, weight_name: str) -> Path:
             f"-o {path}); set TORCH_HOME to use another cache"
         )
     return path
+
+
+def weights_input_size(model_name: str, weight_name: str) -> tuple[int, int] | None:
+    """`(crop, resize)` of torchvision's named weights: the input side they were trained and evaluated at.
+
+    `resize` is the shorter side images are resized to before the centre crop of `crop`
+    (`weights.transforms()`, read from the enum alone: nothing is loaded). None when the
+    model has no such weights or they state no sizes; `cached_weights` explains the first.
+    """
+    try:
+        preset = torchvision.models.get_model_weights(model_name)[weight_name].transforms()
+    except (ValueError, KeyError):
+        return None
+    crop, resize = getattr(preset, "crop_size", None), getattr(preset, "resize_size", None)
+    if not crop or not resize:
+        return None
+    return int(crop[0]), int(resize[0])

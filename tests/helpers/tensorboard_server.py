@@ -17,11 +17,17 @@ STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNIN
 
 
 @contextlib.contextmanager
-def tensorboard_server(logdir: str | Path, timeout: float = 60) -> Iterator[str]:
-    """`tensorboard --logdir logdir` on a free port (reloading every second); yields its base URL."""
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+def tensorboard_server(
+    logdir: str | Path, timeout: float = 60, program: list[str] | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`tensorboard --logdir logdir` on a free port (reloading every second); yields its base URL.
+
+    `program` is how TensorBoard is started (default: this Python's `-m tensorboard.main`), `env` its environment.
+    """
+    program = program or [sys.executable, "-m", "tensorboard.main"]
+    cmd = [*program, "--logdir", str(logdir), "--host", "127.0.0.1",
            "--port", "0", "--load_fast", "false", "--reload_interval", "1"]  # fmt: skip
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
         deadline, url = time.monotonic() + timeout, None
         assert process.stderr is not None
