@@ -1,4 +1,4 @@
-"""TensorBoardLogger: scalars, the custom-scalars layout, hparams with real metrics, graph, summary, one file."""
+"""TensorBoardLogger: per-split scalars, the custom-scalars layout, hparams with real metrics, graph, summary."""
 
 import os
 import textwrap
@@ -48,60 +48,60 @@ def fit(log_dir, model=None, callbacks=(), epochs=2, loss_fn=None, **logger_opti
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("tb")
-    trainer, state = fit(path, hparams={"note": "first", "dropout": 0.1, "sizes": [1, 2]})
-    return path, trainer, dict(state.metrics), inspect_run(path)["runs"]["."]
+    trainer, state = fit(path, hparams={"note": "first", "dropout": 0.1, "sizes": [1, 2], "pretrained": False})
+    return path, trainer, dict(state.metrics), inspect_run(path)["runs"]
 
 
-def test_scalars(run):
-    _, _, metrics, report = run
-    scalars = report["scalars"]
-    assert {
-        "train/loss",
-        "train/epoch_loss",
-        "val/loss",
-        "val/accuracy",
-        "best/val/loss",
-        "best/val/accuracy",
-        "lr/group0",
-        "perf/samples_per_sec",
-        "perf/epoch_time_s",
-    } <= set(scalars)
-    assert scalars["train/loss"]["count"] == 4 and scalars["train/loss"]["last_step"] == 8  # every 2 of 8 steps
-    assert scalars["val/loss"]["count"] == 2 and scalars["val/loss"]["last_value"] == pytest.approx(metrics["val/loss"])
+def test_each_split_has_its_sub_run_with_the_same_tags(run):
+    _, trainer, metrics, runs = run
+    train, validation, main = runs["train"]["scalars"], runs["validation"]["scalars"], runs["."]["scalars"]
+    assert set(train) == {"loss", "loss/step", "grad_norm/step"} and set(validation) == {"loss", "accuracy"}
+    assert train["loss/step"]["count"] == 4 and train["loss/step"]["last_step"] == 8  # every 2 of 8 steps
+    assert train["loss"]["count"] == 2 and train["loss"]["last_value"] == pytest.approx(metrics["train/epoch_loss"])
+    assert validation["loss"]["count"] == 2 and validation["loss"]["last_value"] == pytest.approx(metrics["val/loss"])
+    assert validation["accuracy"]["last_value"] == pytest.approx(metrics["val/accuracy"])
+    assert train["loss"]["last_step"] == validation["loss"]["last_step"] == 8  # one chart, one x
+    logger = trainer.callbacks.find(TensorBoardLogger)[0]
+    assert main["val_best/loss"]["last_value"] == pytest.approx(logger.best["val/loss"])
+    assert {"val_best/accuracy", "lr/group0", "perf/samples_per_sec", "perf/epoch_time_s"} <= set(main)
+    assert not any(tag.startswith(("train/", "val/", "best/")) for tag in main)  # nothing twice
 
 
 def test_train_and_val_loss_share_one_chart(run):
-    _, _, _, report = run
-    charts = report["custom_scalars"]["losses"]
-    (tags,) = charts.values()
-    assert "^train/loss$" in tags and "^val/loss$" in tags
-    assert report["custom_scalars"]["metrics"]["accuracy"] == ["^val/accuracy$", "^best/val/accuracy$"]
+    _, _, _, runs = run
+    layout = runs["."]["custom_scalars"]
+    assert layout["losses"] == {"loss: train vs validation": ["^loss(/step)?$"]}
+    assert layout["metrics"]["accuracy"] == ["^accuracy(/step)?$", "^val_best/accuracy$"]
+    assert layout["optimisation"]["gradient norm"] == ["^grad_norm/step$"]
 
 
-def test_hparams_hold_the_real_final_and_best_metrics(run):
-    _, trainer, metrics, report = run
-    hparams = report["hparams"]
+def test_hparams_hold_the_real_best_metrics_and_typed_values(run):
+    _, trainer, metrics, runs = run
+    hparams = runs["."]["hparams"]
     assert hparams["status"] == "STATUS_SUCCESS"
     assert hparams["hparams"]["note"] == "first" and hparams["hparams"]["sizes"] == "[1, 2]"
+    assert hparams["hparams"]["pretrained"] is False  # a boolean, not 0.0
     assert hparams["hparams"]["lr"] == pytest.approx(0.05) and hparams["hparams"]["optimizer"] == "SGD"
     assert hparams["hparams"]["model"] == "Sequential" and hparams["hparams"]["epochs"] == 2
-    for tag in ("val/loss", "val/accuracy", "train/epoch_loss"):
-        assert hparams["metrics"][tag] == pytest.approx(metrics[tag])
+    assert set(hparams["shown"]) == {"model", "lr", "batch_size", "epochs", "optimizer"}  # what the dashboard shows
     logger = trainer.callbacks.find(TensorBoardLogger)[0]
+    assert list(hparams["metrics"]) == ["best/val/accuracy", "best/val/loss"]  # higher is better first
     assert hparams["metrics"]["best/val/loss"] == pytest.approx(logger.best["val/loss"])
+    assert hparams["metrics"]["best/val/accuracy"] == pytest.approx(logger.best["val/accuracy"])
     assert logger.best["val/loss"] <= metrics["val/loss"]
 
 
 def test_graph_and_summary(run):
-    _, _, _, report = run
+    _, _, _, runs = run
+    report = runs["."]
     assert report["graphs"]["nodes"] > 5 and "aten::_convolution" in report["graphs"]["ops"]
     (text,) = report["text"].values()
     assert "Conv2d" in text["text"] and "Total params" in text["text"]
 
 
-def test_exactly_one_event_file(run):
+def test_one_event_file_per_run_folder(run):
     path, *_ = run
-    assert len(event_files(path)) == 1
+    assert sorted(str(f.parent.relative_to(path)) for f in event_files(path)) == [".", "train", "validation"]
 
 
 def test_failed_run_still_writes_hparams_with_failure_status(tmp_path):
@@ -113,7 +113,7 @@ def test_failed_run_still_writes_hparams_with_failure_status(tmp_path):
         fit(tmp_path, callbacks=[Boom()], graph=False, summary=False)
     report = inspect_run(tmp_path)["runs"]["."]
     assert report["hparams"]["status"] == "STATUS_FAILURE"
-    assert report["hparams"]["metrics"]["val/loss"] is not None
+    assert report["hparams"]["metrics"]["best/val/loss"] is not None
 
 
 def test_untraceable_model_warns_and_trains(tmp_path):
@@ -185,20 +185,21 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_processes_write_exactly_one_event_file(tmp_path):
+def test_two_processes_write_one_event_file_per_run_folder(tmp_path):
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESS_SCRIPT)
     run_dir = tmp_path / "run"
     out = run_distributed(script, str(run_dir)).stdout
     assert "rank 0 done" in out and "rank 1 done" in out
     files = event_files(run_dir)
-    assert len(files) == 1, files
-    report = inspect_run(run_dir)["runs"]["."]
-    assert report["scalars"]["train/loss"]["count"] == 2  # 32 samples / 2 processes / 8 per batch
-    assert {"kernels/0", "confusion_matrix/val", "gradcam/2", "train_batch", "layer_act_hist/0"} <= set(
+    assert sorted(str(f.parent.relative_to(run_dir)) for f in files) == [".", "train", "validation"], files
+    runs = inspect_run(run_dir)["runs"]
+    report, train = runs["."], runs["train"]["scalars"]
+    assert train["loss/step"]["count"] == 2  # 32 samples / 2 processes / 8 per batch
+    assert {"kernels/0", "confusion_matrix/val", "gradcam/2", "train_batch", "per_layer/act_hist/0"} <= set(
         report["images"]
     )
-    assert report["scalars"]["train/grad_norm"]["count"] == report["scalars"]["layer_grad_norm/6"]["count"] == 2
+    assert train["grad_norm/step"]["count"] == report["scalars"]["per_layer/grad_norm/6"]["count"] == 2
     assert report["hparams"]["hparams"]["processes"] == 2
 
 

@@ -25,6 +25,7 @@ from callbacks_kit.cli.job_callbacks import (
 )
 from callbacks_kit.cli.lr_sweep import auto_lr, lr_finder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
+from callbacks_kit.cli.run_hparams import run_hparams, user_flags
 from callbacks_kit.cli.train_flags import (
     add_checkpoint_args,
     add_ema_args,
@@ -36,6 +37,19 @@ from callbacks_kit.cli.train_flags import (
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CLIError, ScheduleError
 
+# The option groups of `train`, in the order of its help.
+ARG_GROUPS = (
+    add_job_args,
+    add_inspection_args,
+    add_error_analysis_args,
+    add_training_view_args,
+    add_finetune_args,
+    add_ema_args,
+    add_checkpoint_args,
+    add_recipe_args,
+    add_lr_find_args,
+)
+
 
 def add_parser(commands: Any) -> None:
     """Add the `train` command and its options to `commands` (what `add_subparsers()` returned)."""
@@ -44,15 +58,16 @@ def add_parser(commands: Any) -> None:
         help="train an image classifier and write a TensorBoard run",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_job_args(train)
-    add_inspection_args(train)
-    add_error_analysis_args(train)
-    add_training_view_args(train)
-    add_finetune_args(train)
-    add_ema_args(train)
-    add_checkpoint_args(train)
-    add_recipe_args(train)
-    add_lr_find_args(train)
+    for add_args in ARG_GROUPS:
+        add_args(train)
+
+
+def flag_defaults() -> dict[str, Any]:
+    """Every `train` flag's default, by its name in the parsed arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for add_args in ARG_GROUPS:
+        add_args(parser)
+    return vars(parser.parse_args([]))
 
 
 def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -> str:
@@ -77,6 +92,7 @@ def train(
         customize: Sees (and may change) the main job's callbacks before the Trainer is
             built; the benchmark uses it to time them.
     """
+    given = user_flags(args, flag_defaults())  # before the checks fill in defaults
     if args.lr == "auto":
         if args.resume:
             raise CLIError(
@@ -90,8 +106,7 @@ def train(
     train_loader, val_loader = job.train_loader, job.val_loader
     run_dir = pick_run_dir(args.log_dir, state)
     steps_per_epoch = max(1, len(train_loader) // max(1, state.num_processes) // args.grad_accum)
-    hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
-    logger = TensorBoardLogger(run_dir, hparams=hparams)
+    logger = TensorBoardLogger(run_dir, hparams=run_hparams(args, given, size))
     callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
     callbacks += inspection_callbacks(args, classes)
     callbacks += error_analysis_callbacks(args, classes)
