@@ -7,11 +7,13 @@ import warnings
 import pytest
 import torch
 from helpers.processes import run_distributed
+from helpers.tensorboard_server import tensorboard_order
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from callbacks_kit.callbacks.base import Callback
+from callbacks_kit.callbacks.layer_stats import LayerStats
 from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.inspection.event_report import event_files, inspect_run
@@ -48,7 +50,8 @@ def fit(log_dir, model=None, callbacks=(), epochs=2, loss_fn=None, **logger_opti
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("tb")
-    trainer, state = fit(path, hparams={"note": "first", "dropout": 0.1, "sizes": [1, 2], "pretrained": False})
+    hparams = {"note": "first", "dropout": 0.1, "sizes": [1, 2], "pretrained": False}
+    trainer, state = fit(path, callbacks=[LayerStats(every_n_steps=4)], hparams=hparams)
     return path, trainer, dict(state.metrics), inspect_run(path)["runs"]
 
 
@@ -65,6 +68,15 @@ def test_each_split_has_its_sub_run_with_the_same_tags(run):
     assert main["val_best/loss"]["last_value"] == pytest.approx(logger.best["val/loss"])
     assert {"val_best/accuracy", "lr/group0", "perf/samples_per_sec", "perf/epoch_time_s"} <= set(main)
     assert not any(tag.startswith(("train/", "val/", "best/")) for tag in main)  # nothing twice
+
+
+def test_the_scalars_dashboard_opens_on_train_and_validation(run):
+    _, _, _, runs = run
+    tags = {tag for report in runs.values() for tag in report["scalars"]}
+    categories = list(dict.fromkeys(tag.split("/")[0] for tag in tensorboard_order(tags)))
+    # The split charts (train against validation) first; the per-layer statistics after them, in one group.
+    assert categories == ["accuracy", "grad_norm", "loss", "lr", "per_layer", "perf", "val_best"]
+    assert {"per_layer/act_mean/0", "per_layer/grad_norm/4"} <= tags
 
 
 def test_train_and_val_loss_share_one_chart(run):
