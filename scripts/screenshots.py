@@ -47,7 +47,7 @@ DASHBOARDS = (
     ),
     (
         "scalars_layers",
-        f"#scalars&tagFilter=per_layer%2F(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Cgrad_norm{RAW}",
+        f"#scalars&tagFilter=per_layer%2F(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Coptimisation{RAW}",
         "1400,1300",
     ),
     ("text", "#text&tagFilter=model_summary", "1400,1000"),

@@ -114,8 +114,8 @@ def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_p
     # The views did take their samples on quiet steps, and wrote them later.
     runs = inspect_run(tmp_path)["runs"]
     report = runs["."]
-    assert {"per_layer/grad_norm/0", "per_layer/act_zeros/2"} <= set(report["scalars"])
-    assert "grad_norm/step" in runs["train"]["scalars"]
+    assert {"per_layer/grad_norm/0", "per_layer/act_zeros/2", "optimisation/grad_norm"} <= set(report["scalars"])
+    assert "loss/step" in runs["train"]["scalars"]
     sampled = report["scalars"]["per_layer/grad_norm/0"]
     assert (sampled["count"], sampled["first_step"], sampled["last_step"]) == (8, 3, 24)
     assert "train_batch" in report["images"]

@@ -1,7 +1,6 @@
 """LayerStats and train/grad_norm: equal to a hand computation, hooks gone after the sampled batch, the image.
 
-LayerStats writes under `per_layer/`; the global gradient norm is the training split's
-`grad_norm/step`, in the run's `train/` sub-run.
+LayerStats writes under `per_layer/`; the global gradient norm is `optimisation/grad_norm`.
 """
 
 import copy
@@ -44,11 +43,6 @@ def fit(tmp_path, model, stats, epochs=1, samples=16, max_grad_norm=None, extra=
     return trainer, load(tmp_path)
 
 
-def train_scalar(tmp_path, tag, step=1):
-    """A scalar of the run's `train/` sub-run (the training split's own writer)."""
-    return scalar(load(tmp_path / "train"), tag, step)
-
-
 def scalar(acc, tag, step=1):
     return {e.step: e.value for e in acc.Scalars(tag)}[step]
 
@@ -80,7 +74,7 @@ def test_one_step_equals_a_hand_computation(tmp_path):
         assert scalar(acc, f"per_layer/act_zeros/{name}") == pytest.approx((out <= 0).float().mean().item())
     # The global norm of the step, as clip_grad_norm_ computes it, logged every log step.
     total = torch.cat([p.grad.reshape(-1) for p in reference.parameters()]).norm()
-    assert train_scalar(tmp_path, "grad_norm/step") == pytest.approx(total.item(), rel=1e-5)
+    assert scalar(acc, "optimisation/grad_norm") == pytest.approx(total.item(), rel=1e-5)
     assert "per_layer/act_zeros/1" not in acc.Tags()["scalars"]  # the ReLU is not a default layer
 
 
@@ -91,7 +85,7 @@ def test_grad_norm_reuses_the_clipping_norm(tmp_path):
     nn.functional.cross_entropy(reference(x), y).backward()
     expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)  # the norm before clipping
     trainer, acc = fit(tmp_path, model, LayerStats(every_n_steps=1), max_grad_norm=1e-3)
-    assert train_scalar(tmp_path, "grad_norm/step") == pytest.approx(expected.item(), rel=1e-5)
+    assert scalar(acc, "optimisation/grad_norm") == pytest.approx(expected.item(), rel=1e-5)
     # Clipped to 1e-3: the step moved the weights by lr * 1e-3 in all, whatever the gradient's size.
     moved = torch.cat(
         [(a - b).reshape(-1) for a, b in zip(model.parameters(), reference.parameters(), strict=True)]

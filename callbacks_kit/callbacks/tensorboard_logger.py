@@ -58,13 +58,14 @@ class TensorBoardLogger(Callback):
     with the runs as its legend. It stays None on the other processes; this callback
     flushes and closes it in `on_teardown`, when `fit` ends or fails.
 
-    - Per split, under the same tag in each: in `train/`, `loss/step` and `grad_norm/step`
-      every log interval and `loss` (the epoch's mean) every epoch; in `validation/`, `loss`
+    - Per split, under the same tag in each: in `train/`, `loss/step` every log interval and
+      `loss` (the epoch's mean) every epoch; in `validation/`, `loss`
       and each metric (`accuracy`...) every validation; the same for any other validation
       in its own sub-run (`validation_ema/` for the `val_ema/*` of an `EMA` callback).
     - In the run itself: the best value so far of each validation metric
-      (`val_best/<metric>`, `val_ema_best/<metric>`), `lr/<group>` for every param group,
-      `perf/samples_per_sec` and `perf/epoch_time_s`.
+      (`val_best/<metric>`, `val_ema_best/<metric>`), `optimisation/grad_norm` (the global
+      gradient norm, `train/grad_norm`) every log interval, `lr/<group>` for every param
+      group, `perf/samples_per_sec` and `perf/epoch_time_s`.
     - A custom-scalars layout: the losses of every split in one chart, each metric with its
       best, the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
@@ -166,7 +167,8 @@ class TensorBoardLogger(Callback):
         add_metric(writer, TRAIN, "loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
         if "train/grad_norm" in state.metrics:
-            add_metric(writer, TRAIN, "grad_norm", state.metrics["train/grad_norm"], step)
+            # A diagnostic of the training process, as lr/* and perf/*: in the run itself, sorted after the splits.
+            writer.add_scalar("optimisation/grad_norm", state.metrics["train/grad_norm"], step)
         self._log_lrs(trainer, step)
 
     def on_validation_end(self, trainer: Trainer) -> None:
@@ -342,7 +344,7 @@ def scalars_layout(metric_names: list[str], prefixes: list[str] | None = None) -
         "optimisation": {
             "learning rate": ["Multiline", [r"^lr/"]],
             "samples per second": ["Multiline", [r"^perf/samples_per_sec$"]],
-            "gradient norm": ["Multiline", [r"^grad_norm/step$"]],
+            "gradient norm": ["Multiline", [r"^optimisation/grad_norm$"]],
         },
     }
     return {category: charts for category, charts in layout.items() if charts}

@@ -5,7 +5,7 @@ scalars therefore go into a sub-run of the run folder, under the same tag in eve
 as Keras writes them: `loss` of `train/` and of `validation/` are two colours in one chart.
 
     runs/20250101-120000/            the main writer: images, histograms, text, graph, hparams, lr/*, ...
-    runs/20250101-120000/train/      loss (per epoch), loss/step, grad_norm/step, accuracy/step (MixUpCutMix)
+    runs/20250101-120000/train/      loss (per epoch), loss/step, accuracy/step (MixUpCutMix)
     runs/20250101-120000/validation/ loss, accuracy, ... (one point per validation)
     runs/20250101-120000/validation_ema/, test/ ...
 """
@@ -35,7 +35,7 @@ def split_tag(prefix: str, name: str) -> str:
     A validation's `name` as it is (`val/loss` -> `loss`). Training logs most values at
     log steps and a few per epoch: `epoch_<x>` is the per-epoch `x` (`train/epoch_loss`
     -> `loss`, in the same chart as the validation loss), anything else is `<x>/step`
-    (`train/loss` -> `loss/step`, `train/grad_norm` -> `grad_norm/step`).
+    (`train/loss` -> `loss/step`, MixUpCutMix's `train/accuracy` -> `accuracy/step`).
     """
     if prefix != TRAIN:
         return name
