@@ -226,3 +226,26 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     if folders[0][-2:] != folders[2][-2:]:  # the clock ticked between calls: nothing to compare
         return
     assert folders[1] == folders[0] + "-2" and folders[2] == folders[0] + "-3"
+
+
+def test_a_resumed_run_drops_the_interrupted_runs_later_points_in_every_split(tmp_path):
+    from helpers.tiny import tiny_classification_data, tiny_mlp
+
+    from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
+
+    def trainer():
+        model = tiny_mlp()
+        callbacks = [
+            TensorBoardLogger(str(tmp_path), graph=False, summary=False),
+            ModelCheckpoint(tmp_path / "ckpt", "val/loss", save_top_k=-1),
+        ]
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                       metrics={"accuracy": accuracy}, callbacks=callbacks, progress_bar=False)  # fmt: skip
+
+    loader = DataLoader(tiny_classification_data(32), batch_size=8)  # 4 steps per epoch
+    trainer().fit(loader, loader, epochs=3)
+    trainer().fit(loader, loader, epochs=3, resume_from=str(tmp_path / "ckpt" / "epoch=0001-step=00000004"))
+    runs = inspect_run(tmp_path)["runs"]
+    for split in ("train", "validation"):  # the first run's steps 8 and 12, then the resumed run's: once each
+        assert runs[split]["scalars"]["loss"]["count"] == 3, split
+    assert runs["."]["scalars"]["val_best/loss"]["count"] == 3

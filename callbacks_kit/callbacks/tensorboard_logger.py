@@ -139,7 +139,8 @@ class TensorBoardLogger(Callback):
             self.log_dir = default_log_dir()
         if trainer.tb_writer is None or trainer.tb_writer.log_dir != self.log_dir:
             # On resume, events past the restored step (from the interrupted run) are dropped.
-            purge = trainer.state.global_step or None
+            # Those of the restored step itself were logged before the checkpoint was saved: they stay.
+            purge = trainer.state.global_step + 1 if trainer.state.global_step else None
             trainer.tb_writer = RunWriter(self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
         trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), validation_prefixes(trainer)))
         self._hparams_started = False
