@@ -19,3 +19,8 @@ def warn_once(owner: object, key: str, message: str) -> None:
     if key not in seen:
         seen.add(key)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def warned(owner: object, key: str) -> bool:
+    """Whether `owner` already reported `key` with `warn_once` (to skip working out a message again)."""
+    return key in owner.__dict__.get("_warned_keys", ())

@@ -75,13 +75,17 @@ def last_conv_block(model: nn.Module) -> str:
 
 def spread_conv_blocks(model: nn.Module, count: int = 4) -> list[str]:
     """`count` convolutional stages spread evenly from the input to the output."""
-    blocks = conv_blocks(model)
-    if count >= len(blocks):
-        return blocks
+    return spread(conv_blocks(model), count)
+
+
+def spread(names: list[str], count: int) -> list[str]:
+    """`count` of `names` spread evenly from the first to the last (all of them when there are fewer)."""
+    if count >= len(names):
+        return list(names)
     if count == 1:
-        return [blocks[-1]]
-    picks = [round(i * (len(blocks) - 1) / (count - 1)) for i in range(count)]
-    return [blocks[i] for i in dict.fromkeys(picks)]
+        return [names[-1]]
+    picks = [round(i * (len(names) - 1) / (count - 1)) for i in range(count)]
+    return [names[i] for i in dict.fromkeys(picks)]
 
 
 def _has_conv(module: nn.Module) -> bool:

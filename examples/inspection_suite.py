@@ -115,11 +115,15 @@ trainer = Trainer(
 )
 trainer.fit(train_loader, val_loader, epochs=epochs)
 
-# What the event file holds, read back with TensorBoard's own loader (as `callbacks-kit
-# inspect` does): a check that needs no browser.
-report = inspect_run(log_dir)["runs"]["."]
+# What the event files hold, read back with TensorBoard's own loader (as `callbacks-kit
+# inspect` does): a check that needs no browser. The run folder holds the views; each
+# split's scalars are in a sub-run, under the same tags (one chart, one colour per split).
+runs = inspect_run(log_dir)["runs"]
+report = runs["."]
 for plugin in ("scalars", "histograms", "images", "text"):
     trainer.print(f"{plugin:>10}: {len(report[plugin])} tags, e.g. {', '.join(list(report[plugin])[:3])}")
+for split in ("train", "validation"):
+    trainer.print(f"{split:>10}: scalars {', '.join(runs[split]['scalars'])}")
 trainer.print(f"{'graph':>10}: {report['graphs'].get('nodes', 0)} nodes")
 # The hparams plugin stores every number as a float: 32 comes back as 32.0.
 hparams = report["hparams"].get("hparams", {})

@@ -33,7 +33,7 @@ RAW = "&_smoothingWeight=0"
 # tagFilter narrows a page. The time-series dashboard is left out: headless Chromium draws
 # its charts (WebGL in a worker) as empty frames.
 DASHBOARDS = (
-    ("scalars", f"#scalars&tagFilter=loss%7Caccuracy{RAW}", "1400,1000"),
+    ("scalars", f"#scalars{RAW}", "1400,1000"),  # what the dashboard opens on: train against validation
     ("custom_scalars", f"#custom_scalars{RAW}", "1400,1000"),
     ("histograms", "#histograms&tagFilter=layer4.1.conv2%7Cfc.weight", "1400,1000"),
     ("distributions", "#distributions&tagFilter=fc.weight", "1400,700"),
@@ -42,12 +42,12 @@ DASHBOARDS = (
     ("hparams", "#hparams", "1900,700"),
     (
         "images_training",
-        "#images&tagFilter=train_batch%7Clayer_act_hist%2F(conv1%7Clayer2.0.conv1%7Clayer4.1.conv2%7Cfc)%24",
+        "#images&tagFilter=train_batch%7Cper_layer%2Fact_hist%2F(conv1%7Clayer2.0.conv1%7Clayer4.1.conv2%7Cfc)%24",
         "1400,1400",
     ),
     (
         "scalars_layers",
-        f"#scalars&tagFilter=layer_(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Cgrad_norm%24{RAW}",
+        f"#scalars&tagFilter=per_layer%2F(update_ratio%7Cact_zeros)%2F(conv1%7Clayer4.1.conv2%7Cfc)%24%7Coptimisation{RAW}",
         "1400,1300",
     ),
     ("text", "#text&tagFilter=model_summary", "1400,1000"),

@@ -54,7 +54,8 @@ def test_train_lr_auto_prints_and_trains_with_the_suggestion_and_ema_validates(
     run = events(tmp_path / "run")
     lrs = [event.value for tag in run.Tags()["scalars"] if tag.startswith("lr/") for event in run.Scalars(tag)]
     assert lrs and all(f"{lr:.3g}" == used.group(1) for lr in lrs)  # every group trained with the suggestion
-    assert run.Scalars("val_ema/accuracy") and run.Scalars("val/accuracy")
+    assert events(tmp_path / "run" / "validation_ema").Scalars("accuracy")
+    assert events(tmp_path / "run" / "validation").Scalars("accuracy")
     assert events(tmp_path / "run" / "lr_find").Images("lr_find/curve")
     # With --ema the best checkpoint ranks the averaged weights, and says so everywhere.
     last = {tag: run.Scalars(tag)[-1].value for tag in ("val/accuracy", "val/loss", "val_ema/accuracy", "val_ema/loss")}

@@ -130,18 +130,24 @@ def test_evaluate_writes_test_scalars_and_reports_missing_classes(
         (subset / name).mkdir(parents=True)
         for png in sorted((pngs / name).glob("*.png")):
             (subset / name / png.name).write_bytes(png.read_bytes())
-    before = set(run.glob("events.out.tfevents.*"))
+    before = set(run.rglob("events.out.tfevents.*"))
     assert main(["evaluate", str(run), "--data", str(subset), "--cpu"]) == 0
     out = capsys.readouterr().out
     assert "classes without test images (not measured): square, triangle, cross, star" in out
     assert "test/accuracy" in out and "confusion matrix" in out
-    new = set(run.glob("events.out.tfevents.*")) - before
-    assert len(new) == 1  # a new event file: the training's stays as it was
-    events = EventAccumulator(str(next(iter(new))), size_guidance={"scalars": 0, "images": 0}).Reload()
+    new = {f.parent.relative_to(run).as_posix(): f for f in set(run.rglob("events.out.tfevents.*")) - before}
+    assert sorted(new) == [".", "test"]  # new event files: the training's stay as they were
+
+    def read(path: Path) -> EventAccumulator:
+        return EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
+
+    events, test = read(new["."]), read(new["test"])
     report = evaluate_run(run, subset, device="cpu", tensorboard=False)
-    assert events.Scalars("test/accuracy")[0].value == pytest.approx(report.accuracy)
-    assert events.Scalars("test/loss")[0].value == pytest.approx(report.loss, rel=1e-6)
-    assert "test/f1/circle" in events.Tags()["scalars"] and "confusion_matrix/test" in events.Tags()["images"]
+    # In the test split's sub-run, under the tags of the training and validation curves, at the run's last step.
+    (end,) = {event.step for event in read(run / "train").Scalars("loss")}  # one epoch of 48 / 16: step 3
+    assert [(e.step, e.value) for e in test.Scalars("accuracy")] == [(end, pytest.approx(report.accuracy))]
+    assert [(e.step, e.value) for e in test.Scalars("loss")] == [(end, pytest.approx(report.loss, rel=1e-6))]
+    assert events.Scalars("test/f1/circle")[0].step == events.Images("confusion_matrix/test")[0].step == end == 3
     counts = [len(list((subset / name).glob("*.png"))) for name in ("circle", "ring")]
     assert report.samples == sum(counts) and report.support == [counts[0], 0, 0, 0, 0, counts[1]]
 

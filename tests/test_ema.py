@@ -129,18 +129,24 @@ def test_val_ema_is_logged_next_to_val_in_tensorboard(tmp_path):
     # The EMA validation is a real evaluation of the averaged weights.
     again = trainer.evaluate(loaders()[1], prefix="check", model=ema.averaged.module)
     assert again["check/loss"] == pytest.approx(metrics["val_ema/loss"], abs=1e-6)
-    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0, "images": 0}).Reload()
-    scalars = events.Tags()["scalars"]
-    assert {"val/accuracy", "val_ema/accuracy", "val_ema/loss", "best/val_ema/accuracy"} <= set(scalars)
-    assert len(events.Scalars("val_ema/accuracy")) == 2 and len(events.Scalars("val/accuracy")) == 2
+
+    def read(folder):
+        return EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0, "images": 0}).Reload()
+
+    # Each validation in its own sub-run under the same tags: one chart, a colour each.
+    events, validation, averaged = read(tmp_path), read(tmp_path / "validation"), read(tmp_path / "validation_ema")
+    assert set(validation.Tags()["scalars"]) == set(averaged.Tags()["scalars"]) == {"loss", "accuracy"}
+    assert len(averaged.Scalars("accuracy")) == 2 and len(validation.Scalars("accuracy")) == 2
+    assert averaged.Scalars("loss")[-1].value == pytest.approx(metrics["val_ema/loss"])
+    assert {"val_best/accuracy", "val_ema_best/accuracy", "val_ema_best/loss"} <= set(events.Tags()["scalars"])
     assert len(events.Images("confusion_matrix/val")) == 2  # of the trained weights only, one per epoch
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = layout_pb2.Layout()
     layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert {r"^val/accuracy$", r"^val_ema/accuracy$"} <= set(charts["accuracy"])
-    assert {r"^val/loss$", r"^val_ema/loss$"} <= set(charts["loss: train vs validation"])
+    assert charts["accuracy"] == [r"^accuracy(/step)?$", r"^val_best/accuracy$", r"^val_ema_best/accuracy$"]
+    assert charts["loss: train vs validation"] == [r"^loss(/step)?$"]
 
 
 def test_checkpoint_monitoring_val_ema_exports_the_ema_weights_as_best(tmp_path):

@@ -17,6 +17,11 @@ from torch.utils.tensorboard import SummaryWriter
 from benchmarks.sync_counter import HostSyncCounter
 from callbacks_kit import Callback, ClassReport, ConfusionMatrix, TensorBoardLogger, TopLosses, Trainer, TrainerError
 from callbacks_kit.inspection.event_report import load
+from callbacks_kit.inspection.render import line_height, text_size
+
+# TensorBoard's image card is 350 px wide and draws every image at that width, up to 1024 px high
+# (tf-image-loader's style).
+CARD_WIDTH = 350
 
 NAMES = ["ant", "bee", "cat"]
 
@@ -63,11 +68,25 @@ def test_gallery_holds_the_true_top_k_losses(tmp_path):
     assert torch.equal(top.images, val.tensors[0][expected.indices])  # the samples' own images
     acc = load(tmp_path)
     (image,) = acc.Images("top_losses/val")
-    assert image.width >= 4 * 128 and image.height >= 2 * 128  # 6 tiles of 128 px in 4 columns
+    caption = 3 * line_height(12) + 4
+    assert (image.width, image.height) == (3 * 110 + 4 * 2, 2 * (110 + caption) + 3 * 2)  # 6 tiles, 3 per row
     text = tensor_util.make_ndarray(acc.Tensors("top_losses/val/text_summary")[0].tensor_proto).item().decode()
     worst = int(expected.indices[0])
     assert f"| 1 | {worst} | {float(expected.values[0]):.3f} |" in text
     assert "Most confused" in text and " → " in text
+
+
+@pytest.mark.parametrize("side", [16, 64, 224])
+def test_gallery_captions_are_drawn_at_the_size_tensorboard_shows_them(side):
+    top = TopLosses(k=16, class_names=["triangle", "circle", "square"], mean=None, std=None)
+    images = torch.rand(16, 3, side, side)
+    probs = torch.full((16, 3), 0.2).index_fill_(1, torch.tensor([0]), 0.6)
+    gallery = top.gallery(None, images, torch.rand(16) * 9, torch.arange(1000, 1016), probs, torch.ones(16).long())
+    # The default 16 samples fit the card's width, so TensorBoard draws the 12 px captions at least 1:1
+    # (at 4 columns of 128 px it shrank them to 8 px), and each caption fits its 110 px tile whole.
+    assert CARD_WIDTH * 0.95 <= gallery.shape[-1] <= CARD_WIDTH
+    assert gallery.shape[-2] == 6 * (110 + 3 * line_height(12) + 4) + 7 * 2 <= 1024  # 6 rows, no scroll bar
+    assert max(text_size(text, 12)[0] for text in ("#1015  loss 8.99", "pred triangle 60%", "true circle 20%")) < 108
 
 
 def test_only_the_validation_it_is_meant_for(tmp_path):

@@ -27,7 +27,7 @@ FEATURE_LAYERS = ("stem", "block1", "block2", "block3")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[EventAccumulator, str, Path]:
     log_dir = tmp_path_factory.mktemp("inspection")
     out = run_example("inspection_suite.py", "--fast", "--log-dir", str(log_dir), timeout=600)
-    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1  # everything in the run's one event file
+    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1  # the views in the run's one event file
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
     return events.Reload(), out, log_dir
 
@@ -62,7 +62,9 @@ def test_graph_summary_and_scalars(run: tuple[EventAccumulator, str, Path]):
     tags = events.Tags()
     assert tags["graph"] and any("conv" in node.op.lower() for node in events.Graph().node)
     assert "model/summary/text_summary" in tags["tensors"]
-    assert {"val/loss", "val/accuracy", "lr/group0", "best/val/accuracy"} <= set(tags["scalars"])
+    assert {"lr/group0", "val_best/accuracy", "val_best/loss"} <= set(tags["scalars"])
+    assert {"loss", "accuracy"} <= set(EventAccumulator(str(log_dir / "validation")).Reload().Tags()["scalars"])
+    assert "validation: scalars loss, accuracy" in out
     assert f"tensorboard --logdir {log_dir}" in out
 
 
@@ -80,7 +82,7 @@ def test_hparams_hold_the_settings_and_name_the_final_metrics(run: tuple[EventAc
             status = Status.Name(data.session_end_info.status)
     assert start["model"] == "SmallCNN" and start["optimizer"] == "SGD"
     assert start["image_size"] == 48 and start["train_samples"] == 96  # the example's own hparams
-    assert {"val/accuracy", "val/loss", "best/val/accuracy"} <= metrics
+    assert {"val_best/accuracy", "val_best/loss"} <= metrics
     # TensorBoard shows each metric as the run's latest scalar of that tag: they must exist.
     assert metrics <= set(events.Tags()["scalars"])
     assert status == "STATUS_SUCCESS"

@@ -112,9 +112,11 @@ def test_the_main_jobs_full_default_set_reads_nothing_on_non_logging_steps(tmp_p
     assert len(quiet) == 18 and len(logged) == 6
     assert quiet == [[]] * len(quiet), sorted({e for events in quiet for e in events})
     # The views did take their samples on quiet steps, and wrote them later.
-    report = inspect_run(tmp_path)["runs"]["."]
-    assert {"layer_grad_norm/0", "layer_act_zeros/2", "train/grad_norm"} <= set(report["scalars"])
-    sampled = report["scalars"]["layer_grad_norm/0"]
+    runs = inspect_run(tmp_path)["runs"]
+    report = runs["."]
+    assert {"per_layer/grad_norm/0", "per_layer/act_zeros/2", "optimisation/grad_norm"} <= set(report["scalars"])
+    assert "loss/step" in runs["train"]["scalars"]
+    sampled = report["scalars"]["per_layer/grad_norm/0"]
     assert (sampled["count"], sampled["first_step"], sampled["last_step"]) == (8, 3, 24)
     assert "train_batch" in report["images"]
 

@@ -1,4 +1,7 @@
-"""LayerStats and train/grad_norm: equal to a hand computation, hooks gone after the sampled batch, the image."""
+"""LayerStats and train/grad_norm: equal to a hand computation, hooks gone after the sampled batch, the image.
+
+LayerStats writes under `per_layer/`; the global gradient norm is `optimisation/grad_norm`.
+"""
 
 import copy
 import io
@@ -62,17 +65,17 @@ def test_one_step_equals_a_hand_computation(tmp_path):
         grad = torch.cat([layer.weight.grad.reshape(-1), layer.bias.grad.reshape(-1)])
         weight = torch.cat([layer.weight.reshape(-1), layer.bias.reshape(-1)]).detach()
         out = outputs[name]
-        assert scalar(acc, f"layer_grad_norm/{name}") == pytest.approx(grad.norm().item(), rel=1e-5)
+        assert scalar(acc, f"per_layer/grad_norm/{name}") == pytest.approx(grad.norm().item(), rel=1e-5)
         # Plain SGD moves the weights by lr * grad: the update-to-weight ratio of that step.
         ratio = LR * grad.norm() / weight.norm()
-        assert scalar(acc, f"layer_update_ratio/{name}") == pytest.approx(ratio.item(), rel=1e-4)
-        assert scalar(acc, f"layer_act_mean/{name}") == pytest.approx(out.mean().item(), rel=1e-5, abs=1e-7)
-        assert scalar(acc, f"layer_act_std/{name}") == pytest.approx(out.std().item(), rel=1e-5)
-        assert scalar(acc, f"layer_act_zeros/{name}") == pytest.approx((out <= 0).float().mean().item())
+        assert scalar(acc, f"per_layer/update_ratio/{name}") == pytest.approx(ratio.item(), rel=1e-4)
+        assert scalar(acc, f"per_layer/act_mean/{name}") == pytest.approx(out.mean().item(), rel=1e-5, abs=1e-7)
+        assert scalar(acc, f"per_layer/act_std/{name}") == pytest.approx(out.std().item(), rel=1e-5)
+        assert scalar(acc, f"per_layer/act_zeros/{name}") == pytest.approx((out <= 0).float().mean().item())
     # The global norm of the step, as clip_grad_norm_ computes it, logged every log step.
     total = torch.cat([p.grad.reshape(-1) for p in reference.parameters()]).norm()
-    assert scalar(acc, "train/grad_norm") == pytest.approx(total.item(), rel=1e-5)
-    assert "layer_act_zeros/1" not in acc.Tags()["scalars"]  # the ReLU is not a default layer
+    assert scalar(acc, "optimisation/grad_norm") == pytest.approx(total.item(), rel=1e-5)
+    assert "per_layer/act_zeros/1" not in acc.Tags()["scalars"]  # the ReLU is not a default layer
 
 
 def test_grad_norm_reuses_the_clipping_norm(tmp_path):
@@ -82,7 +85,7 @@ def test_grad_norm_reuses_the_clipping_norm(tmp_path):
     nn.functional.cross_entropy(reference(x), y).backward()
     expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)  # the norm before clipping
     trainer, acc = fit(tmp_path, model, LayerStats(every_n_steps=1), max_grad_norm=1e-3)
-    assert scalar(acc, "train/grad_norm") == pytest.approx(expected.item(), rel=1e-5)
+    assert scalar(acc, "optimisation/grad_norm") == pytest.approx(expected.item(), rel=1e-5)
     # Clipped to 1e-3: the step moved the weights by lr * 1e-3 in all, whatever the gradient's size.
     moved = torch.cat(
         [(a - b).reshape(-1) for a, b in zip(model.parameters(), reference.parameters(), strict=True)]
@@ -112,7 +115,7 @@ def test_activation_image_per_layer(tmp_path):
     stats = LayerStats(every_n_steps=1, bins=20, scale=3)
     _, acc = fit(tmp_path, mlp(), stats, epochs=5)
     for name in ("0", "2"):
-        events = acc.Images(f"layer_act_hist/{name}")
+        events = acc.Images(f"per_layer/act_hist/{name}")
         last = events[-1]
         caption = 2 * line_height(12) + 4
         assert (last.height, last.width) == (caption + 20 * 3, max(5 * 3, 240))

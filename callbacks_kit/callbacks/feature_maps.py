@@ -13,6 +13,7 @@ from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.layer_sizes import output_sizes, suggested_layer, too_small, visible_blocks
 from callbacks_kit.inspection.probe import (
     Probe,
     display_images,
@@ -22,7 +23,7 @@ from callbacks_kit.inspection.probe import (
     probe_outputs,
 )
 from callbacks_kit.inspection.render import grid, upscale
-from callbacks_kit.layers import resolve_module, spread_conv_blocks
+from callbacks_kit.layers import resolve_module, spread, spread_conv_blocks
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
 class FeatureMaps(Callback):
     """Feature maps of named layers on a fixed probe batch, every few epochs.
 
-    The probe batch is the first `num_images` validation samples, read once at the
-    start. Forward hooks are attached to the bare (unwrapped) model for the probe
-    forward only, in eval mode and without gradients, and removed right after: no hook
+    The probe batch is `num_images` validation samples spread over the classes (the first
+    of each class in turn), read once at the start. Forward hooks are attached to the
+    bare (unwrapped) model for the probe forward only, in eval mode and without
+    gradients, and removed right after: no hook
     stays on the model, nothing piles up over a long run, and training steps pay
     nothing. Only the main process runs the probe and writes.
 
@@ -41,8 +43,10 @@ class FeatureMaps(Callback):
     from input to output, every channel a grey tile normalised on its own.
 
     Args:
-        layers: Layer names; default: `num_layers` convolutional stages spread from
-            input to output (e.g. `conv1, layer1, layer3, layer4` in a ResNet).
+        layers: Layer names; default: `num_layers` convolutional stages spread from the
+            input to the last stage whose output is at least 4x4 on the probe images
+            (`conv1, layer1, layer3, layer4` of a ResNet at 224 px; `conv1, layer1, layer2`
+            at 32 px). A named layer whose output is 1x1 gets a warning.
         num_layers: How many layers the default picks.
         num_images: Probe images shown (one grid per image and layer).
         every_n_epochs: Epochs between logs.
@@ -79,13 +83,26 @@ class FeatureMaps(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         model = trainer.unwrapped_model
-        self.layers = self.layers or spread_conv_blocks(model, self.num_layers)
-        for name in self.layers:
+        # Checked on every process, so a bad name (or a model without convolutions) fails everywhere.
+        for name in self.layers or []:
             resolve_module(model, name)
-        if trainer.tb_writer is not None:
-            self._probe = probe_batch(trainer, self.num_images)
-            if self._probe is None:
-                warn_once(self, "probe", "FeatureMaps: the validation dataset cannot be indexed; no feature maps")
+        structural = self.layers or spread_conv_blocks(model, self.num_layers)
+        if trainer.tb_writer is None:
+            return
+        self._probe = probe_batch(trainer, self.num_images, spread=True)
+        if self._probe is None:
+            self.layers = structural
+            warn_once(self, "probe", "FeatureMaps: the validation dataset cannot be indexed; no feature maps")
+            return
+        if self.layers is None:
+            self.layers = spread(visible_blocks(trainer, *self._probe), self.num_layers)
+            return
+        sizes = output_sizes(trainer, self.layers, *self._probe)
+        collapsed = [name for name, size in sizes.items() if size is not None and max(size) == 1]
+        if collapsed:
+            suggestion = suggested_layer(trainer, *self._probe)
+            for name in collapsed:
+                warn_once(self, f"small:{name}", f"FeatureMaps: {too_small(name, sizes[name], suggestion)}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if due(trainer.state.epoch, self.every_n_epochs):

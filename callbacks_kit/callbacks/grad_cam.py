@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from callbacks_kit.batches import side_forward
-from callbacks_kit.cadence import due, warn_once
+from callbacks_kit.cadence import due, warn_once, warned
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.layer_sizes import suggested_layer, too_small, visible_blocks
 from callbacks_kit.inspection.probe import (
     Probe,
     class_names_of,
@@ -34,15 +35,19 @@ if TYPE_CHECKING:
 class GradCAM(Callback):
     """Grad-CAM heatmaps for the predicted class, overlaid on the probe images (`gradcam/<layer>`).
 
-    The probe batch is the first `num_images` validation samples. Every few epochs the
-    main process runs one forward and one backward on the bare model in eval mode, with
-    a hook on `layer` for that forward only. The gradient is taken with
+    The probe batch is `num_images` validation samples spread over the classes (the first
+    of each class in turn: `inspection.probe.spread_indices`), read once at the start, so
+    every epoch shows the same images. Every few epochs the main process runs one forward
+    and one backward on the bare model in eval mode, with a hook on `layer` for that
+    forward only. The gradient is taken with
     `torch.autograd.grad` with respect to the layer's output, so parameters' `.grad`
     are untouched, and frozen layers work too. Each tile is titled with the predicted
     class and its probability (green when right, red when wrong) and the true class.
 
     Args:
-        layer: Target layer name; default: the last convolutional block (`layer4` in a ResNet).
+        layer: Target layer name; default: the last convolutional stage whose output is at
+            least 4x4 on the probe images (`layer4` of a ResNet at 224 px, `layer2` at 32 px).
+            A named layer whose output is 1x1 gets a warning.
         num_images: Probe images shown.
         every_n_epochs: Epochs between logs.
         class_names: Names for the labels; default: the dataset's `classes`, else indices.
@@ -81,16 +86,20 @@ class GradCAM(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         model = trainer.unwrapped_model
-        self.layer = self.layer or last_conv_block(model)
-        resolve_module(model, self.layer)  # checked on every process, so a bad name fails everywhere
+        # Checked on every process, so a bad name (or a model without convolutions) fails everywhere.
+        if self.layer is not None:
+            resolve_module(model, self.layer)
+        structural = self.layer or last_conv_block(model)
         if trainer.tb_writer is None:
             return
         self.class_names = self.class_names or class_names_of(trainer)
-        self._probe = probe_batch(trainer, self.num_images)
+        self._probe = probe_batch(trainer, self.num_images, spread=True)
         if self._probe is None or not is_image_batch(self._probe[0]):
             self._probe = None
+            self.layer = structural
             warn_once(self, "probe", "GradCAM: needs an indexable validation dataset of (N, C, H, W) images")
             return
+        self.layer = self.layer or visible_blocks(trainer, *self._probe)[-1]
         self.heatmaps(trainer, *self._probe)  # a layer or model that cannot work warns now, not after an epoch
 
     def on_epoch_end(self, trainer: Trainer) -> None:
@@ -129,6 +138,9 @@ class GradCAM(Callback):
             logits = logits.float()
             predicted = logits.argmax(dim=1, keepdim=True)
             (grads,) = torch.autograd.grad(logits.gather(1, predicted).sum(), activation)
+        if max(activation.shape[-2:]) == 1 and not warned(self, "small"):  # a flat tint: say which layer is not
+            message = too_small(self.layer, (1, 1), suggested_layer(trainer, inputs, targets))
+            warn_once(self, "small", f"GradCAM: {message}")
         weights = grads.float().mean(dim=(2, 3), keepdim=True)  # channel importance: pooled gradients
         cams = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))
         cams = F.interpolate(cams, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -33,19 +33,20 @@ HIST_VALUES = 1 << 16  # values per layer and sample that go into the activation
 class LayerStats(Callback):
     """Layer health every `every_n_steps` optimizer steps, written on the main process.
 
-    On a sampled step, for each chosen layer:
+    On a sampled step, for each chosen layer, under one prefix (`per_layer/`, which sorts after
+    the training and validation charts in TensorBoard):
 
-    - `layer_grad_norm/<layer>`: the L2 norm of the layer's gradients (unscaled, before
+    - `per_layer/grad_norm/<layer>`: the L2 norm of the layer's gradients (unscaled, before
       clipping, as the optimizer receives them);
-    - `layer_update_ratio/<layer>`: `||w_after - w_before|| / ||w_before||` over the layer's
+    - `per_layer/update_ratio/<layer>`: `||w_after - w_before|| / ||w_before||` over the layer's
       parameters, for the optimizer step itself (the heuristic: near 1e-3; far below, the
       layer barely learns; far above, it is unstable);
-    - `layer_act_mean/<layer>`, `layer_act_std/<layer>`: mean and standard deviation of the
+    - `per_layer/act_mean/<layer>`, `per_layer/act_std/<layer>`: mean and standard deviation of the
       layer's output on the step's (first) training batch;
-    - `layer_act_zeros/<layer>`: the fraction of those outputs at or below zero: for a ReLU
+    - `per_layer/act_zeros/<layer>`: the fraction of those outputs at or below zero: for a ReLU
       the zeros it outputs, for a conv or linear layer the units a following ReLU zeroes
       (dead units when it stays near 1);
-    - `layer_act_hist/<layer>`: an image redrawn at every epoch end, fastai's "colorful dimension": one column per
+    - `per_layer/act_hist/<layer>`: an image redrawn at every epoch end, fastai's "colorful dimension": one column per
       sampled step (x), the histogram of the layer's output values (y, low at the bottom),
       colour the log of the count. The value range is fixed per layer at its first sample
       (1.25 x its largest magnitude, or `hist_range`), so columns compare; values beyond it
@@ -207,7 +208,7 @@ class LayerStats(Callback):
             if images and self._drawn_at != (self.column_steps[-1] if self.column_steps else None):
                 for name in self.names:
                     if self.columns.get(name):
-                        writer.add_image(f"layer_act_hist/{name}", self.image(name), self.column_steps[-1])
+                        writer.add_image(f"per_layer/act_hist/{name}", self.image(name), self.column_steps[-1])
                 self._drawn_at = self.column_steps[-1] if self.column_steps else None
 
     def _write_scalars(self, writer: Any) -> None:
@@ -218,7 +219,7 @@ class LayerStats(Callback):
             for name, row in zip(self.names, rows, strict=True):
                 for key, value in zip(SCALARS, row, strict=False):
                     if value == value:  # not NaN: the layer has that statistic
-                        writer.add_scalar(f"layer_{key}/{name}", value, step)
+                        writer.add_scalar(f"per_layer/{key}/{name}", value, step)
                 if row[len(SCALARS)] == row[len(SCALARS)]:  # a histogram was taken
                     limit = row[len(SCALARS)]
                     self.ranges.setdefault(name, (-limit, limit))

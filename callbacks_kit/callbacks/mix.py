@@ -12,6 +12,7 @@ from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import AugmentationError
 from callbacks_kit.inspection.probe import logits_of, probe_outputs
+from callbacks_kit.inspection.run_writer import add_metric
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -31,7 +32,8 @@ class MixUpCutMix(Callback):
     uninterrupted one. In several processes each rank mixes its own shard of the batch.
 
     Training accuracy is measured against the hard labels kept before mixing, summed on the
-    device and read only at log steps (`train/accuracy`, in `state.metrics` and TensorBoard).
+    device and read only at log steps (`train/accuracy` in `state.metrics`; in TensorBoard
+    `accuracy/step` of the `train/` sub-run).
     Validation is never mixed.
 
     Args:
@@ -147,7 +149,7 @@ class MixUpCutMix(Callback):
             if seen:
                 trainer.state.metrics["train/accuracy"] = correct_total / seen
                 if trainer.tb_writer is not None:
-                    trainer.tb_writer.add_scalar("train/accuracy", correct_total / seen, trainer.state.global_step)
+                    add_metric(trainer.tb_writer, "train", "accuracy", correct_total / seen, trainer.state.global_step)
 
     # ------------------------------------------------------------------------------ checks
     def _classes_of_model(self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor) -> int:

@@ -1,4 +1,4 @@
-"""TensorBoardLogger: the run's one SummaryWriter (main process only), scalars, layout, hparams, graph, summary."""
+"""TensorBoardLogger: the run's writers (main process only), scalars, layout, hparams, graph, summary."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.tensorboard import SummaryWriter
-
 from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.monitor import MODES, is_better
 from callbacks_kit.errors import TrainerError
-from callbacks_kit.inspection.hparams import HParamValue, collect_hparams, group_names, hparam_value, hparams_summaries
+from callbacks_kit.inspection.hparams import (
+    HParamValue,
+    MetricColumn,
+    collect_hparams,
+    group_names,
+    hparam_value,
+    hparams_summaries,
+)
 from callbacks_kit.inspection.probe import probe_batch
+from callbacks_kit.inspection.run_writer import TRAIN, RunWriter, add_metric, best_tag, split_run, split_tag
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -43,26 +49,34 @@ def default_log_dir(root: str = "runs") -> str:
 
 
 class TensorBoardLogger(Callback):
-    """Creates the run's SummaryWriter on the main process and logs what every run needs.
+    """Creates the run's writers on the main process and logs what every run needs.
 
-    Other TensorBoard callbacks write through `trainer.tb_writer`, which stays None on
-    the other processes; this callback flushes and closes it in `on_teardown`, when `fit` ends or fails.
+    `trainer.tb_writer` is a `RunWriter`: the run's main `SummaryWriter`, through which the
+    other TensorBoard callbacks write into the run folder, and one writer per split in a
+    sub-run (`train/`, `validation/`, `validation_ema/`): TensorBoard colours and labels
+    lines by run, so one chart holds the training and the validation curve in two colours,
+    with the runs as its legend. It stays None on the other processes; this callback
+    flushes and closes it in `on_teardown`, when `fit` ends or fails.
 
-    - Scalars: `train/loss` and `train/grad_norm` every log interval, `train/epoch_loss`,
-      `val/loss` and `val/<metric>` every validation with their best so far
-      (`best/val/<metric>`); the same for any other validation under its prefix (`val_ema/*`
-      of an `EMA` callback),
-      `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
-    - A custom-scalars layout: train and validation loss in one chart, each metric with
-      its best (`val_ema/*` in the same charts as `val/*`), the learning rates together.
+    - Per split, under the same tag in each: in `train/`, `loss/step` every log interval and
+      `loss` (the epoch's mean) every epoch; in `validation/`, `loss`
+      and each metric (`accuracy`...) every validation; the same for any other validation
+      in its own sub-run (`validation_ema/` for the `val_ema/*` of an `EMA` callback).
+    - In the run itself: the best value so far of each validation metric
+      (`val_best/<metric>`, `val_ema_best/<metric>`), `optimisation/grad_norm` (the global
+      gradient norm, `train/grad_norm`) every log interval, `lr/<group>` for every param
+      group, `perf/samples_per_sec` and `perf/epoch_time_s`.
+    - A custom-scalars layout: the losses of every split in one chart, each metric with its
+      best, the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
       the model graph (a warning, not a crash, when tracing fails).
-    - Live hparams: at the start, the given and collected hyperparameters and the metric
-      columns (final and best `val/*`, `train/*`), in the run's one event file; TensorBoard
-      fills each column from the run's latest scalar of that tag as it arrives, so the run
-      is in the hparams dashboard from its first step. The session status (success or
-      failure) is written at the end; the writer is flushed at every epoch end, so a run
-      killed with SIGKILL still shows its metrics up to its last finished epoch.
+    - Live hparams: at the start, the given and collected hyperparameters (booleans as
+      booleans) and the metric columns (the best of each validation metric, then
+      `hparams_metrics`), in the run's own event file; TensorBoard fills each column from
+      the run's latest scalar of that tag as it arrives, so the run is in the hparams
+      dashboard from its first step. The session status (success or failure) is written
+      at the end; the writers are flushed at every epoch end, so a run killed with SIGKILL
+      still shows its metrics up to its last finished epoch.
 
     Args:
         log_dir: Folder of the run; default `runs/<date>-<time>`.
@@ -75,8 +89,9 @@ class TensorBoardLogger(Callback):
         modes: Which direction is better for a metric, by tag: `{"val/top5_error": "min"}`.
             It decides the `best/<tag>` series and the hparams columns. Tags not given:
             "min" when the name holds "loss" or "err", else "max".
-        hparams_metrics: More metric columns for the hparams dashboard, by tag (e.g.
-            `["val_ema/accuracy"]`), after those the logger knows at the start.
+        hparams_metrics: More metric columns for the hparams dashboard, after those the
+            logger knows at the start: a metric's name (`"val/accuracy"`, its latest value,
+            read from its split's sub-run) or a tag of the run itself (`"val_class/macro/f1"`).
     """
 
     order = Order.WRITER
@@ -124,8 +139,9 @@ class TensorBoardLogger(Callback):
             self.log_dir = default_log_dir()
         if trainer.tb_writer is None or trainer.tb_writer.log_dir != self.log_dir:
             # On resume, events past the restored step (from the interrupted run) are dropped.
-            purge = trainer.state.global_step or None
-            trainer.tb_writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
+            # Those of the restored step itself were logged before the checkpoint was saved: they stay.
+            purge = trainer.state.global_step + 1 if trainer.state.global_step else None
+            trainer.tb_writer = RunWriter(self.log_dir, flush_secs=self.flush_secs, purge_step=purge)
         trainer.tb_writer.add_custom_scalars(scalars_layout(list(trainer.metrics), validation_prefixes(trainer)))
         self._hparams_started = False
         self.start_hparams(trainer)
@@ -149,10 +165,11 @@ class TensorBoardLogger(Callback):
         if writer is None or not state.is_log_step:
             return
         step = state.global_step
-        writer.add_scalar("train/loss", state.metrics["train/loss"], step)
+        add_metric(writer, TRAIN, "loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
         if "train/grad_norm" in state.metrics:
-            writer.add_scalar("train/grad_norm", state.metrics["train/grad_norm"], step)
+            # A diagnostic of the training process, as lr/* and perf/*: in the run itself, sorted after the splits.
+            writer.add_scalar("optimisation/grad_norm", state.metrics["train/grad_norm"], step)
         self._log_lrs(trainer, step)
 
     def on_validation_end(self, trainer: Trainer) -> None:
@@ -169,17 +186,19 @@ class TensorBoardLogger(Callback):
             return
         for tag, value in state.metrics.items():
             if tag.startswith(prefix):
-                writer.add_scalar(tag, value, state.global_step)
+                name = tag[len(prefix) :]
+                add_metric(writer, state.validation_prefix, name, value, state.global_step)
                 if tag in self.best:
-                    writer.add_scalar(f"best/{tag}", self.best[tag], state.global_step)
+                    writer.add_scalar(best_tag(state.validation_prefix, name), self.best[tag], state.global_step)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         writer, state = trainer.tb_writer, trainer.state
         if writer is None:
             return
-        for tag in ("train/epoch_loss", "perf/epoch_time_s"):
-            if tag in state.metrics:
-                writer.add_scalar(tag, state.metrics[tag], state.global_step)
+        if "train/epoch_loss" in state.metrics:
+            add_metric(writer, TRAIN, "epoch_loss", state.metrics["train/epoch_loss"], state.global_step)
+        if "perf/epoch_time_s" in state.metrics:
+            writer.add_scalar("perf/epoch_time_s", state.metrics["perf/epoch_time_s"], state.global_step)
         if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
             self._log_lrs(trainer, state.global_step)
         writer.flush()  # a run killed from here on still shows this epoch in the hparams dashboard
@@ -210,26 +229,30 @@ class TensorBoardLogger(Callback):
             return self.modes[tag] == "min"
         return "loss" in tag or "err" in tag
 
-    def metric_columns(self, trainer: Trainer) -> list[str]:
+    def metric_columns(self, trainer: Trainer) -> list[MetricColumn]:
         """The hparams dashboard's metric columns, known at the start so the run shows from step 0.
 
-        In order: `val/*` and the other validations' (an `EMA`'s `val_ema/*`: see
-        `validation_prefixes`), higher-is-better first, their best,
-        `train/loss` and `train/grad_norm` (when the run will reach a log step),
-        `train/epoch_loss`, then `hparams_metrics`.
+        In order: the best so far of `val/*` and of the other validations' metrics (an
+        `EMA`'s `val_ema/*`: see `validation_prefixes`), higher-is-better first, shown as
+        `best/<prefix>/<name>`; then `hparams_metrics`. The best values are tags of the run
+        itself, which TensorBoard reads whatever folder it was started on.
         """
-        columns: list[str] = []
+        columns: list[MetricColumn] = []
         if trainer.val_loader is not None:
-            prefixes = validation_prefixes(trainer)
-            tags = [f"{prefix}/{name}" for prefix in prefixes for name in ("loss", *trainer.metrics)]
+            names = ("loss", *trainer.metrics)
+            tags = [f"{prefix}/{name}" for prefix in validation_prefixes(trainer) for name in names]
             tags = [t for t in tags if not self.lower_is_better(t)] + [t for t in tags if self.lower_is_better(t)]
-            columns += tags + [f"best/{tag}" for tag in tags]
-        state = trainer.state
-        steps = None if state.batches_per_epoch is None else state.max_epochs * state.batches_per_epoch
-        if steps is None or steps // trainer.accelerator.gradient_accumulation_steps >= trainer.log_every_n_steps:
-            columns += ["train/loss", "train/grad_norm"]  # logged only at log steps: a run without one has none
-        columns += ["train/epoch_loss", *self.hparams_metrics]
-        return list(dict.fromkeys(columns))
+            for tag in tags:
+                prefix, name = tag.split("/", 1)
+                columns.append(MetricColumn(best_tag(prefix, name), display_name=f"best/{tag}"))
+        splits = {TRAIN, "test", *validation_prefixes(trainer)}
+        for tag in self.hparams_metrics:
+            prefix, _, name = tag.partition("/")
+            if name and prefix in splits:  # a metric's latest value, in its split's sub-run
+                columns.append(MetricColumn(split_tag(prefix, name), group=split_run(prefix), display_name=tag))
+            else:
+                columns.append(MetricColumn(tag))
+        return list({(c.group, c.tag): c for c in columns}.values())
 
     def start_hparams(self, trainer: Trainer) -> None:
         """Write the hyperparameters and metric columns now (at fit start), once per `fit`.
@@ -260,7 +283,7 @@ class TensorBoardLogger(Callback):
     def _summaries(self, trainer: Trainer, success: bool) -> tuple[Any, Any, Any]:
         values = {**self._collected, **{k: hparam_value(v) for k, v in self.hparams.items()}}
         given = {k: v for k, v in values.items() if v is not None}
-        return hparams_summaries(given, dict.fromkeys(self.metric_columns(trainer), 0.0), success)
+        return hparams_summaries(given, self.metric_columns(trainer), success)
 
     def _log_model(self, trainer: Trainer, example: Any) -> None:
         writer, model = trainer.tb_writer, trainer.unwrapped_model
@@ -302,24 +325,27 @@ def validation_prefixes(trainer: Trainer) -> list[str]:
 
 
 def scalars_layout(metric_names: list[str], prefixes: list[str] | None = None) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: train and val loss together, each metric with its best, LRs.
+    """The custom-scalars layout: the splits' losses together, each metric with its best, LRs.
 
-    `prefixes` are the validations shown side by side in each chart (default `["val"]`;
-    with an `EMA` callback also `"val_ema"`).
+    The splits write one tag in their sub-runs (`train/`, `validation/`...), so one chart
+    matches them all, each run in its colour. `prefixes` are the validations whose best
+    series are shown too (default `["val"]`; with an `EMA` callback also `"val_ema"`).
     """
-    shown = [re.escape(prefix) for prefix in prefixes or ["val"]]
+    shown = prefixes or ["val"]
     metrics = {
-        name: ["Multiline", [rf"^{kind}{p}/{re.escape(name)}$" for kind in ("", "best/") for p in shown]]
+        name: [
+            "Multiline",
+            [rf"^{re.escape(name)}(/step)?$", *(rf"^{re.escape(best_tag(p, name))}$" for p in shown)],
+        ]
         for name in metric_names
     }
-    losses = [r"^train/loss$", r"^train/epoch_loss$", *(rf"^{p}/loss$" for p in shown)]
     layout = {
-        "losses": {"loss: train vs validation": ["Multiline", losses]},
+        "losses": {"loss: train vs validation": ["Multiline", [r"^loss(/step)?$"]]},
         "metrics": metrics,
         "optimisation": {
             "learning rate": ["Multiline", [r"^lr/"]],
             "samples per second": ["Multiline", [r"^perf/samples_per_sec$"]],
-            "gradient norm": ["Multiline", [r"^train/grad_norm$"]],
+            "gradient norm": ["Multiline", [r"^optimisation/grad_norm$"]],
         },
     }
     return {category: charts for category, charts in layout.items() if charts}

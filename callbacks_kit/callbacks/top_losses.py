@@ -21,8 +21,9 @@ from callbacks_kit.inspection.classification import (
     gathered_batch,
     most_confused,
 )
-from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch
-from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet
+from callbacks_kit.inspection.layer_sizes import visible_blocks
+from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch, probe_batch
+from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet, tile_images
 from callbacks_kit.layers import last_conv_block, resolve_module
 
 if TYPE_CHECKING:
@@ -50,10 +51,13 @@ class TopLosses(Callback):
         class_names: One name per output; default: the dataset's `classes`, else indices.
         confused_pairs: Most confused (true, predicted) pairs listed in the text.
         gradcam: Overlay each image's Grad-CAM for its predicted class: False, True (the
-            last convolutional block) or a layer name.
+            last convolutional stage whose output is at least 4x4, as `GradCAM` picks it)
+            or a layer name.
         every_n_validations: Validations between galleries.
-        columns: Tiles per row of the grid.
-        image_size: Side of each tile in pixels (small inputs are enlarged to read the title).
+        columns: Tiles per row of the grid. With `image_size` the default fits TensorBoard's
+            image card (350 px wide) unscaled, so the captions stay legible.
+        image_size: Side of each tile in pixels (every image is scaled to it: enlarged
+            pixel by pixel, or reduced smoothly).
         mean: Normalisation mean of the inputs, undone to show them; None stretches each image.
         std: Normalisation std of the inputs.
         label_smoothing: Label smoothing of the per-sample cross-entropy (match your loss).
@@ -69,8 +73,8 @@ class TopLosses(Callback):
         confused_pairs: int = 5,
         gradcam: bool | str = False,
         every_n_validations: int = 1,
-        columns: int = 4,
-        image_size: int = 128,
+        columns: int = 3,
+        image_size: int = 110,
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
         label_smoothing: float = 0.0,
@@ -114,6 +118,9 @@ class TopLosses(Callback):
             model = trainer.unwrapped_model
             layer = self.gradcam if isinstance(self.gradcam, str) else last_conv_block(model)
             resolve_module(model, layer)  # a wrong name fails on every process before training
+            probe = probe_batch(trainer, 1) if trainer.tb_writer is not None and self.gradcam is True else None
+            if probe is not None and is_image_batch(probe[0]):  # the main process draws: the layer it can show
+                layer = visible_blocks(trainer, *probe)[-1]
             self._cam = GradCAM(layer, mean=self.mean, std=self.std)
         check_outputs_at_fit_start(trainer, self, self.class_names)
         self.class_names = self.class_names or class_names_of(trainer)
@@ -208,9 +215,7 @@ class TopLosses(Callback):
             result = self._cam.heatmaps(trainer, images, targets.to(images.device))
             if result is not None:
                 shown = (0.55 * shown + 0.45 * jet(result[0])).clamp(0, 1)
-        factor = max(1, self.image_size // max(1, shown.shape[-1]))
-        if factor > 1:
-            shown = F.interpolate(shown, scale_factor=factor, mode="nearest")
+        shown = tile_images(shown, self.image_size)
         tiles = []
         confidence, predicted = probs.max(dim=1)
         for i, tile in enumerate(shown.cpu()):

@@ -22,6 +22,19 @@ from callbacks_kit.cli.train_flags import (
     add_training_view_args,
 )
 
+# The option groups of `train`, in the order of its help.
+TRAIN_GROUPS = (
+    add_job_args,
+    add_inspection_args,
+    add_error_analysis_args,
+    add_training_view_args,
+    add_finetune_args,
+    add_ema_args,
+    add_checkpoint_args,
+    add_recipe_args,
+    add_lr_find_args,
+)
+
 # Each command -> the module of callbacks_kit.cli that runs it (its `run(args)`).
 COMMANDS = {
     "train": "train",
@@ -87,15 +100,16 @@ def add_train(commands: Any) -> None:
     train = commands.add_parser(
         "train", help="train an image classifier and write a TensorBoard run", formatter_class=HelpFormatter
     )
-    add_job_args(train)
-    add_inspection_args(train)
-    add_error_analysis_args(train)
-    add_training_view_args(train)
-    add_finetune_args(train)
-    add_ema_args(train)
-    add_checkpoint_args(train)
-    add_recipe_args(train)
-    add_lr_find_args(train)
+    for add_args in TRAIN_GROUPS:
+        add_args(train)
+
+
+def train_defaults() -> dict[str, Any]:
+    """Every `train` flag's default, by its name in the parsed arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for add_args in TRAIN_GROUPS:
+        add_args(parser)
+    return vars(parser.parse_args([]))
 
 
 def add_lr_find(commands: Any) -> None:

@@ -26,8 +26,10 @@ from callbacks_kit.cli.job_callbacks import (
     training_view_callbacks,
 )
 from callbacks_kit.cli.lr_sweep import auto_lr, lr_finder
+from callbacks_kit.cli.parser import train_defaults
 from callbacks_kit.cli.resume_checks import check_new_run, check_resume, checkpoint_folder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir, tensorboard_command
+from callbacks_kit.cli.run_hparams import run_hparams, user_flags
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CLIError, ScheduleError
 
@@ -55,6 +57,7 @@ def train(
             built; the benchmark uses it to time them.
     """
     check_new_run(args)  # before anything is read or written
+    given = user_flags(args, train_defaults())  # before the checks fill in defaults
     if args.lr == "auto":
         if args.resume:
             raise CLIError(
@@ -69,8 +72,7 @@ def train(
     train_loader, val_loader = job.train_loader, job.val_loader
     run_dir = pick_run_dir(args.log_dir, state)
     steps_per_epoch = max(1, len(train_loader) // max(1, state.num_processes) // args.grad_accum)
-    hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
-    logger = TensorBoardLogger(run_dir, hparams=hparams)
+    logger = TensorBoardLogger(run_dir, hparams=run_hparams(args, given, size))
     callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
     callbacks += inspection_callbacks(args, classes)
     callbacks += error_analysis_callbacks(args, classes)

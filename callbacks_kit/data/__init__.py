@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         eval_transform,
         train_transform,
     )
-    from callbacks_kit.data.wrappers import base_dataset, class_names
+    from callbacks_kit.data.wrappers import base_dataset, class_names, dataset_labels
 
 # Public name -> the module of this package that defines it.
 _HOMES: dict[str, str] = {
@@ -76,6 +76,7 @@ _HOMES: dict[str, str] = {
     "csv_datasets": "csv_labels",
     "base_dataset": "wrappers",
     "class_names": "wrappers",
+    "dataset_labels": "wrappers",
     "default_workers": "loaders",
     "pin_by_default": "loaders",
     "make_loader": "loaders",
@@ -111,6 +112,7 @@ __all__ = [
     "csv_datasets",
     "base_dataset",
     "class_names",
+    "dataset_labels",
     "default_workers",
     "pin_by_default",
     "make_loader",

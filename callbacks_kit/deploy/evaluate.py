@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.data.folders import CheckedImageFolder, drop_unreadable
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
@@ -17,6 +16,8 @@ from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import DataError
 from callbacks_kit.inspection.classification import ConfusionCounts, class_stats
 from callbacks_kit.inspection.confusion_image import confusion_image
+from callbacks_kit.inspection.event_report import last_step
+from callbacks_kit.inspection.run_writer import RunWriter
 
 
 @dataclass
@@ -175,14 +176,21 @@ def evaluate_run(
     return report
 
 
-def write_tensorboard(run_dir: str | os.PathLike[str], report: EvaluationReport) -> None:
-    """Write `report` into the run's TensorBoard under `test/` (a new event file; nothing existing changes)."""
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_scalar("test/loss", report.loss, 0)
-        writer.add_scalar("test/nll", report.nll, 0)
-        writer.add_scalar("test/accuracy", report.accuracy, 0)
+def write_tensorboard(run_dir: str | os.PathLike[str], report: EvaluationReport, step: int | None = None) -> None:
+    """Write `report` into the run's TensorBoard at `step` (default: the run's last step); nothing existing changes.
+
+    `test/loss`, `test/nll` and `test/accuracy` go into the `test/` sub-run as `loss`, `nll`
+    and `accuracy`, in the same charts as the training and validation curves, a point at the
+    end of the run; the per-class scalars (of the classes with test images), the report and
+    the confusion matrix into new event files of the run itself.
+    """
+    step = last_step(Path(run_dir)) if step is None else step
+    with RunWriter(str(run_dir)) as writer:
+        writer.add_split_scalar("test", "loss", report.loss, step)
+        writer.add_split_scalar("test", "nll", report.nll, step)
+        writer.add_split_scalar("test", "accuracy", report.accuracy, step)
         for metric in ("precision", "recall", "f1"):
             for i in report.present:  # a class without test images has nothing to show
-                writer.add_scalar(f"test/{metric}/{report.classes[i]}", getattr(report, metric)[i], 0)
-        writer.add_image("confusion_matrix/test", confusion_image(report.confusion, report.classes, "test set"), 0)
-        writer.add_text("test/report", "    " + report.table().replace("\n", "\n    "), 0)
+                writer.add_scalar(f"test/{metric}/{report.classes[i]}", getattr(report, metric)[i], step)
+        writer.add_image("confusion_matrix/test", confusion_image(report.confusion, report.classes, "test set"), step)
+        writer.add_text("test/report", "    " + report.table().replace("\n", "\n    "), step)

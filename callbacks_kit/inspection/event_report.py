@@ -42,11 +42,31 @@ def readable(path: Path) -> bool:
     return next(iter(RawEventFileLoader(str(path)).Load()), None) is not None
 
 
+def last_step(run: str | Path) -> int:
+    """The last step a run trained to: the largest of its `train/` sub-run's scalars, else of its own; 0 for none.
+
+    The `train/` sub-run of a `TensorBoardLogger` run holds scalars only, so it is read quickly;
+    events an interrupted run wrote past the point its resume restarted from do not count.
+    """
+    root = Path(run)
+    for folder in (root / "train", root):
+        if any(f.parent == folder for f in event_files(folder)):
+            accumulator = load(folder)
+            steps = [event.step for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
+            if steps:
+                return max(steps)
+    return 0
+
+
 def inspect_run(run: str | Path) -> dict[str, Any]:
     """A summary of `run` per sub-run folder (relative path, "." for the run itself) and plugin.
 
     `unreadable` lists the event files that hold no TensorBoard record (empty, damaged, or
     not event files); they are left out of the summary.
+
+    A run of `TensorBoardLogger` has its splits' scalars in sub-runs (`train`, `validation`...).
+    The hparams metrics are the values TensorBoard shows in each column: the latest scalar
+    of the column's tag, in the sub-run its group names.
 
     Raises:
         FileNotFoundError: `run` holds no event file.
@@ -61,6 +81,10 @@ def inspect_run(run: str | Path) -> dict[str, Any]:
         raise CheckpointError(unreadable_message(unreadable) + "; there is nothing to report")
     folders = sorted({f.parent for f in files if f not in unreadable})
     runs = {str(folder.relative_to(root)) if root.is_dir() else ".": _inspect(load(folder)) for folder in folders}
+    for name, report in runs.items():
+        for column, (group, tag) in report["hparams"].pop("columns", {}).items():
+            sub_run = runs.get(str(Path(name, group)) if group else name, {})
+            report["hparams"]["metrics"][column] = sub_run.get("scalars", {}).get(tag, {}).get("last_value")
     return {
         "run": str(root),
         "event_files": [str(f) for f in files],
@@ -115,7 +139,7 @@ def _inspect(acc: EventAccumulator) -> dict[str, Any]:
         text = events[-1].tensor_proto.string_val[0].decode("utf-8", "replace") if events else ""
         report["text"][tag] = {"count": len(events), "last_step": events[-1].step, "chars": len(text), "text": text}
     report["graphs"] = _graph(acc) if tags.get("graph") else {}
-    report["hparams"] = _hparams(acc, report["scalars"])
+    report["hparams"] = _hparams(acc)
     report["custom_scalars"] = _layout(acc)
     return report
 
@@ -134,25 +158,32 @@ def _graph(acc: EventAccumulator) -> dict[str, Any]:
     return {"nodes": len(graph.node), "ops": ops[:20]}
 
 
-def _hparams(acc: EventAccumulator, scalars: dict[str, Any]) -> dict[str, Any]:
+def _hparams(acc: EventAccumulator) -> dict[str, Any]:
+    """The session's hparams (in the experiment's order), its status, and each metric column's `(group, tag)`.
+
+    `inspect_run` turns the columns into `metrics`: `{display name: latest value or None}`.
+    """
     if not _plugin_tags(acc, "hparams"):
         return {}
     from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    result: dict[str, Any] = {"hparams": {}, "metrics": {}, "status": None}
+    result: dict[str, Any] = {"hparams": {}, "metrics": {}, "status": None, "shown": [], "columns": {}}
+    order: list[str] = []
     for content in _plugin_tags(acc, "hparams").values():
         data = HParamsPluginData.FromString(content)
         if data.HasField("session_start_info"):
             for name, value in data.session_start_info.hparams.items():
                 result["hparams"][name] = getattr(value, value.WhichOneof("kind"))
         if data.HasField("experiment"):
-            # TensorBoard shows each metric as the run's latest scalar of that tag.
+            order = [info.name for info in data.experiment.hparam_infos]
+            result["shown"] = [info.name for info in data.experiment.hparam_infos if info.differs]
             for info in data.experiment.metric_infos:
-                tag = info.name.tag
-                result["metrics"][tag] = scalars[tag]["last_value"] if tag in scalars else None
+                result["columns"][info.display_name or info.name.tag] = (info.name.group, info.name.tag)
         if data.HasField("session_end_info"):
             result["status"] = Status.Name(data.session_end_info.status)
+    ranked = {name: i for i, name in enumerate(order)}
+    result["hparams"] = dict(sorted(result["hparams"].items(), key=lambda item: ranked.get(item[0], len(ranked))))
     return result
 
 
@@ -208,7 +239,8 @@ def _describe(plugin: str, content: dict[str, Any]) -> list[str]:
         metrics = ", ".join(
             f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in content["metrics"].items()
         )
-        return [f"hparams: {values}", f"metrics: {metrics}", f"status: {content['status']}"]
+        shown = [f"shown first: {', '.join(content['shown'])}"] if content.get("shown") else []
+        return [f"hparams: {values}", *shown, f"metrics: {metrics}", f"status: {content['status']}"]
     return [f"{category} / {chart}: {tags}" for category, charts in content.items() for chart, tags in charts.items()]
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
-from callbacks_kit.data.wrappers import class_names
+from callbacks_kit.data.wrappers import class_names, dataset_labels
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 Probe = tuple[Any, Any]
 
 
-def probe_batch(trainer: Trainer, count: int) -> Probe | None:
-    """`(inputs, targets)` of the first `count` validation samples (else training), on the device.
+def probe_batch(trainer: Trainer, count: int, spread: bool = False) -> Probe | None:
+    """`(inputs, targets)` of `count` validation samples (else training), on the device.
 
-    Read from the loader's dataset by index, so the same samples come out in every run,
-    with any number of processes, and the prepared loader is not touched. None when the
-    dataset cannot be indexed (an `IterableDataset`).
+    The first `count` samples, or with `spread` samples spread over the classes
+    (`spread_indices`). Read from the loader's dataset by index, so the same samples come
+    out in every run, every epoch and with any number of processes, and the prepared
+    loader is not touched. None when the dataset cannot be indexed (an `IterableDataset`).
     """
     loader = trainer.val_loader if trainer.val_loader is not None else trainer.train_loader
     dataset = getattr(loader, "dataset", None)
@@ -34,11 +35,37 @@ def probe_batch(trainer: Trainer, count: int) -> Probe | None:
     count = min(count, len(dataset))
     if count < 1:
         return None
+    indices = spread_indices(dataset, count) if spread else list(range(count))
     collate = getattr(loader, "collate_fn", None) or default_collate
     with torch.random.fork_rng(devices=[]):  # random transforms must not move the run's RNG
-        batch = collate([dataset[i] for i in range(count)])
+        batch = collate([dataset[i] for i in indices])
     inputs, targets = trainer.unpack_batch(batch)
     return send_to_device(inputs, trainer.device), send_to_device(targets, trainer.device)
+
+
+def spread_indices(dataset: Any, count: int) -> list[int]:
+    """`count` sample indices spread over the classes: the first sample of each class in turn, then the second...
+
+    An ImageFolder lists its samples class by class, so its first samples are all of the
+    first class. The labels come from the dataset without loading an image
+    (`data.wrappers.dataset_labels`); a dataset that does not give them gets indices
+    spread evenly over its length instead, which meets every class of a sorted one.
+    """
+    size = len(dataset)
+    count = min(count, size)
+    labels = dataset_labels(dataset)
+    if labels is None:
+        return [i * size // count for i in range(count)]
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    queues = [by_class[label] for label in sorted(by_class)]
+    picked: list[int] = []
+    for rank in range(max(len(queue) for queue in queues)):
+        picked += [queue[rank] for queue in queues if rank < len(queue)]
+        if len(picked) >= count:
+            break
+    return picked[:count]
 
 
 def class_names_of(trainer: Trainer) -> list[str] | None:

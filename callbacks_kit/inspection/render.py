@@ -92,6 +92,15 @@ def upscale(images: torch.Tensor, min_size: int) -> torch.Tensor:
     return images if factor == 1 else F.interpolate(images, scale_factor=factor, mode="nearest")
 
 
+def tile_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """`(N, C, h, w)` images scaled to `side` x `side`: enlarged pixel by pixel (nearest), reduced with antialiasing."""
+    if tuple(images.shape[-2:]) == (side, side):
+        return images
+    if min(images.shape[-2:]) < side:
+        return F.interpolate(images, size=(side, side), mode="nearest-exact")
+    return F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
 def grid(tiles: torch.Tensor, columns: int | None = None, padding: int = 2, background: float = 1.0) -> torch.Tensor:
     """`(N, C, h, w)` tiles in [0, 1] as one `(3, H, W)` image, nearly square by default."""
     columns = columns or math.ceil(math.sqrt(tiles.shape[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import subprocess
@@ -74,3 +75,45 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "the
             return value
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def tensorboard_order(tags: list[str] | set[str]) -> list[str]:
+    """`tags` in the order TensorBoard's dashboards list them (its `compareTagNames`, in webfiles.zip).
+
+    Characters compare one by one, numbers by value; `/`, `_` and digits sort before anything
+    else. The scalars dashboard groups the sorted tags by the part before the first `/`.
+    """
+
+    def number_end(text: str, start: int) -> int:
+        end = start
+        while end < len(text) and (text[end].isdigit() or text[end] == "."):
+            end += 1
+        return end
+
+    def brk(c: str) -> bool:
+        return c in "/_" or c.isdigit()
+
+    def compare(a: str, b: str) -> int:
+        i = j = 0
+        while True:
+            if i == len(a):
+                return 0 if j == len(b) else -1
+            if j == len(b):
+                return 1
+            if a[i].isdigit() and b[j].isdigit():
+                i2, j2 = number_end(a, i + 1), number_end(b, j + 1)
+                x, y = float(a[i:i2]), float(b[j:j2])
+                if x != y:
+                    return -1 if x < y else 1
+                i, j = i2, j2
+                continue
+            if brk(a[i]):
+                if not brk(b[j]):
+                    return -1
+            elif brk(b[j]):
+                return 1
+            elif a[i] != b[j]:
+                return -1 if a[i] < b[j] else 1
+            i, j = i + 1, j + 1
+
+    return sorted(tags, key=functools.cmp_to_key(compare))
