@@ -52,7 +52,9 @@ class TensorBoardLogger(Callback):
       `val/loss` and `val/<metric>` every validation with their best so far
       (`best/val/<metric>`); the same for any other validation under its prefix (`val_ema/*`
       of an `EMA` callback),
-      `lr/<group>` for every param group, `perf/samples_per_sec` and `perf/epoch_time_s`.
+      `lr/<group>` for every param group, `perf/samples_per_sec`, `perf/data_wait_fraction` (the
+      share of the log interval spent waiting for the data loader), `perf/epoch_time_s` and
+      `perf/epoch_data_wait_fraction`.
     - A custom-scalars layout: train and validation loss in one chart, each metric with
       its best (`val_ema/*` in the same charts as `val/*`), the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
@@ -151,6 +153,7 @@ class TensorBoardLogger(Callback):
         step = state.global_step
         writer.add_scalar("train/loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
+        writer.add_scalar("perf/data_wait_fraction", state.metrics["perf/data_wait_fraction"], step)
         if "train/grad_norm" in state.metrics:
             writer.add_scalar("train/grad_norm", state.metrics["train/grad_norm"], step)
         self._log_lrs(trainer, step)
@@ -177,7 +180,7 @@ class TensorBoardLogger(Callback):
         writer, state = trainer.tb_writer, trainer.state
         if writer is None:
             return
-        for tag in ("train/epoch_loss", "perf/epoch_time_s"):
+        for tag in ("train/epoch_loss", "perf/epoch_time_s", "perf/epoch_data_wait_fraction"):
             if tag in state.metrics:
                 writer.add_scalar(tag, state.metrics[tag], state.global_step)
         if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
