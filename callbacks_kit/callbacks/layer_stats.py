@@ -15,6 +15,7 @@ from callbacks_kit.compat import compiled_inner
 from callbacks_kit.cpu import one_cpu_thread
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.render import BLACK, captioned, jet
 from callbacks_kit.layers import resolve_module
 from callbacks_kit.norms import group_norms
@@ -207,7 +208,7 @@ class LayerStats(Callback):
             if images and self._drawn_at != (self.column_steps[-1] if self.column_steps else None):
                 for name in self.names:
                     if self.columns.get(name):
-                        writer.add_image(f"layer_act_hist/{name}", self.image(name), self.column_steps[-1])
+                        add_image(writer, f"layer_act_hist/{name}", self.image(name), self.column_steps[-1])
                 self._drawn_at = self.column_steps[-1] if self.column_steps else None
 
     def _write_scalars(self, writer: Any) -> None:
