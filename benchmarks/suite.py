@@ -21,6 +21,7 @@ from benchmarks import (
     histograms,
     inputs,
     loop,
+    profiler,
     syncs,
     throughput,
     training_views,
@@ -52,6 +53,7 @@ SECTIONS = (
     Section("checkpoints", checkpoints.run),  # 7
     Section("end-to-end", end_to_end.run),  # 8
     Section("ema", ema.run),  # 9
+    Section("profiler", profiler.run),  # 10
 )
 
 

@@ -46,13 +46,22 @@ def test_loop_and_syncs_sections(tmp_path: Path):
         "Trainer / hand loop, small CNN",
     }
     assert results["quick"] is True and results["machine"]["torch"]
+    # Section 10: the Trainer's steps with a Profiler outside its window, beside the Trainer's alone.
+    assert "10. Profiler outside its window" in stdout
+    assert [r["runner"] for r in results["profiler"]["rows"]] == [
+        "Trainer (default callbacks)",
+        "Trainer + Profiler, before its window",
+        "Trainer + Profiler, after its window",
+    ]
+    assert all(r["median_s_per_step"] > 0 for r in results["profiler"]["rows"])
 
 
 @pytest.mark.slow
 def test_every_section(tmp_path: Path):
     stdout, results = run_benchmark(tmp_path, "--throughput")
     for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
-                  "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "Budgets"):  # fmt: skip
+                  "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "10. Profiler",
+                  "Budgets"):  # fmt: skip
         assert title in stdout
     assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "ema", "budgets"} <= set(results)
     assert [r["mode"] for r in results["checkpoints"]["rows"]] == ["no save", "synchronous save", "asynchronous save"]

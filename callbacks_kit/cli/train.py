@@ -20,6 +20,7 @@ from callbacks_kit.cli.job_callbacks import (
     error_analysis_callbacks,
     finetune_callbacks,
     inspection_callbacks,
+    profiling_callbacks,
     recipe_callbacks,
     training_view_callbacks,
 )
@@ -30,6 +31,7 @@ from callbacks_kit.cli.train_flags import (
     add_ema_args,
     add_error_analysis_args,
     add_inspection_args,
+    add_profiling_args,
     add_recipe_args,
     add_training_view_args,
 )
@@ -53,6 +55,7 @@ def add_parser(commands: Any) -> None:
     add_checkpoint_args(train)
     add_recipe_args(train)
     add_lr_find_args(train)
+    add_profiling_args(train)
 
 
 def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -> str:
@@ -100,6 +103,7 @@ def train(
     callbacks += ema_callbacks(args)
     callbacks += checkpoint_callbacks(args, run_dir)
     callbacks += recipe
+    callbacks += profiling_callbacks(args, steps_per_epoch)
     info = RunInfo(
         args.model,
         list(classes),
