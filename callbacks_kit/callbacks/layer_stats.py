@@ -249,13 +249,11 @@ class LayerStats(Callback):
         """`(layers, 5 + 1 + bins)` on the device: the scalars, the histogram's half-range, its counts."""
         assert self._before is not None and self._grad_norms is not None
         device = trainer.device
-        deltas = group_norms(
-            [
-                [p.detach() - b for p, b in zip(ps, bs, strict=True)]
-                for ps, bs in zip(self._params, self._before, strict=True)
-            ]
-        ).to(device)
-        ratios = deltas / group_norms(self._before).to(device)
+        before = group_norms(self._before).to(device)
+        for params, copies in zip(self._params, self._before, strict=True):
+            for param, copy in zip(params, copies, strict=True):
+                copy.sub_(param.detach())  # the update in place: |before - after| is |after - before|, bit for bit
+        ratios = group_norms(self._before).to(device) / before
         grads = self._grad_norms.to(device)
         captured = self._capture.outputs if self._capture is not None else {}
         nan = torch.full((1,), float("nan"), device=device)
