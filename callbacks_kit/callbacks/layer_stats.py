@@ -275,8 +275,12 @@ class LayerStats(Callback):
         strided subset of at most `HIST_VALUES` (its shape, not its total, is what the image shows).
         """
         x = output.reshape(-1)
-        std, mean = torch.std_mean(x.float() if x.dtype != torch.float32 else x)
-        zeros = (x <= 0).sum() / max(1, x.numel())
+        values = x.float() if x.dtype != torch.float32 else x
+        # On a CPU std_mean takes 6x as long as std and mean apart (18 against 3 ms for conv1 of the
+        # main job), and summing a bool mask 8x as long as count_nonzero: the hooks were 60% of a
+        # sampled forward. The std is std_mean's bit for bit, the mean within one float32 ulp.
+        std, mean = values.std(), values.mean()
+        zeros = torch.count_nonzero(x <= 0) / max(1, x.numel())
         if name in self.ranges:
             low, high = self.ranges[name]
             low_t = torch.full((), low, device=x.device)
