@@ -117,7 +117,7 @@ def bench_callbacks(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     with tempfile.TemporaryDirectory() as log_dir:
         ns = build_parser().parse_args([*argv, "--log-dir", log_dir])
         with quiet():
-            train(ns, customize=customize)
+            metrics = train(ns, customize=customize)
     timeline = timer.timeline
     start, end = timeline["on_epoch_start"][0], timeline["on_epoch_end/done"][0]
     rows = []
@@ -146,6 +146,8 @@ def bench_callbacks(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         "batches": len(timeline.get("on_train_batch_start", [])),
         "rows": sorted(rows, key=lambda r: -r["epoch_s"]),
         "inspection_found": sorted(r["callback"] for r in rows if r["inspection"]),
+        # What the loop itself reports of this epoch's wait for data (section 3 checks it).
+        "loop_data_wait_fraction": metrics.get("perf/epoch_data_wait_fraction"),
     }, timeline
 
 

@@ -17,7 +17,7 @@ import torch
 
 LR = 1e-3  # every optimizer of the benchmark
 LOOP_BUDGETS = {"tiny MLP": 1.02, "small CNN": 1.01}  # Trainer (progress bar on) / hand loop, section 1
-CALLBACK_SHARE_BUDGET = 0.05  # each inspection callback, share of an epoch (section 2)
+CALLBACK_SHARE_BUDGET = 0.03  # each inspection callback, share of an epoch (section 2)
 HISTOGRAM_SPEEDUP_BUDGET = 4.0  # device histograms against add_histogram, on a CPU (section 4)
 EMA_SHARE_BUDGET = 0.10  # one EMA update, share of a ResNet-18 training step (section 9)
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -38,7 +38,7 @@ from callbacks_kit.cli.train import train
 from callbacks_kit.compat import reset_accelerator_singletons
 
 REPO = Path(__file__).resolve().parents[1]
-END_TO_END_BUDGET = 1.10  # the main job with its callbacks / the same training without them, wall time
+END_TO_END_BUDGET = 1.05  # the main job with its callbacks / the same training without them, wall time
 
 
 def _run(argv: list[str], customize: Any) -> tuple[float, float]:

@@ -18,13 +18,14 @@ class Lockstep:
     take turns step by step, so a busy machine slows both alike. The framework's time for
     a step runs from handing out a batch to the next request, less the hand step run in
     between; a loader that fetches one batch ahead shifts the steps by one, not their
-    count. The first `skip` steps of both warm up and are not counted. On a CPU the clock
+    count. The first `skip` steps of both warm up and are not counted, nor are the last `tail`
+    (where a run may do what must stay out of the timed steps). On a CPU the clock
     is the process's CPU time; on a GPU it is wall time with every step synchronised, so
     host overhead cannot hide behind queued device work.
     """
 
-    def __init__(self, case: Case, skip: int) -> None:
-        self.case, self.skip = case, skip
+    def __init__(self, case: Case, skip: int, tail: int = 0) -> None:
+        self.case, self.skip, self.tail = case, skip, tail
         self.framework_s = self.hand_s = 0.0
 
     def __len__(self) -> int:
@@ -39,11 +40,12 @@ class Lockstep:
         hand = HandLoop(self.case)  # built here: after the framework has set up its Accelerator
         self.framework_s = self.hand_s = 0.0
         handed_out = 0.0
+        last = len(self.case.batches) - 1 - self.tail
         for i, (inputs, targets) in enumerate(self.case.batches):
             start = self.now()
             hand.step(inputs, targets)
             end = self.now()
-            if i > self.skip:
+            if self.skip < i <= last:
                 self.framework_s += start - handed_out
                 self.hand_s += end - start
             handed_out = end
@@ -53,7 +55,7 @@ class Lockstep:
         """Seconds per step of the framework and of the hand-written loop beside it."""
         if not self.hand_s > 0:
             raise RuntimeError("the loop did not reach the last batch")
-        steps = len(self.case.batches) - 1 - self.skip
+        steps = len(self.case.batches) - 1 - self.skip - self.tail
         return self.framework_s / steps, self.hand_s / steps
 
     def now(self) -> float:

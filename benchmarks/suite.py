@@ -21,6 +21,7 @@ from benchmarks import (
     histograms,
     inputs,
     loop,
+    profiler,
     startup,
     syncs,
     throughput,
@@ -54,6 +55,7 @@ SECTIONS = (
     Section("end-to-end", end_to_end.run),  # 8
     Section("ema", ema.run),  # 9
     Section("startup", startup.run),  # 10
+    Section("profiler", profiler.run),  # 11
 )
 
 

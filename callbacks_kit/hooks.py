@@ -49,7 +49,8 @@ class ActivationCapture:
         clone: bool = True,
         reduce: Callable[[str, torch.Tensor], Any] | None = None,
     ) -> None:
-        self.modules = {name: resolve_module(model, name) for name in names}
+        known = dict(model.named_modules())  # one walk for every name (LayerStats looks at every layer)
+        self.modules = {name: known[name] if name in known else resolve_module(model, name) for name in names}
         self.detach = detach
         self.clone = clone
         self.reduce = reduce

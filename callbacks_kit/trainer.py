@@ -240,11 +240,12 @@ class Trainer:
         self._skipped.reset()  # the scaler may have been restored
         self._optimizer_calls = OptimizerCalls(self.accelerator, self.optimizer)
         ended = False
+        log = TrainLog(self.accelerator, self.state)
         try:
             self.callbacks.fire("on_fit_start", self)
             while self.state.epoch < epochs and not self.state.should_stop:
                 epoch_start = time.perf_counter()
-                if not self._train_epoch(resume):
+                if not self._train_epoch(resume, log):
                     break
                 resume = None
                 if self.val_loader is not None:
@@ -297,11 +298,12 @@ class Trainer:
         self.model = rewrap_ddp(self.accelerator, self.model)
 
     # ----------------------------------------------------------------------------- the loop
-    def _train_epoch(self, resume: ResumePoint | None) -> bool:
+    def _train_epoch(self, resume: ResumePoint | None, log: TrainLog) -> bool:
         """One pass over the training data; False when a stop was agreed mid-epoch.
 
         A resumed epoch skips the batches already trained, puts the saved RNG states back
-        once its iterator exists, and goes on from the saved loss sums.
+        once its iterator exists, and goes on from the saved loss sums. `log` times the
+        wait for each batch and reads the training values at log steps and at the end.
         """
         state = self.state
         state.stage = "train"
@@ -326,8 +328,8 @@ class Trainer:
         accumulating = self.accelerator.gradient_accumulation_steps > 1
         if not accumulating:
             self.accelerator.sync_gradients = True
-        log = TrainLog(self.accelerator, state)
-        for state.batch_idx, batch in enumerate(loader, start=skip):
+        log.start_epoch()
+        for state.batch_idx, batch in enumerate(log.batches(loader), start=skip):
             if restore_rng is not None:
                 restore_rng()  # after the resumed iterator drew its base seed (docs/design.md, "Exact resume")
                 restore_rng = None
@@ -350,11 +352,7 @@ class Trainer:
                 return False
         if restore_rng is not None:  # resumed after the epoch's last batch: nothing was left to iterate
             restore_rng()
-        if sums.epoch_batches == 0 and skip == 0:
-            raise TrainerError("train_loader yielded no batches; check the dataset and batch size (drop_last?)")
-        if sums.epoch_batches:
-            mean = self.accelerator.reduce(sums.fold() / sums.epoch_batches, reduction="mean")
-            state.metrics["train/epoch_loss"] = float(mean)
+        log.end_epoch(sums, skip)  # train/epoch_loss, the epoch's wait for data
         return True
 
     def _train_step(self, inputs: Any, targets: Any, accumulating: bool) -> tuple[torch.Tensor, Any]:

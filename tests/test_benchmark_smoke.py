@@ -57,6 +57,14 @@ def test_loop_and_syncs_sections(tmp_path: Path):
     }
     assert all(row["median_s"] > 0 for row in startup.values())
     assert "CLI help and argument errors / import torch" in {b["budget"] for b in results["budgets"]}
+    # Section 11: the Trainer's steps with a Profiler outside its window, beside the Trainer's alone.
+    assert "11. Profiler outside its window" in stdout
+    assert [r["runner"] for r in results["profiler"]["rows"]] == [
+        "Trainer (default callbacks)",
+        "Trainer + Profiler, before its window",
+        "Trainer + Profiler, after its window",
+    ]
+    assert all(r["median_s_per_step"] > 0 for r in results["profiler"]["rows"])
 
 
 @pytest.mark.slow
@@ -64,7 +72,7 @@ def test_every_section(tmp_path: Path):
     stdout, results = run_benchmark(tmp_path, "--throughput")
     for title in ("1. Loop overhead", "2. Callbacks of the main job", "3. Input", "4. Histograms", "5. Host-device",
                   "6. Throughput", "7. Checkpoint stall", "8. End to end", "9. Weight EMA", "10. Start-up",
-                  "Budgets"):  # fmt: skip
+                  "11. Profiler", "Budgets"):  # fmt: skip
         assert title in stdout
     assert {"loop", "callbacks", "input", "histograms", "syncs", "throughput", "ema", "budgets"} <= set(results)
     assert [r["mode"] for r in results["checkpoints"]["rows"]] == ["no save", "synchronous save", "asynchronous save"]

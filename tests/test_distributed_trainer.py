@@ -24,3 +24,6 @@ def test_two_processes_stop_together_and_only_main_writes(tmp_path: Path):
     assert len(event_files) == 1
     combined = result.stdout + result.stderr
     assert combined.count("epoch 1/4  train/epoch_loss") == 1
+    # Each process profiled steps 3 and 4 into the main process's run folder.
+    traces = sorted(p.name for p in (tmp_path / "run" / "profile").iterdir())
+    assert traces == ["steps3-4.rank0.pt.trace.json.gz", "steps3-4.rank1.pt.trace.json.gz"]

@@ -565,7 +565,7 @@ def _budget_limits() -> dict[str, float]:
     """Each budget the benchmark enforces, by a phrase its row in performance.md's table contains."""
     sys.path.insert(0, str(REPO))
     try:
-        from benchmarks import checkpoints, common, end_to_end, error_views, startup, training_views
+        from benchmarks import checkpoints, common, end_to_end, error_views, inputs, profiler, startup, training_views
     finally:
         sys.path.remove(str(REPO))
     return {
@@ -581,6 +581,8 @@ def _budget_limits() -> dict[str, float]:
         "`EMA` update": common.EMA_SHARE_BUDGET,
         "LayerStats, BatchGrid, live hparams": training_views.VIEW_SHARE_BUDGET,
         "`callbacks-kit --help`": startup.STARTUP_BUDGET,
+        "`Profiler` outside its window": profiler.PROFILER_IDLE_BUDGET,
+        "waiting for data": inputs.DATA_WAIT_AGREEMENT,
     }
 
 

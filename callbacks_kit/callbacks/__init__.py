@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from callbacks_kit.callbacks.mix import MixUpCutMix
     from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
     from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
+    from callbacks_kit.callbacks.profiler import Profiler
     from callbacks_kit.callbacks.progress_bar import ProgressBar
     from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
@@ -58,6 +59,7 @@ _HOMES: dict[str, str] = {
     "MixUpCutMix": "mix",
     "ModelCheckpoint": "model_checkpoint",
     "PreemptionHandler": "preemption_handler",
+    "Profiler": "profiler",
     "ProgressBar": "progress_bar",
     "TensorBoardLogger": "tensorboard_logger",
     "TerminateOnNaN": "terminate_on_nan",
@@ -86,6 +88,7 @@ __all__ = [
     "NonFiniteError",
     "Order",
     "PreemptionHandler",
+    "Profiler",
     "ProgressBar",
     "ScheduleError",
     "TensorBoardLogger",

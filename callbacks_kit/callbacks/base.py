@@ -52,6 +52,7 @@ class Order:
     STOP = 150  # EarlyStopping: decides to stop before the checkpoint records it
     SAVE = 200  # ModelCheckpoint: saves what every earlier callback updated
     EXIT = 1000  # PreemptionHandler: its on_fit_end may exit the process, after everyone else
+    PROFILE = 2000  # Profiler: a profiled step ends after every other callback's work of that step
 
 
 class Callback:

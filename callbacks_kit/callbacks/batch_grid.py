@@ -11,6 +11,7 @@ from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch
 from callbacks_kit.inspection.render import BLACK, captioned, grid, upscale
 
@@ -97,7 +98,7 @@ class BatchGrid(Callback):
             return
         self._pending = None
         step, images, labels = pending
-        writer.add_image("train_batch", self.image(images, labels), step)
+        add_image(writer, "train_batch", self.image(images, labels), step)
 
     def image(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The `(3, H, W)` grid: un-normalised tiles, each with its label above it."""

@@ -11,6 +11,7 @@ from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.confusion_image import confusion_image
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.probe import class_names_of, logits_of
 from callbacks_kit.metrics import hard_labels
 
@@ -97,7 +98,7 @@ class ConfusionMatrix(Callback):
         classes = int(round((self.counts.numel() - 1) ** 0.5))
         matrix = self.counts[:-1].view(classes, classes).cpu()
         image = self.render(matrix, f"step {trainer.state.global_step}")
-        trainer.tb_writer.add_image("confusion_matrix/val", image, trainer.state.global_step)
+        add_image(trainer.tb_writer, "confusion_matrix/val", image, trainer.state.global_step)
 
     def render(self, matrix: torch.Tensor, subtitle: str = "") -> torch.Tensor:
         """A `(3, H, W)` image of a `(classes, classes)` count matrix (rows: true classes)."""

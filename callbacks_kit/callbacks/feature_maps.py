@@ -13,6 +13,7 @@ from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.layer_sizes import output_sizes, suggested_layer, too_small, visible_blocks
 from callbacks_kit.inspection.probe import (
     Probe,
@@ -119,7 +120,7 @@ class FeatureMaps(Callback):
             probe_outputs(trainer, model, inputs, targets)
         if not self._inputs_logged and is_image_batch(inputs):
             for i, image in enumerate(display_images(inputs, self.mean, self.std)):
-                writer.add_image(f"feature_maps/image{i}/0_input", upscale(image[None], 128)[0], step)
+                add_image(writer, f"feature_maps/image{i}/0_input", upscale(image[None], 128)[0], step)
             self._inputs_logged = True
         for k, name in enumerate(self.layers, start=1):
             maps = capture.outputs.get(name)
@@ -129,5 +130,5 @@ class FeatureMaps(Callback):
                 continue
             for i, channels in enumerate(maps[:, : self.max_channels].float()):
                 tiles = normalize_each(channels[:, None], dims=(1, 2, 3))
-                writer.add_image(f"feature_maps/image{i}/{k}_{name}", grid(upscale(tiles, self.tile_size)), step)
+                add_image(writer, f"feature_maps/image{i}/{k}_{name}", grid(upscale(tiles, self.tile_size)), step)
         capture.clear()

@@ -14,6 +14,7 @@ from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.layer_sizes import suggested_layer, too_small, visible_blocks
 from callbacks_kit.inspection.probe import (
     Probe,
@@ -116,7 +117,7 @@ class GradCAM(Callback):
             return
         cams, probs = result
         tiles = self.tiles(inputs, targets, cams, probs)
-        trainer.tb_writer.add_image(f"gradcam/{self.layer}", grid(tiles, self.columns), trainer.state.global_step)
+        add_image(trainer.tb_writer, f"gradcam/{self.layer}", grid(tiles, self.columns), trainer.state.global_step)
 
     def heatmaps(
         self, trainer: Trainer, inputs: torch.Tensor, targets: object

@@ -11,6 +11,7 @@ from torch import nn
 from callbacks_kit.cadence import due
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import LayerNotFoundError, TrainerError
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.probe import normalize_each
 from callbacks_kit.inspection.render import grid, upscale
 from callbacks_kit.layers import find_modules, first_conv, resolve_module
@@ -79,7 +80,7 @@ class KernelGrid(Callback):
             weight = resolve_module(model, name).weight
             assert isinstance(weight, torch.Tensor)  # an nn.Conv2d's (checked at fit start)
             image = self.kernel_image(weight)
-            trainer.tb_writer.add_image(f"kernels/{name}", image, trainer.state.global_step)
+            add_image(trainer.tb_writer, f"kernels/{name}", image, trainer.state.global_step)
 
     def kernel_image(self, weight: torch.Tensor) -> torch.Tensor:
         """A `(3, H, W)` grid of a conv weight `(out, in, kh, kw)`."""

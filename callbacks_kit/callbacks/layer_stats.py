@@ -15,6 +15,7 @@ from callbacks_kit.compat import compiled_inner
 from callbacks_kit.cpu import one_cpu_thread
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.hooks import ActivationCapture
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.render import BLACK, captioned, jet
 from callbacks_kit.layers import resolve_module
 from callbacks_kit.norms import group_norms
@@ -208,7 +209,7 @@ class LayerStats(Callback):
             if images and self._drawn_at != (self.column_steps[-1] if self.column_steps else None):
                 for name in self.names:
                     if self.columns.get(name):
-                        writer.add_image(f"per_layer/act_hist/{name}", self.image(name), self.column_steps[-1])
+                        add_image(writer, f"per_layer/act_hist/{name}", self.image(name), self.column_steps[-1])
                 self._drawn_at = self.column_steps[-1] if self.column_steps else None
 
     def _write_scalars(self, writer: Any) -> None:
@@ -249,13 +250,11 @@ class LayerStats(Callback):
         """`(layers, 5 + 1 + bins)` on the device: the scalars, the histogram's half-range, its counts."""
         assert self._before is not None and self._grad_norms is not None
         device = trainer.device
-        deltas = group_norms(
-            [
-                [p.detach() - b for p, b in zip(ps, bs, strict=True)]
-                for ps, bs in zip(self._params, self._before, strict=True)
-            ]
-        ).to(device)
-        ratios = deltas / group_norms(self._before).to(device)
+        before = group_norms(self._before).to(device)
+        for params, copies in zip(self._params, self._before, strict=True):
+            for param, copy in zip(params, copies, strict=True):
+                copy.sub_(param.detach())  # the update in place: |before - after| is |after - before|, bit for bit
+        ratios = group_norms(self._before).to(device) / before
         grads = self._grad_norms.to(device)
         captured = self._capture.outputs if self._capture is not None else {}
         nan = torch.full((1,), float("nan"), device=device)
@@ -277,8 +276,12 @@ class LayerStats(Callback):
         strided subset of at most `HIST_VALUES` (its shape, not its total, is what the image shows).
         """
         x = output.reshape(-1)
-        std, mean = torch.std_mean(x.float() if x.dtype != torch.float32 else x)
-        zeros = (x <= 0).sum() / max(1, x.numel())
+        values = x.float() if x.dtype != torch.float32 else x
+        # On a CPU std_mean takes 6x as long as std and mean apart (18 against 3 ms for conv1 of the
+        # main job), and summing a bool mask 8x as long as count_nonzero: the hooks were 60% of a
+        # sampled forward. The std is std_mean's bit for bit, the mean within one float32 ulp.
+        std, mean = values.std(), values.mean()
+        zeros = torch.count_nonzero(x <= 0) / max(1, x.numel())
         if name in self.ranges:
             low, high = self.ranges[name]
             low_t = torch.full((), low, device=x.device)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
+from callbacks_kit.train_log import INPUT_BOUND_SHARE
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
 class ProgressBar(Callback):
     """Shows batches, the latest logged loss and samples/s; prints a summary per epoch.
+
+    The summary line ends with the epoch's time, its samples/s and the share of its
+    training time spent waiting for the data loader (`perf/epoch_data_wait_fraction`),
+    marked "input-bound" above `train_log.INPUT_BOUND_SHARE`.
 
     A batch costs the loop one counter increment: the bar is drawn by a thread of its own
     every `refresh_interval` seconds, from that counter and the metrics of the latest log
@@ -86,7 +91,12 @@ class ProgressBar(Callback):
             validated = [f"{prefix}/" for callback in trainer.callbacks for prefix in callback.validated_models()]
             shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", *validated))}
             values = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-            tqdm.write(f"epoch {state.epoch + 1}/{state.max_epochs}  {values}  ({elapsed:.1f} s, {rate:.0f} samples/s)")
+            wait = state.metrics.get("perf/epoch_data_wait_fraction")
+            waiting = "" if wait is None else f", waiting for data {wait:.0%}"
+            if wait is not None and wait > INPUT_BOUND_SHARE:
+                waiting += ": input-bound"
+            summary = f"({elapsed:.1f} s, {rate:.0f} samples/s{waiting})"
+            tqdm.write(f"epoch {state.epoch + 1}/{state.max_epochs}  {values}  {summary}")
 
     def on_teardown(self, trainer: Trainer) -> None:
         self._close()

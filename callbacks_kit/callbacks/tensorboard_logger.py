@@ -65,7 +65,8 @@ class TensorBoardLogger(Callback):
     - In the run itself: the best value so far of each validation metric
       (`val_best/<metric>`, `val_ema_best/<metric>`), `optimisation/grad_norm` (the global
       gradient norm, `train/grad_norm`) every log interval, `lr/<group>` for every param
-      group, `perf/samples_per_sec` and `perf/epoch_time_s`.
+      group, `perf/samples_per_sec`, `perf/data_wait_fraction` (the share of the log interval
+      spent waiting for the data loader), `perf/epoch_time_s` and `perf/epoch_data_wait_fraction`.
     - A custom-scalars layout: the losses of every split in one chart, each metric with its
       best, the learning rates together.
     - At the start: the torchinfo summary (printed, and as the text `model/summary`) and
@@ -167,6 +168,7 @@ class TensorBoardLogger(Callback):
         step = state.global_step
         add_metric(writer, TRAIN, "loss", state.metrics["train/loss"], step)
         writer.add_scalar("perf/samples_per_sec", state.metrics["perf/samples_per_sec"], step)
+        writer.add_scalar("perf/data_wait_fraction", state.metrics["perf/data_wait_fraction"], step)
         if "train/grad_norm" in state.metrics:
             # A diagnostic of the training process, as lr/* and perf/*: in the run itself, sorted after the splits.
             writer.add_scalar("optimisation/grad_norm", state.metrics["train/grad_norm"], step)
@@ -199,6 +201,10 @@ class TensorBoardLogger(Callback):
             add_metric(writer, TRAIN, "epoch_loss", state.metrics["train/epoch_loss"], state.global_step)
         if "perf/epoch_time_s" in state.metrics:
             writer.add_scalar("perf/epoch_time_s", state.metrics["perf/epoch_time_s"], state.global_step)
+        if "perf/epoch_data_wait_fraction" in state.metrics:
+            writer.add_scalar(
+                "perf/epoch_data_wait_fraction", state.metrics["perf/epoch_data_wait_fraction"], state.global_step
+            )
         if self._lr_logged_at != state.global_step:  # an epoch shorter than the log interval still shows its LR
             self._log_lrs(trainer, state.global_step)
         writer.flush()  # a run killed from here on still shows this epoch in the hparams dashboard

@@ -21,6 +21,7 @@ from callbacks_kit.inspection.classification import (
     gathered_batch,
     most_confused,
 )
+from callbacks_kit.inspection.image_summary import add_image
 from callbacks_kit.inspection.layer_sizes import visible_blocks
 from callbacks_kit.inspection.probe import class_names_of, display_images, is_image_batch, probe_batch
 from callbacks_kit.inspection.render import BLACK, GREEN, RED, captioned, grid, jet, tile_images
@@ -196,9 +197,8 @@ class TopLosses(Callback):
             warn_once(self, "images", "TopLosses: the inputs are not (N, C, H, W) images; only the text table shows")
             return
         images = self.images[keep.to(self.images.device)]
-        trainer.tb_writer.add_image(
-            f"top_losses/{self.prefix}", self.gallery(trainer, images, losses, positions, probs, targets), step
-        )
+        gallery = self.gallery(trainer, images, losses, positions, probs, targets)
+        add_image(trainer.tb_writer, f"top_losses/{self.prefix}", gallery, step)
 
     def gallery(
         self,

@@ -29,6 +29,7 @@ from callbacks_kit.callbacks.lr_scheduler import LearningRateScheduler, Schedule
 from callbacks_kit.callbacks.mix import MixUpCutMix
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
 from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
+from callbacks_kit.callbacks.profiler import Profiler
 from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.top_losses import TopLosses
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
@@ -233,3 +234,20 @@ def _as_flags(message: str) -> str:
         message = message.replace(name, flag)
     message = message.replace("leave MixUp/CutMix out", "drop --mixup/--cutmix")
     return message.replace("pass None to turn that transform off", "leave the flag out to turn that transform off")
+
+
+def profiling_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[Callback]:
+    """A `Profiler` of --profile-steps steps after 1 skipped and 1 of warm-up, when asked."""
+    steps = args.profile_steps
+    if steps < 0:
+        raise CLIError(f"--profile-steps must be 0 (off) or a number of optimizer steps, got {steps}")
+    if not steps:
+        return []
+    wait, warmup = 1, 1
+    planned = args.epochs * steps_per_epoch
+    if not args.resume and wait + warmup + steps > planned:
+        raise CLIError(
+            f"--profile-steps {steps} needs {wait + warmup + steps} optimizer steps ({wait} skipped, {warmup} of "
+            f"warm-up), and this run has {planned}: lower it, or train longer (--epochs, --train-samples)"
+        )
+    return [Profiler(wait=wait, warmup=warmup, active=steps)]

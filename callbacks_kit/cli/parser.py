@@ -18,6 +18,7 @@ from callbacks_kit.cli.train_flags import (
     add_ema_args,
     add_error_analysis_args,
     add_inspection_args,
+    add_profiling_args,
     add_recipe_args,
     add_training_view_args,
 )
@@ -33,6 +34,7 @@ TRAIN_GROUPS = (
     add_checkpoint_args,
     add_recipe_args,
     add_lr_find_args,
+    add_profiling_args,
 )
 
 # Each command -> the module of callbacks_kit.cli that runs it (its `run(args)`).

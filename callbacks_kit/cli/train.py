@@ -22,6 +22,7 @@ from callbacks_kit.cli.job_callbacks import (
     finetune_callbacks,
     inspection_callbacks,
     monitored,
+    profiling_callbacks,
     recipe_callbacks,
     training_view_callbacks,
 )
@@ -81,6 +82,7 @@ def train(
     callbacks += ema_callbacks(args)
     callbacks += checkpoint_callbacks(args, run_dir)
     callbacks += recipe
+    callbacks += profiling_callbacks(args, steps_per_epoch)
     info = RunInfo(
         args.model,
         list(classes),

@@ -181,3 +181,16 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         metavar="EPOCH",
         help="train without MixUp/CutMix from this epoch (counted from 0) on; default: mix to the end",
     )
+
+
+def add_profiling_args(parser: argparse.ArgumentParser) -> None:
+    """Profiling a few training steps with torch.profiler."""
+    group = parser.add_argument_group("profiling")
+    group.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N optimizer steps with torch.profiler, after 1 step skipped and 1 of warm-up: a trace for "
+        "https://ui.perfetto.dev in <log dir>/profile and the top operators in TensorBoard's Text tab; 0: off",
+    )

@@ -52,6 +52,7 @@ def text_size(text: str, size: int) -> tuple[int, int]:
     return int(right - left), int(bottom - min(top, 0))
 
 
+@lru_cache(maxsize=8)
 def line_height(size: int) -> int:
     """Height of one line of text at `size`, the same for every text."""
     return text_size("Ayg|", size)[1] + 3

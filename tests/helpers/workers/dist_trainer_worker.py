@@ -9,7 +9,7 @@ from helpers.tiny import tiny_classification_data, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks_kit import Callback, TensorBoardLogger, Trainer, accuracy
+from callbacks_kit import Callback, Profiler, TensorBoardLogger, Trainer, accuracy
 
 out = Path(sys.argv[1])
 
@@ -28,7 +28,8 @@ trainer = Trainer(
     torch.optim.SGD(model.parameters(), lr=0.1),
     nn.CrossEntropyLoss(),
     metrics={"accuracy": accuracy},
-    callbacks=[TensorBoardLogger(str(out / "run")), StopOnRankOne()],
+    # The profiler's folder is the main process's run folder, which rank 1 only learns from it.
+    callbacks=[TensorBoardLogger(str(out / "run")), StopOnRankOne(), Profiler(wait=1, warmup=1, active=2)],
     seed=0,
     log_every_n_steps=2,
     progress_bar=True,
