@@ -2,7 +2,7 @@
 
 `ModelCheckpoint` calls these on the loop thread, at the position it saves. They read only
 the trainer's public state (`state`, `optimizer`, `accelerator`, `train_loader`,
-`loss_sums`, `callbacks.stateful()`, `unwrapped_model`); `callbacks_kit.checkpoint.files`
+`loss_sums`, `epoch_samples`, `callbacks.stateful()`, `unwrapped_model`); `callbacks_kit.checkpoint.files`
 turns the result into files and `checkpoint.restore` puts it back.
 """
 
@@ -40,9 +40,12 @@ def own_files(trainer: Trainer, position: Position) -> dict[str, bytes]:
 def main_state(trainer: Trainer, position: Position, should_stop: bool) -> MainState:
     """The model's weights; the trainer's, optimizer's, scaler's and callbacks' states (live, not copied).
 
-    The saved `TrainState` holds `position` (not the live batch index) and no transient flags.
+    The saved `TrainState` holds `position` (not the live batch index) and no transient flags;
+    `epoch_samples` the samples of the epoch's order trained at `position`, where they end
+    and the dataset's length, so another layout can resume at the same sample.
     """
     accelerator = trainer.accelerator
+    cursor = trainer.epoch_samples
     trainer_state: dict[str, Any] = {
         **trainer.state.state_dict(),
         "epoch": position.epoch,
@@ -61,6 +64,7 @@ def main_state(trainer: Trainer, position: Position, should_stop: bool) -> MainS
         optimizer=trainer.optimizer.state_dict(),
         scaler=accelerator.scaler.state_dict() if accelerator.scaler else None,
         callbacks={cb.state_key: cb.state_dict() for cb in trainer.callbacks.stateful()},
+        epoch_samples={"done": position.samples if position.batch else 0, "end": cursor.end, "dataset": cursor.dataset},
     )
 
 
