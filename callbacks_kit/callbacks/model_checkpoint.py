@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from callbacks_kit.checkpoint.store import (
     write_atomic,
     write_pointer,
 )
+from callbacks_kit.distributed import HostAgreement
 from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError, TrainerError
 from callbacks_kit.folder_lock import FolderLock
 
@@ -39,9 +41,10 @@ class ModelCheckpoint(Callback):
     """Saves the full training state (the layout: `callbacks_kit.checkpoint.format`).
 
     Saves at the end of every `every_n_epochs`-th epoch, of the last epoch and of an
-    early-stopped one; every `every_n_steps` optimizer steps if given; and when `fit` ends
-    elsewhere (a stop mid-epoch, a preemption). Only epoch-end saves, with fresh
-    validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
+    early-stopped one; every `every_n_steps` optimizer steps and every `every_n_minutes`
+    minutes if given; and when `fit` ends elsewhere (a stop mid-epoch, a preemption). Only
+    epoch-end saves, with fresh validation metrics, compete for the best `save_top_k`; step
+    and timed saves only refresh `last`.
     `last.json` always names the newest checkpoint; other folders are pruned once the new
     one is committed. The best model's weights are also exported to `best.safetensors`
     (load them with `callbacks_kit.finetune.load_weights`); when `monitor` measures a model
@@ -66,6 +69,11 @@ class ModelCheckpoint(Callback):
         save_last: Keep the newest checkpoint too, even when it is not among the best.
         every_n_epochs: Save every this many epochs (None: only at the last epoch and stops).
         every_n_steps: Also save every this many optimizer steps (mid-epoch; exact resume).
+        every_n_minutes: Also save when this many minutes passed since the last save (or fit
+            start), for epochs too long to lose. One process looks at its clock after every
+            optimizer step; several agree at log steps (`log_every_n_steps`), where the
+            loop reads the loss anyway, with one 4-byte host all-reduce: the save comes at
+            the first log step after the time is up.
         async_save: Write checkpoints on a background thread (False: the loop waits for each save).
     """
 
@@ -81,6 +89,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         async_save: bool = True,
+        every_n_minutes: float | None = None,
     ) -> None:
         check_mode(mode, "ModelCheckpoint")  # also without a monitor: the mode is part of state_key
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
@@ -89,6 +98,14 @@ class ModelCheckpoint(Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise TrainerError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
+        minutes = every_n_minutes
+        if minutes is not None and (
+            isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf
+        ):
+            raise TrainerError(f"ModelCheckpoint: every_n_minutes must be None or a number > 0, got {minutes!r}")
+        self.every_n_minutes = every_n_minutes
+        # When the last save (or fit) started; the agreement learns the number of processes at fit start.
+        self._clock, self._agreement = time.monotonic(), HostAgreement(1)
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
@@ -164,6 +181,8 @@ class ModelCheckpoint(Callback):
     # ---------------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
         self._fitting, self._checked = True, False
+        self._clock = time.monotonic()
+        self._agreement = HostAgreement(trainer.accelerator.num_processes)
         error, in_use = None, False
         if trainer.is_main_process:
             error = check_writable(self.dirpath)
@@ -186,9 +205,15 @@ class ModelCheckpoint(Callback):
         state = trainer.state
         if not state.optimizer_stepped:
             return  # mid-accumulation: gradients in flight are not part of a checkpoint
-        self._position = Position(state.epoch, state.batch_idx + 1)
-        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+        self._position = Position(state.epoch, state.batch_idx + 1, trainer.epoch_samples.done)
+        if (self.every_n_steps and state.global_step % self.every_n_steps == 0) or self._time_is_up(trainer):
             self._save(trainer, rank=False, should_stop=False)
+
+    def _time_is_up(self, trainer: Trainer) -> bool:
+        """`every_n_minutes` passed since the last save: every step in one process, agreed at log steps in several."""
+        if self.every_n_minutes is None or (self._agreement.num_processes > 1 and not trainer.state.is_log_step):
+            return False
+        return self._agreement.any(time.monotonic() - self._clock >= 60 * self.every_n_minutes)
 
     def on_validation_end(self, trainer: Trainer) -> None:
         if self.monitor is None or not self._fitting or self._checked:
@@ -250,6 +275,7 @@ class ModelCheckpoint(Callback):
         assert position is not None
         self._background.complete()  # one save in flight at most; its failure surfaces here
         self._considered = position
+        self._clock = time.monotonic()
         score = None
         if rank and self.monitor is not None:
             score = self.monitor.read(trainer)
