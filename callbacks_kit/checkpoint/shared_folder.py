@@ -27,7 +27,7 @@ from callbacks_kit.errors import CheckpointError
 
 # How long a process looks for the main process's file: a network filesystem may show a new
 # file a moment late. Only a folder that is not shared waits this long, then fails.
-PATIENCE_S = 10.0
+PATIENCE_S = 5.0
 
 
 def _sees(path: Path, token: str, patience: float) -> bool:
