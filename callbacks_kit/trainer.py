@@ -93,8 +93,8 @@ class Trainer:
         model, optimizer, accelerator: As prepared by Accelerate.
         train_loader, val_loader: The prepared loaders of the current `fit`.
         loss_sums: The running training-loss sums of the current epoch (`LossSums`).
-        epoch_samples: Samples of the epoch's order trained so far, over all processes (`EpochSamples`).
         last_inputs, last_targets, last_outputs, last_loss: The latest batch.
+        epoch_samples: Samples of the epoch's order trained so far, over all processes (`EpochSamples`).
         grad_norm: The global L2 norm of the gradients (unscaled, before clipping) of the
             latest optimizer step that logs, or of every step when clipping is on (the
             clipping computes it anyway); a device scalar, read at log steps as
