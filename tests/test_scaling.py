@@ -2,8 +2,10 @@
 
 Two nodes (torchrun, accelerate launch), an elastic restart and a folder the nodes do not
 share run as real launches: each simulated node is one launcher of one gloo process on this
-machine, meeting on the loopback interface. A two-node run is checked for one writer and a
-committed checkpoint saved by both processes, then resumed as one node of two processes.
+machine, meeting on the loopback interface. Each launch is checked for one writer and a
+committed checkpoint saved by both processes; the two-node runs are resumed in a chain
+(torchrun on two nodes, accelerate on two machines, torchrun on one node of two processes)
+to keep the launches few.
 Timed checkpoints, `--resume auto` and the save flags are checked in this process.
 """
 
@@ -21,7 +23,6 @@ import safetensors.torch
 from helpers.checkpoints import assert_identical, loaders, make_trainer
 from helpers.launchers import (
     Ended,
-    accelerate_one_node,
     accelerate_two_machines,
     env,
     launch,
@@ -68,23 +69,18 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Ende
 
 
 @pytest.mark.slow
-def test_torchrun_on_two_nodes_then_resumed_as_one_node(two_nodes):
+def test_two_nodes_with_torchrun_then_two_machines_with_accelerate_then_one_node(two_nodes):
+    """Each launch goes on from the one before: one writer and a committed checkpoint of both processes each time."""
     run, ended, _ = two_nodes
     assert assert_one_writer(run, ended, event_files=1)["global_step"] == 6
     assert all("starting from scratch" in e.output for e in ended)  # --resume auto, nothing saved yet
-    [resumed] = launch([accelerate_one_node()], *TRAIN, "--epochs", "4", "--log-dir", str(run))
-    assert "resume: from" in resumed.output and "epoch 4/4" in resumed.output, resumed.output[-3000:]
-    assert assert_one_writer(run, [resumed], event_files=2)["global_step"] == 8
-
-
-@pytest.mark.slow
-def test_accelerate_on_two_machines_then_resumed_as_one_node(tmp_path):
-    run = tmp_path / "run"
-    ended = launch(accelerate_two_machines(), *TRAIN, "--epochs", "1", "--log-dir", str(run))
-    assert assert_one_writer(run, ended, event_files=1)["global_step"] == 2
-    [resumed] = launch([torchrun_one_node()], *TRAIN, "--epochs", "2", "--log-dir", str(run))
-    assert "resume: from" in resumed.output and "epoch 2/2" in resumed.output, resumed.output[-3000:]
-    assert assert_one_writer(run, [resumed], event_files=2)["global_step"] == 4
+    ended = launch(accelerate_two_machines(), *TRAIN, "--epochs", "4", "--log-dir", str(run))
+    assert assert_one_writer(run, ended, event_files=2)["global_step"] == 8
+    assert all("resume: from" in e.output for e in ended)  # trainer.print: once per node
+    assert sum(e.output.count("epoch 4/4") for e in ended) == 1  # the progress summary: the main process
+    [one_node] = launch([torchrun_one_node()], *TRAIN, "--epochs", "5", "--log-dir", str(run))
+    assert "resume: from" in one_node.output and "epoch 5/5" in one_node.output, one_node.output[-3000:]
+    assert assert_one_writer(run, [one_node], event_files=3)["global_step"] == 10
 
 
 # Loaded by Python at start-up from PYTHONPATH: process 1 of the first attempt SIGKILLs itself

@@ -48,11 +48,6 @@ def torchrun_two_nodes() -> list[list[str]]:
     return [agent, agent]
 
 
-def accelerate_one_node() -> list[str]:
-    return [console_script("accelerate"), "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", "2",
-            "--main_process_port", str(free_port()), "--mixed_precision", "no"]  # fmt: skip
-
-
 def accelerate_two_machines() -> list[list[str]]:
     """`accelerate launch` on two machines of one process each (machine ranks 0 and 1), both on the loopback."""
     port = str(free_port())
