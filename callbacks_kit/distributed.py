@@ -10,6 +10,7 @@ import atexit
 import inspect
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -102,7 +103,29 @@ def set_up_process(
         accelerator = build_accelerator(mixed_precision, accumulation, cpu)
     check_strategy(accelerator)
     destroy_process_group_at_exit(accelerator)
+    warn_restarts_on_a_shared_store()
     return accelerator
+
+
+def warn_restarts_on_a_shared_store() -> None:
+    """Warn (process 0) when torchrun may restart workers that share its rendezvous store.
+
+    Since torch 2.5 the c10d rendezvous shares its TCP store with the workers
+    (`TORCHELASTIC_USE_AGENT_STORE=True`), and a restarted group may read the addresses of
+    the group that failed and fail to connect (pytorch/pytorch#135712; reproduced here with
+    gloo whenever a restarted process starts a few seconds after the others). Launching with
+    `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` gives every attempt a store of its own.
+    """
+    env = os.environ
+    restarts = env.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if env.get("RANK") == "0" and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts not in ("", "0"):
+        warnings.warn(
+            f"torchrun may restart this job (--max-restarts {restarts}) with its rendezvous store shared with the "
+            "training processes: a restarted group can then read the failed group's addresses and fail to connect "
+            "(pytorch/pytorch#135712). Launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set (docs/scaling.md)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 # Strategies whose model, optimizer and gradients are sharded: the checkpoint (a full state dict

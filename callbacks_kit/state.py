@@ -1,4 +1,4 @@
-"""The trainer's shared, explicit state: progress, running loss sums, and where a resume continues."""
+"""The trainer's shared, explicit state: progress, loss sums, the place in the samples, where a resume goes on."""
 
 from __future__ import annotations
 
@@ -126,18 +126,49 @@ class LossSums:
 
 
 @dataclass
+class EpochSamples:
+    """Where the loop is in the current epoch's sample order, counted in samples over all processes.
+
+    The loop moves `done` on after every batch; `ModelCheckpoint` records it with each
+    position, so a run resumed with another number of processes or batch size trains
+    exactly the samples of the epoch that are left (`checkpoint/remaining.py`).
+
+    Attributes:
+        done: Samples of the epoch's order trained up to the latest batch; None when the
+            loader does not say how many samples a step takes (not a prepared DataLoader).
+        end: Where the epoch's samples end in its order (the dataset's length, less what a
+            `drop_last` loader drops); None when unknown.
+        dataset: The dataset's length, None when it has none.
+    """
+
+    done: int | None = 0
+    end: int | None = None
+    dataset: int | None = None
+
+
+@dataclass
 class ResumePoint:
     """Where a resumed run continues, produced by `checkpoint.restore` and consumed by the loop once.
 
     Attributes:
-        batches_to_skip: Batches of the current epoch already trained (0 at an epoch boundary).
+        batches_to_skip: Batches of the current epoch counted as done (0 at an epoch boundary):
+            the loop's batch index starts there. Without `remaining`, the loader's first
+            `batches_to_skip` batches are skipped.
         restore_rng: Puts back the saved RNG states. The loop calls it after the resumed
             epoch's DataLoader iterator is created (creating one draws a base seed from the
             global RNG), or before the epoch starts when resuming at an epoch boundary.
         loss_sums: The running loss sums of a mid-epoch checkpoint (`LossSums.to_list()`),
             or None.
+        remaining: This process's batches (dataset indices) of the samples the epoch has left,
+            when the run resumes with another layout than it was saved with; None: the
+            loader's own batches.
+        round_samples: Samples each batch of `remaining` trains over all processes.
+        samples: Where the resumed epoch starts in its sample order (`EpochSamples`).
     """
 
     batches_to_skip: int
     restore_rng: Callable[[], None]
     loss_sums: list[float | int] | None = None
+    remaining: list[list[int]] | None = None
+    round_samples: list[int] = field(default_factory=list)
+    samples: EpochSamples = field(default_factory=EpochSamples)

@@ -88,14 +88,14 @@ class TrainLog:
         self.state.is_log_step = True
         self.restart()
 
-    def end_epoch(self, sums: LossSums, skipped: int) -> None:
+    def end_epoch(self, sums: LossSums, resumed: bool) -> None:
         """Set `train/epoch_loss` and `perf/epoch_data_wait_fraction` (one read); warn once if input-bound.
 
-        `skipped` is the number of batches a resumed epoch skipped: an epoch resumed after
-        its last batch trained none, and has no values of its own.
+        `resumed`: the epoch went on from a checkpoint saved inside it; resumed after its last
+        batch, it trained none and has no values of its own.
         """
         if sums.epoch_batches == 0:
-            if skipped == 0:
+            if not resumed:
                 raise TrainerError("train_loader yielded no batches; check the dataset and batch size (drop_last?)")
             self.state.metrics.pop("perf/epoch_data_wait_fraction", None)
             return

@@ -3,7 +3,7 @@
 `fit` runs epochs; `_train_epoch` runs batches; `_train_step` is one forward, backward
 and optimizer step; `validation.validate` sums the loss and metrics on the device. Input checks live
 in `checks.py`, the Accelerator and process-group helpers in `distributed.py`, resuming in
-`checkpoint/restore.py`.
+`checkpoint/restore.py` and the loop's side of it in `epoch_batches.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from callbacks_kit.batches import batch_size, len_or_none
 from callbacks_kit.callbacks.base import Callback, CallbackList
 from callbacks_kit.callbacks.progress_bar import ProgressBar
 from callbacks_kit.checkpoint.restore import restore_training
+from callbacks_kit.checkpoint.shared_folder import check_shared_folders
 from callbacks_kit.checks import (
     check_epochs,
     check_loader,
@@ -40,10 +41,11 @@ from callbacks_kit.distributed import (
     rewrap_ddp,
     set_up_process,
 )
+from callbacks_kit.epoch_batches import EpochBatches
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.metrics import Metric, metrics_on
 from callbacks_kit.norms import total_grad_norm
-from callbacks_kit.state import LossSums, ResumePoint, TrainState
+from callbacks_kit.state import EpochSamples, LossSums, ResumePoint, TrainState
 from callbacks_kit.train_log import TrainLog
 from callbacks_kit.validation import validate
 
@@ -92,6 +94,7 @@ class Trainer:
         train_loader, val_loader: The prepared loaders of the current `fit`.
         loss_sums: The running training-loss sums of the current epoch (`LossSums`).
         last_inputs, last_targets, last_outputs, last_loss: The latest batch.
+        epoch_samples: Samples of the epoch's order trained so far, over all processes (`EpochSamples`).
         grad_norm: The global L2 norm of the gradients (unscaled, before clipping) of the
             latest optimizer step that logs, or of every step when clipping is on (the
             clipping computes it anyway); a device scalar, read at log steps as
@@ -139,6 +142,7 @@ class Trainer:
             self.callbacks.append(ProgressBar())
         self.state = TrainState()
         self.loss_sums: LossSums | None = None
+        self.epoch_samples = EpochSamples()
         self.tb_writer: SummaryWriter | None = None
         self.exception: BaseException | None = None
         self.train_loader: Any = None
@@ -220,7 +224,9 @@ class Trainer:
             train_loader: Training batches (a DataLoader; it is prepared by Accelerate).
             val_loader: Validation batches, or None.
             epochs: Total number of epochs, counting those of a resumed run.
-            resume_from: "last" or a checkpoint folder written by `ModelCheckpoint`.
+            resume_from: "last" or "auto" (the same: the newest checkpoint in the `ModelCheckpoint`'s
+                folder, a fresh start when it has none), or a checkpoint folder written by `ModelCheckpoint`.
+                Another number of processes or batch size resumes at the same sample (docs/scaling.md).
 
         Returns:
             The final `TrainState`.
@@ -235,6 +241,7 @@ class Trainer:
         self.state = TrainState(max_epochs=epochs, batches_per_epoch=len_or_none(self.train_loader))
         self.exception = None
         sanity_check(self, val_loader if val_loader is not None else train_loader)
+        check_shared_folders(self.accelerator, [c.checkpoint_dir for c in self.callbacks])  # several processes
         folder = self.callbacks.checkpoint_dir()  # where resume_from="last" looks
         resume = restore_training(self, resume_from, folder) if resume_from is not None else None
         self._skipped.reset()  # the scaler may have been restored
@@ -301,38 +308,26 @@ class Trainer:
     def _train_epoch(self, resume: ResumePoint | None, log: TrainLog) -> bool:
         """One pass over the training data; False when a stop was agreed mid-epoch.
 
-        A resumed epoch skips the batches already trained, puts the saved RNG states back
-        once its iterator exists, and goes on from the saved loss sums. `log` times the
-        wait for each batch and reads the training values at log steps and at the end.
+        A resumed epoch goes on after the batches already trained, or with the samples it
+        has left in another layout, from the saved RNG states and loss sums (`EpochBatches`).
+        `log` times the wait for each batch and reads the training values at log steps and
+        at the end.
         """
         state = self.state
         state.stage = "train"
         self.model.train()
-        skip = resume.batches_to_skip if resume is not None else 0
-        if resume is not None and not skip:
-            resume.restore_rng()  # resumed at an epoch boundary: the states the next epoch started from
+        epoch = EpochBatches(self, resume)
         self.callbacks.fire("on_epoch_start", self)
-        loader = self.train_loader
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(state.epoch)  # the seedable shuffle is a function of (seed, epoch), resumed or not
-        if skip:
-            left = None if state.batches_per_epoch is None else state.batches_per_epoch - skip
-            # Resumed after the epoch's last batch: nothing is left (Accelerate 1.0 fails to skip them all).
-            loader = () if left is not None and left <= 0 else self.accelerator.skip_first_batches(loader, skip)
-        self.loss_sums = sums = LossSums.zeros(self.device)
-        if resume is not None and skip and resume.loss_sums:
-            sums.resume_from(resume.loss_sums)
-        restore_rng = resume.restore_rng if resume is not None and skip else None
+        loader = epoch.batches()
+        self.loss_sums = sums = epoch.loss_sums()
         # With one batch per step, accumulate() only sets sync_gradients=True again on every
         # batch, for ~20 us (a few % of a small model's step): set it once instead.
         accumulating = self.accelerator.gradient_accumulation_steps > 1
         if not accumulating:
             self.accelerator.sync_gradients = True
         log.start_epoch()
-        for state.batch_idx, batch in enumerate(log.batches(loader), start=skip):
-            if restore_rng is not None:
-                restore_rng()  # after the resumed iterator drew its base seed (docs/design.md, "Exact resume")
-                restore_rng = None
+        for state.batch_idx, batch in enumerate(log.batches(loader), start=epoch.start):
+            epoch.starting()
             self.callbacks.fire("on_train_batch_start", self)
             self.last_inputs, self.last_targets = self.unpack_batch(batch)
             self.callbacks.fire("on_before_forward", self)  # may replace the batch (MixUp)
@@ -341,6 +336,7 @@ class Trainer:
             self.last_inputs, self.last_targets, self.last_outputs, self.last_loss = inputs, targets, outputs, loss
             sums.add(loss)
             log.add(batch_size(inputs, targets))
+            epoch.trained()
             state.is_log_step = False
             if state.optimizer_stepped:
                 state.global_step += 1
@@ -350,9 +346,8 @@ class Trainer:
             state.is_log_step = False
             if self._agree_to_stop():
                 return False
-        if restore_rng is not None:  # resumed after the epoch's last batch: nothing was left to iterate
-            restore_rng()
-        log.end_epoch(sums, skip)  # train/epoch_loss, the epoch's wait for data
+        epoch.finish()
+        log.end_epoch(sums, epoch.resumed)  # train/epoch_loss, the epoch's wait for data
         return True
 
     def _train_step(self, inputs: Any, targets: Any, accumulating: bool) -> tuple[torch.Tensor, Any]:

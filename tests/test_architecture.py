@@ -135,7 +135,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data.*",)),
     ("machinery", ("checkpoint.*", "inspection.*", "finetune.*", "distributed", "checks")),
     # callbacks/__init__ re-exports lazily: importing callbacks.base runs it without importing the callbacks
-    ("loop", ("trainer", "validation", "train_log", "callbacks", "callbacks.base", "callbacks.progress_bar")),
+    ("loop", ("trainer", "validation", "train_log", "epoch_batches", "callbacks", "callbacks.base",
+              "callbacks.progress_bar")),
     ("callbacks", ("callbacks.*",)),
     ("tools", ("lr_finder", "deploy.*")),
     ("cli", ("cli.*", "__main__")),

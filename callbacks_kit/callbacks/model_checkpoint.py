@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from accelerate.utils import broadcast_object_list
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.best_weights import check_best, validated_weights, validator, write_best
-from callbacks_kit.callbacks.checkpoint_state import collect_files
+from callbacks_kit.callbacks.checkpoint_state import collect_files, finite_state
 from callbacks_kit.callbacks.monitor import Monitor, check_mode
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.files import MainFiles
 from callbacks_kit.checkpoint.format import Position, folder_name
 from callbacks_kit.checkpoint.repair import clean_leftovers, unkept_folders
 from callbacks_kit.checkpoint.snapshot import HostSnapshot
-from callbacks_kit.checkpoint.store import begin_save, check_writable, finish_save, remove_folder, write_pointer
-from callbacks_kit.errors import CheckpointError, FolderInUseError, NonFiniteError, TrainerError
+from callbacks_kit.checkpoint.store import (
+    begin_save,
+    check_writable,
+    finish_save,
+    remove_folder,
+    write_pointer,
+)
+from callbacks_kit.distributed import HostAgreement
+from callbacks_kit.errors import CheckpointError, FolderInUseError, TrainerError
 from callbacks_kit.folder_lock import FolderLock
 
 if TYPE_CHECKING:
@@ -32,9 +39,10 @@ class ModelCheckpoint(Callback):
     """Saves the full training state (the layout: `callbacks_kit.checkpoint.format`).
 
     Saves at the end of every `every_n_epochs`-th epoch, of the last epoch and of an
-    early-stopped one; every `every_n_steps` optimizer steps if given; and when `fit` ends
-    elsewhere (a stop mid-epoch, a preemption). Only epoch-end saves, with fresh
-    validation metrics, compete for the best `save_top_k`; step saves only refresh `last`.
+    early-stopped one; every `every_n_steps` optimizer steps and every `every_n_minutes`
+    minutes if given; and when `fit` ends elsewhere (a stop mid-epoch, a preemption). Only
+    epoch-end saves, with fresh validation metrics, compete for the best `save_top_k`; step
+    and timed saves only refresh `last`.
     `last.json` always names the newest checkpoint; other folders are pruned once the new
     one is committed. The best model's weights are also exported to `best.safetensors`
     (load them with `callbacks_kit.finetune.load_weights`); when `monitor` measures a model
@@ -61,6 +69,11 @@ class ModelCheckpoint(Callback):
         save_last: Keep the newest checkpoint too, even when it is not among the best.
         every_n_epochs: Save every this many epochs (None: only at the last epoch and stops).
         every_n_steps: Also save every this many optimizer steps (mid-epoch; exact resume).
+        every_n_minutes: Also save when this many minutes passed since the last save (or fit
+            start), for epochs too long to lose. One process looks at its clock after every
+            optimizer step; several agree at log steps (`log_every_n_steps`), where the
+            loop reads the loss anyway, with one 4-byte host all-reduce: the save comes at
+            the first log step after the time is up.
         async_save: Write checkpoints on a background thread (False: the loop waits for each save).
     """
 
@@ -76,6 +89,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         async_save: bool = True,
+        every_n_minutes: float | None = None,
     ) -> None:
         check_mode(mode, "ModelCheckpoint")  # also without a monitor: the mode is part of state_key
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
@@ -84,6 +98,14 @@ class ModelCheckpoint(Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise TrainerError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
+        minutes = every_n_minutes
+        if minutes is not None and (
+            isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf
+        ):
+            raise TrainerError(f"ModelCheckpoint: every_n_minutes must be None or a number > 0, got {minutes!r}")
+        self.every_n_minutes = every_n_minutes
+        # When the last save (or fit) started; the agreement learns the number of processes at fit start.
+        self._clock, self._agreement = time.monotonic(), HostAgreement(1)
         self.dirpath = Path(dirpath)
         self.mode, self.save_top_k, self.save_last = mode, save_top_k, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
@@ -163,6 +185,8 @@ class ModelCheckpoint(Callback):
     # ---------------------------------------------------------------------------------- events
     def on_fit_start(self, trainer: Trainer) -> None:
         self._fitting, self._checked = True, False
+        self._clock = time.monotonic()
+        self._agreement = HostAgreement(trainer.accelerator.num_processes)
         error, in_use = None, False
         if trainer.is_main_process:
             error = check_writable(self.dirpath)
@@ -187,11 +211,19 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(self, trainer: Trainer) -> None:
         state = trainer.state
         if state.optimizer_stepped:  # else mid-accumulation: gradients in flight are not part of a checkpoint
-            self._position = Position(state.epoch, state.batch_idx + 1)
+            self._position = Position(state.epoch, state.batch_idx + 1, trainer.epoch_samples.done)
         if self._background.failed:  # at the first step boundary after the failure, without waiting; the
             self._retry(trainer)  # step saves below and the stop agreement after the batch are on every process
-        if state.optimizer_stepped and self.every_n_steps and state.global_step % self.every_n_steps == 0:
+        if not state.optimizer_stepped:
+            return
+        if (self.every_n_steps and state.global_step % self.every_n_steps == 0) or self._time_is_up(trainer):
             self._save(trainer, rank=False, should_stop=False)
+
+    def _time_is_up(self, trainer: Trainer) -> bool:
+        """`every_n_minutes` passed since the last save: every step in one process, agreed at log steps in several."""
+        if self.every_n_minutes is None or (self._agreement.num_processes > 1 and not trainer.state.is_log_step):
+            return False
+        return self._agreement.any(time.monotonic() - self._clock >= 60 * self.every_n_minutes)
 
     def on_validation_end(self, trainer: Trainer) -> None:
         if self.monitor is None or not self._fitting or self._checked:
@@ -253,6 +285,7 @@ class ModelCheckpoint(Callback):
         assert position is not None
         self._complete(trainer)  # one save in flight at most; its failure surfaces here
         self._considered = position
+        self._clock = time.monotonic()
         score = None
         if rank and self.monitor is not None:
             score = self.monitor.read(trainer)
@@ -261,7 +294,9 @@ class ModelCheckpoint(Callback):
             return
         trainer.callbacks.fire("on_save_checkpoint", trainer)  # a guard (TerminateOnNaN) may refuse the save
         weights = trainer.unwrapped_model.state_dict()  # live; checked, then copied (or written) by the save
-        if not self._finite(trainer, score, weights):  # with or without the guard, never replace a clean one
+        if not finite_state(
+            trainer, self.monitor, self.last_name, score, weights
+        ):  # with or without the guard, never replace a clean one
             return
         name = folder_name(position, state.global_step)
         old_best, old_last, old_saved, old_stale = dict(self.best_k), self.last_name, self._saved_at, self._stale
@@ -355,38 +390,6 @@ class ModelCheckpoint(Callback):
         note = check_best(trainer, self.dirpath, best, last, self.monitor) if best else None
         if note:
             trainer.print(f"ModelCheckpoint: {note}")
-
-    def _finite(self, trainer: Trainer, score: float | None, state: dict[str, torch.Tensor]) -> bool:
-        """False (a warning) for a non-finite monitored score; `NonFiniteError` for non-finite weights.
-
-        One host sync, at saves only. Every process gets the same answer (the weights are
-        replicated, the metrics reduced), so all of them raise or skip together. A tensor's sum
-        is finite when all its values are, and summing is one vectorized pass that allocates
-        nothing (a tenth of `isfinite().all()`'s time on ResNet-18); a sum that overflowed from
-        finite values is told apart by checking that tensor element by element.
-        """
-        floats = [(k, v) for k, v in state.items() if v.is_floating_point() and v.numel()]
-        bad: list[str] = []
-        if floats:
-            sums_finite = torch.stack([v.sum() for _, v in floats]).isfinite().tolist()
-            bad = [k for (k, v), ok in zip(floats, sums_finite, strict=True) if not ok and not v.isfinite().all()]
-        kept = f"the last checkpoint, {self.last_name}, is kept" if self.last_name else "no checkpoint was saved"
-        where = f"epoch {trainer.state.epoch + 1}, optimizer step {trainer.state.global_step}"
-        if bad:
-            raise NonFiniteError(
-                f"ModelCheckpoint: non-finite weights in {len(bad)} tensor(s) ({', '.join(bad[:5])}) at {where}: "
-                f"training diverged, so this state was not saved and {kept}. Lower the learning rate (--lr), "
-                "clip gradients (max_grad_norm / --max-grad-norm) or use bf16 instead of fp16; add "
-                "TerminateOnNaN to stop at the first bad step"
-            )
-        if score is not None and not math.isfinite(score):
-            assert self.monitor is not None
-            warnings.warn(
-                f"ModelCheckpoint: {self.monitor.key} is {score} at {where}; this state was not saved and {kept}",
-                stacklevel=2,
-            )
-            return False
-        return True
 
     def _qualifies(self, score: float) -> bool:
         assert self.monitor is not None

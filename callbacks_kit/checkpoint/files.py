@@ -33,7 +33,8 @@ class MainState:
     """What the main process saves, as plain data: live tensors and JSON values, not yet copied.
 
     `trainer` is the saved `TrainState`'s dict; `callbacks` maps each stateful callback's
-    `state_key` to its `state_dict()`, in the order they are saved.
+    `state_key` to its `state_dict()`, in the order they are saved; `epoch_samples` is the
+    place in the epoch's sample order (`state.EpochSamples` as a dict), None when unknown.
     """
 
     weights: Mapping[str, torch.Tensor]
@@ -43,6 +44,7 @@ class MainState:
     optimizer: dict[str, Any]
     scaler: dict[str, Any] | None
     callbacks: dict[str, dict[str, Any]]
+    epoch_samples: dict[str, int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def main_files(
         "optimizer": split_tensors(state.optimizer, tensors, "optimizer"),
         "scaler": split_tensors(state.scaler, tensors, "scaler") if state.scaler is not None else None,
         "callbacks": {key: split_tensors(value, tensors, f"callbacks.{key}") for key, value in state.callbacks.items()},
+        "epoch_samples": state.epoch_samples,  # added in 0.2.0; older readers ignore it
     }
     if snapshot is None:
         host_weights, host_state = host_tensors(state.weights), host_tensors(tensors)

@@ -29,10 +29,15 @@ TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
 
 @dataclass(frozen=True)
 class Position:
-    """Where training resumes: `batch` batches of `epoch` are done (0 at an epoch boundary)."""
+    """Where training resumes: `batch` batches of `epoch` are done (0 at an epoch boundary).
+
+    `samples` counts the samples of the epoch's order trained by then, over all processes
+    (`state.EpochSamples.done`); None when unknown.
+    """
 
     epoch: int
     batch: int
+    samples: int | None = None
 
 
 def rank_file(rank: int) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
-from accelerate.utils import set_seed
 
-from callbacks_kit.checkpoint.codec import apply_rng_states, join_tensors
+from callbacks_kit.checkpoint.codec import join_tensors
 from callbacks_kit.checkpoint.format import (
     FORMAT,
     META,
@@ -31,13 +29,13 @@ from callbacks_kit.checkpoint.format import (
     STATE_TENSORS,
     TMP_PREFIX,
     VERSION,
-    rank_file,
 )
+from callbacks_kit.checkpoint.position import restore_position
 from callbacks_kit.checkpoint.store import describe, list_checkpoints, read_pointer
 from callbacks_kit.errors import CheckpointError
-from callbacks_kit.state import ResumePoint
 
 if TYPE_CHECKING:
+    from callbacks_kit.state import ResumePoint
     from callbacks_kit.trainer import Trainer
 
 
@@ -59,15 +57,15 @@ class LoadedCheckpoint:
 
 
 def resolve_checkpoint(resume_from: str | os.PathLike[str], directory: Path | None) -> Path | None:
-    """The checkpoint folder `resume_from` names; None for "last" when nothing was saved yet.
+    """The checkpoint folder `resume_from` names; None for "last" or "auto" when nothing was saved yet.
 
-    Accepts "last" (in `directory`, the `ModelCheckpoint`'s folder; None when there is
-    none), a checkpoint folder, a folder holding `last.json`, or `last.json` itself.
+    Accepts "last" or "auto" (the newest in `directory`, the `ModelCheckpoint`'s folder; None
+    when there is none), a checkpoint folder, a folder holding `last.json`, or `last.json` itself.
     """
-    if str(resume_from) == "last":
+    if str(resume_from) in ("last", "auto"):
         if directory is None:
             raise CheckpointError(
-                "resume_from='last' looks in the ModelCheckpoint's folder, and this trainer has no "
+                f"resume_from={str(resume_from)!r} looks in the ModelCheckpoint's folder, and this trainer has no "
                 "ModelCheckpoint; add one, or pass the path of a checkpoint folder"
             )
         return _last_in(directory)
@@ -186,18 +184,19 @@ def restore_training(
 
     Args:
         trainer: The trainer to restore, read and written through its public state.
-        resume_from: "last", or a path `resolve_checkpoint` accepts.
+        resume_from: "last" or "auto" (the same: the newest checkpoint in `directory`, a fresh
+            start when there is none), or a path `resolve_checkpoint` accepts.
         directory: Where "last" looks: the folder the trainer's callbacks save checkpoints
             into (`CallbackList.checkpoint_dir()`), None when none does.
 
     Returns:
-        Where the loop goes on (batches to skip, RNG states, loss sums), or None when
-        `resume_from="last"` found nothing yet (the run starts from scratch).
+        Where the loop goes on (batches to skip or the samples left, RNG states, loss sums),
+        or None when "last" or "auto" found nothing yet (the run starts from scratch).
     """
     directory = Path(directory) if directory is not None else None
     path = resolve_checkpoint(resume_from, directory)
     if path is None:
-        trainer.print(f"resume: no checkpoint yet in {directory}; starting from scratch")
+        trainer.print(f"resume {resume_from}: no checkpoint yet in {directory}; starting from scratch")
         return None
     ckpt = read_checkpoint(path)
     try:
@@ -221,7 +220,7 @@ def restore_training(
     trainer.optimizer.load_state_dict(optimizer_state)
     if accelerator.scaler is not None and doc.get("scaler") is not None:
         accelerator.scaler.load_state_dict(join_tensors(doc["scaler"], tensors))
-    resume = _restore_position(trainer, ckpt, doc)
+    resume = restore_position(trainer, path, int(ckpt.meta["world_size"]), doc, ckpt.files)
     trainer.print(
         f"resume: from {path} at epoch {state.epoch + 1}, batch {resume.batches_to_skip} (step {state.global_step})"
     )
@@ -230,44 +229,3 @@ def restore_training(
     elif state.epoch >= state.max_epochs:
         trainer.print(f"resume: the checkpoint already has {state.epoch} epochs; pass a larger `epochs` to go on")
     return resume
-
-
-def _restore_position(trainer: Trainer, ckpt: LoadedCheckpoint, doc: dict[str, Any]) -> ResumePoint:
-    """Epoch, batch and step into `trainer.state`; the sampler's seed; the rest for the loop."""
-    accelerator, state = trainer.accelerator, trainer.state
-    max_epochs, batches_per_epoch = state.max_epochs, state.batches_per_epoch
-    try:
-        state.load_state_dict(doc["trainer"])
-    except KeyError as exc:
-        raise CheckpointError(f"{ckpt.path} holds a trainer state this version cannot read: {exc}") from None
-    saved_batches = state.batches_per_epoch
-    state.max_epochs, state.batches_per_epoch = max_epochs, batches_per_epoch
-    accelerator.step = int(doc.get("accelerator_step", 0))
-    batch, rank, world = state.batch_idx, accelerator.process_index, int(ckpt.meta["world_size"])
-    old_size, new_size = doc.get("global_batch_size"), getattr(trainer.train_loader, "total_batch_size", None)
-    exact = world == accelerator.num_processes and old_size == new_size and saved_batches == batches_per_epoch
-    if not exact:
-        if batch and old_size and new_size:  # same samples consumed, counted in the new batches
-            batch = math.ceil(batch * old_size / new_size)
-        if batches_per_epoch is not None:
-            batch = min(batch, batches_per_epoch)
-        trainer.print(
-            f"resume: the checkpoint was saved by {world} process(es) with {old_size} samples per step and "
-            f"{saved_batches} batches per epoch; this run has {accelerator.num_processes}, {new_size} and "
-            f"{batches_per_epoch}. Weights, optimizer, callbacks and epoch are restored and the position in the "
-            f"epoch is converted by samples (batch {batch}); the random streams cannot match, so the run goes on "
-            "soundly but not bit-identically. A different global batch size may want another learning rate."
-        )
-    state.batch_idx = batch
-    mine = rank_file(rank) if rank < world else None
-    rng_doc = json.loads(ckpt.files[mine]) if mine and exact else None
-    seed_doc = json.loads(ckpt.files[mine or rank_file(0)])
-    sampler = trainer.train_loader.get_sampler() if hasattr(trainer.train_loader, "get_sampler") else None
-    if sampler is not None and hasattr(sampler, "initial_seed") and seed_doc.get("sampler_seed") is not None:
-        sampler.initial_seed = int(seed_doc["sampler_seed"])
-    if rng_doc is None:
-        base = trainer.seed if trainer.seed is not None else 0
-        seed = (base + 1_000_003 * (rank + 1) + state.global_step) % 2**32
-        return ResumePoint(batch, lambda: set_seed(seed))
-    sums = rng_doc.get("loss_sums") if batch else None
-    return ResumePoint(batch, lambda: apply_rng_states(rng_doc["rng"]), list(sums) if sums else None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from collections.abc import Sequence
 
@@ -178,17 +179,22 @@ def monitored(args: argparse.Namespace) -> tuple[str, str]:
 
 def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callback]:
     """Keep the best model by `--monitor` and the last; stop cleanly on SIGTERM/SIGINT/SIGUSR1."""
-    if args.resume == "last" and not (args.log_dir or args.checkpoint_dir):
+    if args.resume in ("last", "auto") and not (args.log_dir or args.checkpoint_dir):
         raise CLIError(
-            "--resume last continues the run of --log-dir (or of --checkpoint-dir), and neither was given; "
-            "pass the folder of the run to continue, e.g. --log-dir runs/20250101-120000 --resume last"
+            f"--resume {args.resume} continues the run of --log-dir (or of --checkpoint-dir), and neither was given; "
+            f"pass the folder of the run to continue, e.g. --log-dir runs/20250101-120000 --resume {args.resume}"
         )
     if args.early_stop_patience is not None and args.early_stop_patience < 1:
         raise CLIError(f"--early-stop-patience must be at least 1, got {args.early_stop_patience}")
+    steps, minutes = args.save_every_steps, args.save_every_minutes
+    if steps is not None and steps < 1:
+        raise CLIError(f"--save-every-steps must be at least 1 optimizer step, got {steps}")
+    if minutes is not None and not 0 < minutes < math.inf:
+        raise CLIError(f"--save-every-minutes must be a number of minutes above 0, e.g. 30 or 0.5; got {minutes}")
     directory = args.checkpoint_dir or os.path.join(run_dir, "checkpoints")
     metric, mode = monitored(args)
     callbacks: list[Callback] = [
-        ModelCheckpoint(directory, monitor=metric, mode=mode),
+        ModelCheckpoint(directory, monitor=metric, mode=mode, every_n_steps=steps, every_n_minutes=minutes),
         TerminateOnNaN(),
         PreemptionHandler(("SIGTERM", "SIGINT", "SIGUSR1")),
     ]

@@ -37,7 +37,8 @@ from callbacks_kit.errors import CLIError, ScheduleError
 
 def _resume_advice(args: argparse.Namespace, run_dir: str, exc: ScheduleError) -> str:
     """What a CLI user can run when the saved LR schedule does not fit the new settings."""
-    source = args.resume if args.resume != "last" else (args.checkpoint_dir or os.path.join(run_dir, "checkpoints"))
+    folder = args.checkpoint_dir or os.path.join(run_dir, "checkpoints")
+    source = folder if args.resume in ("last", "auto") else args.resume
     first = str(exc).split(": it would fail")[0]
     return (
         f"cannot resume {source} with these settings: the saved --scheduler {args.scheduler} schedule has a fixed "

@@ -123,9 +123,24 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: <log dir>/checkpoints)")
     group.add_argument(
         "--resume",
-        metavar="PATH|last",
-        help="continue a run exactly: 'last' (the newest checkpoint in --checkpoint-dir, or in the checkpoints "
-        "of --log-dir; starts fresh when there is none yet) or the path of a checkpoint folder (default: a new run)",
+        metavar="PATH|last|auto",
+        help="continue a run exactly: 'auto' or 'last' (the same: the newest checkpoint in --checkpoint-dir, or in "
+        "the checkpoints of --log-dir; starts fresh when there is none yet, so a restarted or requeued job can "
+        "run the same command) or the path of a checkpoint folder. Another number of processes or --batch-size "
+        "goes on at the same sample (docs/scaling.md)",
+    )
+    group.add_argument(
+        "--save-every-steps",
+        type=int,
+        metavar="N",
+        help="also save a checkpoint every N optimizer steps (refreshes the last one; default: at epoch ends only)",
+    )
+    group.add_argument(
+        "--save-every-minutes",
+        type=float,
+        metavar="M",
+        help="also save a checkpoint when M minutes passed since the last one (checked at --log-every steps "
+        "with several processes)",
     )
     group.add_argument(
         "--init-from",
