@@ -54,7 +54,7 @@ def test_every_option_has_help_that_states_its_default_once(command: str, action
         assert f"default: {action.default}" in text, text  # the value parsed is the value stated
 
 
-def test_the_options_the_issue_named_state_their_defaults():
+def test_the_options_a_newcomer_looked_for_state_their_defaults():
     train = commands()["train"]
     helps = {a.option_strings[0]: rendered_help(train, a) for a in train._actions if a.option_strings}
     for flag, default in [("--epochs", "5"), ("--weight-decay", "0.05"), ("--seed", "0"), ("--mixed-precision", "no")]:

@@ -127,7 +127,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         help="continue a run exactly: 'auto' or 'last' (the same: the newest checkpoint in --checkpoint-dir, or in "
         "the checkpoints of --log-dir; starts fresh when there is none yet, so a restarted or requeued job can "
         "run the same command) or the path of a checkpoint folder. Another number of processes or --batch-size "
-        "goes on at the same sample (docs/scaling.md)",
+        "goes on at the same sample, docs/scaling.md (default: a new run)",
     )
     group.add_argument(
         "--save-every-steps",
@@ -140,7 +140,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="M",
         help="also save a checkpoint when M minutes passed since the last one (checked at --log-every steps "
-        "with several processes)",
+        "with several processes; default: at epoch ends only)",
     )
     group.add_argument(
         "--init-from",
