@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 class ProgressBar(Callback):
     """Shows batches, the latest logged loss and samples/s; prints a summary per epoch.
 
+    The summary holds the epoch's training loss and each `val/<name>` and `val_ema/<name>`;
+    per-class values (`val/iou/<class>`, tags with a second `/`) are left to TensorBoard.
+
     A batch costs the loop one counter increment: the bar is drawn by a thread of its own
     every `refresh_interval` seconds, from that counter and the metrics of the latest log
     step, so the bar never makes the host wait for the device nor formats text per batch.
@@ -81,7 +84,11 @@ class ProgressBar(Callback):
         state = trainer.state
         if self.summary and trainer.is_main_process:
             rate = (state.samples_seen - self._epoch_samples) * trainer.accelerator.num_processes / max(elapsed, 1e-9)
-            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", "val_ema/"))}
+            shown = {
+                k: v
+                for k, v in state.metrics.items()
+                if k.startswith(("train/epoch_loss", "val/", "val_ema/")) and k.count("/") == 1  # not per class
+            }
             values = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
             tqdm.write(f"epoch {state.epoch + 1}/{state.max_epochs}  {values}  ({elapsed:.1f} s, {rate:.0f} samples/s)")
 
