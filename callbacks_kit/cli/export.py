@@ -12,7 +12,8 @@ def add_parser(commands: Any) -> None:
     """Add the `export` command and its options to `commands` (what `add_subparsers()` returned)."""
     parser = commands.add_parser(
         "export",
-        help="export a trained run as a state_dict, TorchScript or ONNX file",
+        help="export a trained run as a state_dict, TorchScript or ONNX file (a segmentation run's gives the logits "
+        "(N, C, H, W))",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")

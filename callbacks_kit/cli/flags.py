@@ -36,6 +36,10 @@ NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
 }
 
 
+class Unset(str):
+    """A flag's default that knows it was not given (argparse keeps a default object as it is)."""
+
+
 def add_job_args(train: argparse.ArgumentParser) -> None:
     """The data, model and run options, shared with `lr-find`."""
     data = train.add_argument_group("data")
@@ -56,7 +60,11 @@ def add_job_args(train: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="DataLoader workers (0 for shapes, else half the cores)"
     )
     model = train.add_argument_group("model and optimisation")
-    model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
+    model.add_argument(
+        "--model",
+        default=Unset("resnet18"),
+        help="any torchvision classifier name; with --task segmentation, one of torchvision.models.segmentation",
+    )
     model.add_argument(
         "--weights",
         metavar="PATH|NAME",

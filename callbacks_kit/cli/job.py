@@ -15,6 +15,12 @@ from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli.flags import check_csv_args, check_head_args, check_numbers, label_smoothing
+from callbacks_kit.cli.segmentation_job import (
+    check_task_args,
+    segmentation_data,
+    segmentation_loss_and_metrics,
+    segmentation_model,
+)
 from callbacks_kit.data import (
     ShapesDataset,
     augmentation,
@@ -64,11 +70,13 @@ class Job:
     resize: int  # the side images are resized to before the centre crop (run.json)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    task: str = "classification"
 
     def describe(self, args: argparse.Namespace) -> str:
         """The model and the data, for the line a command prints at start."""
         source = args.data or f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {self.size}px)"
-        return f"{args.model} on {source}: {len(self.classes)} classes"
+        task = " (segmentation)" if self.task == "segmentation" else ""
+        return f"{args.model}{task} on {source}: {len(self.classes)} classes"
 
     def processes(self, trainer: Trainer) -> str:
         """Where it runs, for the same line: processes, device and precision."""
@@ -77,11 +85,16 @@ class Job:
 
     def trainer(self, args: argparse.Namespace, callbacks: list[Callback], progress_bar: bool = True) -> Trainer:
         """The Trainer of this job with `callbacks`."""
+        if self.task == "segmentation":
+            loss_fn, metrics = segmentation_loss_and_metrics(args, self.classes)
+        else:
+            loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)  # takes mixed (soft) targets too
+            metrics = {"accuracy": accuracy}
         return Trainer(
             self.model,
             self.optimizer,
-            torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),  # takes mixed (soft) targets too
-            metrics={"accuracy": accuracy},
+            loss_fn,
+            metrics=metrics,
             callbacks=callbacks,
             mixed_precision=args.mixed_precision,
             gradient_accumulation_steps=args.grad_accum,
@@ -101,6 +114,7 @@ def build_job(args: argparse.Namespace) -> Job:
     """
     check_csv_args(args)
     check_head_args(args)
+    check_task_args(args)
     check_numbers(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu)
@@ -109,7 +123,10 @@ def build_job(args: argparse.Namespace) -> Job:
     label_smoothing(args)
     train_set: Dataset
     val_set: Dataset
-    if args.data or args.labels:
+    if args.task == "segmentation":
+        train_set, val_set, classes, size, workers = segmentation_data(args)
+        resize = size  # images are resized to the input size whole, not cropped
+    elif args.data or args.labels:
         size = args.image_size or 224
         augment, flip = args.augment or "basic", not args.no_flip
         if args.labels:
@@ -148,16 +165,19 @@ def build_job(args: argparse.Namespace) -> Job:
         train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
     )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
-    model = build_classifier(
-        args.model,
-        len(classes),
-        args.weights,
-        allow_partial=args.allow_partial_weights,
-        report=state.print,
-        head=args.head,
-        hidden=args.hidden,
-        dropout=args.dropout,
-    )
+    if args.task == "segmentation":
+        model = segmentation_model(args, classes, state.print)
+    else:
+        model = build_classifier(
+            args.model,
+            len(classes),
+            args.weights,
+            allow_partial=args.allow_partial_weights,
+            report=state.print,
+            head=args.head,
+            hidden=args.hidden,
+            dropout=args.dropout,
+        )
     if getattr(args, "init_from", None):  # train's option; lr-find has none
         if args.resume:
             raise CLIError("--init-from starts a new run and --resume continues one: pass only one of them")
@@ -168,4 +188,4 @@ def build_job(args: argparse.Namespace) -> Job:
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, lr))
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-    return Job(state, cpu_only, train_loader, val_loader, classes, size, resize, model, optimizer)
+    return Job(state, cpu_only, train_loader, val_loader, classes, size, resize, model, optimizer, args.task)

@@ -32,6 +32,7 @@ from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
 from callbacks_kit.callbacks.top_losses import TopLosses
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.cli.flags import label_smoothing
+from callbacks_kit.cli.segmentation_job import monitored_metric
 from callbacks_kit.errors import AugmentationError, CLIError
 
 
@@ -140,7 +141,7 @@ def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
 
 
 def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callback]:
-    """Keep the best model by val/accuracy and the last; stop cleanly on SIGTERM/SIGINT/SIGUSR1."""
+    """Keep the best model by val/accuracy (val/mean_iou) and the last; stop cleanly on SIGTERM/SIGINT/SIGUSR1."""
     if args.resume == "last" and not (args.log_dir or args.checkpoint_dir):
         raise CLIError(
             "--resume last continues the run of --log-dir (or of --checkpoint-dir), and neither was given; "
@@ -150,12 +151,12 @@ def checkpoint_callbacks(args: argparse.Namespace, run_dir: str) -> list[Callbac
         raise CLIError(f"--early-stop-patience must be at least 1, got {args.early_stop_patience}")
     directory = args.checkpoint_dir or os.path.join(run_dir, "checkpoints")
     callbacks: list[Callback] = [
-        ModelCheckpoint(directory, monitor="val/accuracy", mode="max"),
+        ModelCheckpoint(directory, monitor=monitored_metric(args), mode="max"),
         TerminateOnNaN(),
         PreemptionHandler(("SIGTERM", "SIGINT", "SIGUSR1")),
     ]
     if args.early_stop_patience is not None:
-        callbacks.append(EarlyStopping("val/accuracy", patience=args.early_stop_patience, mode="max"))
+        callbacks.append(EarlyStopping(monitored_metric(args), patience=args.early_stop_patience, mode="max"))
     return callbacks
 
 

@@ -9,6 +9,7 @@ from callbacks_kit.cli.flags import add_finetune_args, add_job_args, add_lr_find
 from callbacks_kit.cli.job import build_job
 from callbacks_kit.cli.lr_sweep import lr_finder, sweep_lr
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
+from callbacks_kit.cli.segmentation_job import add_task_args
 
 
 def add_parser(commands: Any) -> None:
@@ -22,6 +23,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_job_args(command)
+    add_task_args(command)
     add_finetune_args(command)
     add_lr_find_args(command)
 

@@ -1,4 +1,8 @@
-"""`callbacks-kit predict RUN IMAGES...`: top-k class names and probabilities per image, printed or written."""
+"""`callbacks-kit predict RUN IMAGES...`: top-k class names and probabilities per image, printed or written.
+
+A segmentation run writes one index PNG per image into `--output DIR` instead (and, with
+`--overlay`, the image with its classes coloured beside it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from typing import Any
 
 from callbacks_kit.data.images import expand_images
 from callbacks_kit.deploy.predict import predict_images, write_predictions
-from callbacks_kit.deploy.run_info import load_run_model
+from callbacks_kit.deploy.predict_masks import predict_mask_files
+from callbacks_kit.deploy.run_info import load_run_model, read_run_info
 from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import CLIError
 
@@ -17,7 +22,7 @@ def add_parser(commands: Any) -> None:
     """Add the `predict` command and its options to `commands` (what `add_subparsers()` returned)."""
     parser = commands.add_parser(
         "predict",
-        help="classify images with a trained run",
+        help="classify images with a trained run (or write their masks, for a segmentation run)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
@@ -26,12 +31,26 @@ def add_parser(commands: Any) -> None:
     group.add_argument("--checkpoint", default="best", metavar="best|last|PATH", help="which weights to use")
     group.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    group.add_argument("--output", metavar="FILE", help="also write the predictions to FILE (.csv or .json)")
+    group.add_argument(
+        "--output",
+        metavar="FILE|DIR",
+        help="also write the predictions to FILE (.csv or .json); a segmentation run: the folder its masks go to "
+        "(required), one index PNG per image at the image's size",
+    )
+    group.add_argument(
+        "--overlay",
+        action="store_true",
+        help="segmentation: also write <name>_overlay.png beside each mask, the image with its classes coloured",
+    )
     group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image; 0 on success."""
+    if read_run_info(args.run).segmentation:
+        return run_masks(args)
+    if args.overlay:
+        raise CLIError("--overlay colours the masks of a segmentation run; this run classifies images")
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
@@ -48,4 +67,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.predictions)} image(s) predicted on {device}, {len(result.skipped)} skipped")
     if args.output:
         print(f"written to {write_predictions(result, args.output)}")
+    return 0
+
+
+def run_masks(args: argparse.Namespace) -> int:
+    """Write one mask per image (and overlays) into --output DIR and print where each went; 0 on success."""
+    if not args.output:
+        raise CLIError("a segmentation run writes one mask per image: pass --output DIR, the folder they go to")
+    if Path(args.output).is_file() or Path(args.output).suffix.lower() in (".csv", ".json"):
+        raise CLIError(f"--output {args.output}: a segmentation run writes masks into a folder; give a folder name")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    paths = expand_images(args.images)
+    model, info = load_run_model(args.run, args.checkpoint)
+    device = best_device(args.cpu)
+    result = predict_mask_files(model, info, paths, args.output, args.overlay, args.batch_size, device)
+    for p in result.predictions:
+        top = sorted(p.shares.items(), key=lambda item: -item[1])[:4]
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in top)
+        print(f"{p.path} -> {p.mask} ({p.size[0]}x{p.size[1]}): {shares}")
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}")
+    overlays = " and overlays" if args.overlay else ""
+    written = f"{len(result.predictions)} mask(s){overlays} written to {args.output}"
+    print(f"{written} on {device}, {len(result.skipped)} skipped")
     return 0

@@ -1,4 +1,4 @@
-"""`callbacks-kit train`: the main job. Trains a torchvision classifier and writes a TensorBoard run."""
+"""`callbacks-kit train`: the main job. Trains a classifier or a segmentation model and writes a TensorBoard run."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from callbacks_kit.cli.job_callbacks import (
 )
 from callbacks_kit.cli.lr_sweep import auto_lr, lr_finder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir
+from callbacks_kit.cli.segmentation_job import add_task_args, monitored_metric, segmentation_callbacks, task_info
 from callbacks_kit.cli.train_flags import (
     add_checkpoint_args,
     add_ema_args,
@@ -41,10 +42,12 @@ def add_parser(commands: Any) -> None:
     """Add the `train` command and its options to `commands` (what `add_subparsers()` returned)."""
     train = commands.add_parser(
         "train",
-        help="train an image classifier and write a TensorBoard run",
+        help="train an image classifier (or, with --task segmentation, a segmentation model) and write a "
+        "TensorBoard run",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_job_args(train)
+    add_task_args(train)
     add_inspection_args(train)
     add_error_analysis_args(train)
     add_training_view_args(train)
@@ -93,8 +96,11 @@ def train(
     hparams = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     logger = TensorBoardLogger(run_dir, hparams=hparams)
     callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
-    callbacks += inspection_callbacks(args, classes)
-    callbacks += error_analysis_callbacks(args, classes)
+    if args.task == "segmentation":
+        callbacks += segmentation_callbacks(args, classes, job.model)
+    else:
+        callbacks += inspection_callbacks(args, classes)
+        callbacks += error_analysis_callbacks(args, classes)
     callbacks += training_view_callbacks(args, classes)
     callbacks += finetune_callbacks(args, steps_per_epoch)
     callbacks += ema_callbacks(args)
@@ -109,6 +115,7 @@ def train(
         hidden=args.hidden,
         dropout=args.dropout,
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else "checkpoints",
+        **task_info(args),
     )
     callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
     if customize is not None:
@@ -126,8 +133,9 @@ def train(
                 raise
             raise CLIError(_resume_advice(args, run_dir, exc)) from exc
     metrics = dict(trainer.state.metrics)
+    score = monitored_metric(args)
     trainer.print(
-        f"done in {time.perf_counter() - start:.0f} s: val/accuracy {metrics.get('val/accuracy', float('nan')):.4f}, "
+        f"done in {time.perf_counter() - start:.0f} s: {score} {metrics.get(score, float('nan')):.4f}, "
         f"val/loss {metrics.get('val/loss', float('nan')):.4f}\n"
         f"run written to {run_dir}\nopen it with: tensorboard --logdir {run_dir}"
     )

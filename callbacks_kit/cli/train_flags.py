@@ -120,7 +120,8 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--early-stop-patience",
         type=int,
         metavar="N",
-        help="stop after N epochs without a better val/accuracy (default: never)",
+        help="stop after N epochs without a better val/accuracy (val/mean_iou with --task segmentation; default: "
+        "never)",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -34,6 +35,14 @@ class EvaluationReport:
     support: list[int]
     missing_classes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"loss", "accuracy", "per_class": {name: {"precision", "recall", "f1", "support"}}}`."""
+        per_class = {
+            name: {"precision": p, "recall": r, "f1": f, "support": n}
+            for name, p, r, f, n in zip(self.classes, self.precision, self.recall, self.f1, self.support, strict=True)
+        }
+        return {"loss": self.loss, "accuracy": self.accuracy, "per_class": per_class}
 
     def table(self) -> str:
         """The per-class report as aligned text, with the overall loss and accuracy."""
