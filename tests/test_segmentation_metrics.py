@@ -147,7 +147,9 @@ def test_per_image_iou_equals_the_reference_per_image():
     predicted = logits.argmax(1)
     intersection, union = image_overlaps(predicted, masks, 5, IGNORE)
     for i, score in enumerate(image_iou(intersection, union).tolist()):
-        assert score == pytest.approx(float(np.nanmean(reference(predicted[i].numpy(), masks[i].numpy(), 5, IGNORE)["iou"])))
+        assert score == pytest.approx(
+            float(np.nanmean(reference(predicted[i].numpy(), masks[i].numpy(), 5, IGNORE)["iou"]))
+        )
     nothing = image_iou(*image_overlaps(predicted[:1], torch.full_like(masks[:1], IGNORE), 5, IGNORE))
     assert math.isnan(float(nothing[0]))
 
