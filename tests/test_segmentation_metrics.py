@@ -1,10 +1,9 @@
-"""Segmentation metrics against a NumPy reference and torchmetrics: absent classes, the ignore index, 2 processes = 1."""
+"""Segmentation metrics against NumPy and torchmetrics: absent classes, the ignore index, 2 processes equal 1."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

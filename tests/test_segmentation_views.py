@@ -1,5 +1,6 @@
 """Segmentation views read back with TensorBoard's loader: overlays covering the classes, the true worst images,
-the pixel confusion matrix and the per-class report with its absent class, no device read per batch, bad input refused."""
+the pixel confusion matrix and the per-class report with its absent class; no device read per batch; bad input
+refused before training."""
 
 from __future__ import annotations
 

@@ -196,6 +196,11 @@ def check_mask_values(
     source: str,
 ) -> None:
     """Refuse a mask value that is neither a class index nor `ignore_index`, naming the first such mask."""
+    if ignore_index is not None and 0 <= ignore_index < len(classes):
+        raise DataError(
+            f"the ignore index {ignore_index} is class {ignore_index} ({classes[ignore_index]!r}) of the "
+            f"{len(classes)} classes; pick an ignore index outside 0..{len(classes) - 1} (--ignore-index)"
+        )
     allowed = np.zeros(256, dtype=bool)
     allowed[: len(classes)] = True
     if ignore_index is not None and 0 <= ignore_index < 256:
@@ -210,11 +215,6 @@ def check_mask_values(
             f"(0..{len(classes) - 1}{source}) and the ignore index is {ignore_index} ({rows.size} mask(s) in all): "
             f"fix the masks, name the class in {CLASSES_FILE}, or set --ignore-index to the value that marks pixels "
             "to ignore"
-        )
-    if ignore_index is not None and 0 <= ignore_index < len(classes):
-        raise DataError(
-            f"the ignore index {ignore_index} is class {ignore_index} ({classes[ignore_index]!r}) of the "
-            f"{len(classes)} classes; pick an ignore index outside 0..{len(classes) - 1} (--ignore-index)"
         )
 
 
@@ -336,8 +336,8 @@ def segmentation_folder_datasets(
         if not split.is_dir():
             hint = " (images/ and masks/ go inside train/ and val/)" if (root / "images").is_dir() else ""
             raise DataError(
-                f"{root} has no {split.name}/ folder{hint}: segmentation data is {root}/train/images, "
-                f"{root}/train/masks, {root}/val/images and {root}/val/masks"
+                f"{root} has no {split.name}/ folder{hint}: segmentation data is train/images, train/masks, "
+                f"val/images and val/masks inside {root}"
             )
     names_file = root / CLASSES_FILE
     classes = read_class_names(names_file) if names_file.is_file() else None
