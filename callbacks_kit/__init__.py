@@ -19,22 +19,36 @@ from callbacks_kit.callbacks import (
     MixUpCutMix,
     ModelCheckpoint,
     Order,
+    PixelConfusionMatrix,
     PreemptionHandler,
     ProgressBar,
+    SegmentationOverlays,
+    SegmentationReport,
     TensorBoardLogger,
     TerminateOnNaN,
     TopLosses,
     WeightHistograms,
+    WorstSegmentations,
 )
 from callbacks_kit.callbacks import LRScheduler as LRScheduler  # deprecated name, not in __all__
 from callbacks_kit.data.csv_labels import CsvImageDataset
-from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
+from callbacks_kit.deploy import (
+    RunInfo,
+    evaluate_run,
+    evaluate_segmentation,
+    export_run,
+    load_run_model,
+    predict,
+    predict_masks,
+)
 from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
 from callbacks_kit.finetune.heads import MLPHead
 from callbacks_kit.hooks import ActivationCapture
 from callbacks_kit.layers import resolve_module
+from callbacks_kit.losses import SegmentationLoss
 from callbacks_kit.lr_finder import LRFinder, LRFinderResult
 from callbacks_kit.metrics import accuracy
+from callbacks_kit.segmentation_metrics import SegmentationMetrics
 from callbacks_kit.state import TrainState
 from callbacks_kit.trainer import Trainer
 
@@ -65,9 +79,14 @@ __all__ = [
     "MLPHead",
     "ModelCheckpoint",
     "Order",
+    "PixelConfusionMatrix",
     "PreemptionHandler",
     "ProgressBar",
     "RunInfo",
+    "SegmentationLoss",
+    "SegmentationMetrics",
+    "SegmentationOverlays",
+    "SegmentationReport",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "TopLosses",
@@ -75,10 +94,13 @@ __all__ = [
     "Trainer",
     "TrainerError",
     "WeightHistograms",
+    "WorstSegmentations",
     "accuracy",
     "evaluate_run",
+    "evaluate_segmentation",
     "export_run",
     "load_run_model",
     "predict",
+    "predict_masks",
     "resolve_module",
 ]
