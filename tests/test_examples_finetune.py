@@ -36,10 +36,13 @@ def test_finetune_gradual_unfreeze(tmp_path: Path):
 @pytest.mark.parametrize("loss", ["bce-dice", "dice"])
 def test_segmentation_dice(tmp_path: Path, loss: str):
     out = run_example("segmentation_dice.py", "--fast", "--loss", loss, "--log-dir", str(tmp_path))
-    assert f"{loss}: val/iou" in out
+    assert f"{loss}: val/mean_iou" in out
     events = event_run(tmp_path)
-    assert {"val/loss", "val/iou", "lr/group0"} <= set(events.Tags()["scalars"])
-    assert "segmentation/image_truth_prediction" in events.Tags()["images"]
+    assert {"val/loss", "val/mean_iou", "val/iou/circle", "val/dice/ring", "lr/group0"} <= set(events.Tags()["scalars"])
+    images = set(events.Tags()["images"])
+    assert {"segmentation/overlays", "segmentation/worst/val", "segmentation/confusion_matrix/val"} <= images
+    assert "segmentation_report/val/text_summary" in events.Tags()["tensors"]
+    assert (tmp_path / "checkpoints" / "best.safetensors").is_file()  # kept by val/mean_iou
 
 
 @pytest.mark.slow
