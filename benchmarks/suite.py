@@ -22,6 +22,7 @@ from benchmarks import (
     inputs,
     loop,
     profiler,
+    segmentation_views,
     startup,
     syncs,
     throughput,
@@ -47,6 +48,7 @@ SECTIONS = (
     Section("loop", loop.run),  # 1
     Section("callbacks", callbacks_and_input),  # 2 and 3
     Section("error-views", error_views.run),  # 2b
+    Section("segmentation-views", segmentation_views.run),  # 2d
     Section("histograms", histograms.run),  # 4
     Section("syncs", syncs.run),  # 5
     Section(None, throughput.run),  # 6: on a GPU, or with --throughput

@@ -29,23 +29,37 @@ if TYPE_CHECKING:
         MixUpCutMix,
         ModelCheckpoint,
         Order,
+        PixelConfusionMatrix,
         PreemptionHandler,
         Profiler,
         ProgressBar,
+        SegmentationOverlays,
+        SegmentationReport,
         TensorBoardLogger,
         TerminateOnNaN,
         TopLosses,
         WeightHistograms,
+        WorstSegmentations,
     )
     from callbacks_kit.callbacks import LRScheduler as LRScheduler  # deprecated name, not in __all__
     from callbacks_kit.data.csv_labels import CsvImageDataset
-    from callbacks_kit.deploy import RunInfo, evaluate_run, export_run, load_run_model, predict
+    from callbacks_kit.deploy import (
+        RunInfo,
+        evaluate_run,
+        evaluate_segmentation,
+        export_run,
+        load_run_model,
+        predict,
+        predict_masks,
+    )
     from callbacks_kit.errors import CallbacksKitError, CheckpointError, LayerNotFoundError, TrainerError
     from callbacks_kit.finetune.heads import MLPHead
     from callbacks_kit.hooks import ActivationCapture
     from callbacks_kit.layers import resolve_module
+    from callbacks_kit.losses import SegmentationLoss
     from callbacks_kit.lr_finder import LRFinder, LRFinderResult
     from callbacks_kit.metrics import accuracy
+    from callbacks_kit.segmentation_metrics import SegmentationMetrics
     from callbacks_kit.state import TrainState
     from callbacks_kit.trainer import Trainer
 
@@ -54,16 +68,20 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(
         ["EMA", "BatchGrid", "Callback", "ClassReport", "ConfusionMatrix", "EarlyStopping", "Embeddings",
          "FeatureMaps", "FreezeUnfreeze", "GradCAM", "KernelGrid", "LayerStats", "LearningRateScheduler",
-         "LRScheduler", "MixUpCutMix", "ModelCheckpoint", "Order", "PreemptionHandler", "Profiler", "ProgressBar",
-         "TensorBoardLogger", "TerminateOnNaN", "TopLosses", "WeightHistograms"],
+         "LRScheduler", "MixUpCutMix", "ModelCheckpoint", "Order", "PixelConfusionMatrix",
+         "PreemptionHandler", "Profiler", "ProgressBar", "SegmentationOverlays", "SegmentationReport",
+         "TensorBoardLogger", "TerminateOnNaN", "TopLosses", "WeightHistograms", "WorstSegmentations"],
         "callbacks",
     ),
     "CsvImageDataset": "data.csv_labels",
-    **dict.fromkeys(["RunInfo", "evaluate_run", "export_run", "load_run_model", "predict"], "deploy"),
+    **dict.fromkeys(["RunInfo", "evaluate_run", "evaluate_segmentation", "export_run", "load_run_model", "predict",
+                      "predict_masks"], "deploy"),
     **dict.fromkeys(["CallbacksKitError", "CheckpointError", "LayerNotFoundError", "TrainerError"], "errors"),
     "MLPHead": "finetune.heads",
     "ActivationCapture": "hooks",
     "resolve_module": "layers",
+    "SegmentationLoss": "losses",
+    "SegmentationMetrics": "segmentation_metrics",
     "LRFinder": "lr_finder",
     "LRFinderResult": "lr_finder",
     "accuracy": "metrics",
@@ -98,11 +116,16 @@ __all__ = [
     "MLPHead",
     "ModelCheckpoint",
     "Order",
+    "PixelConfusionMatrix",
     "PreemptionHandler",
     "Profiler",
     "Profiler",
     "ProgressBar",
     "RunInfo",
+    "SegmentationLoss",
+    "SegmentationMetrics",
+    "SegmentationOverlays",
+    "SegmentationReport",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "TopLosses",
@@ -110,11 +133,14 @@ __all__ = [
     "Trainer",
     "TrainerError",
     "WeightHistograms",
+    "WorstSegmentations",
     "accuracy",
     "evaluate_run",
+    "evaluate_segmentation",
     "export_run",
     "load_run_model",
     "predict",
+    "predict_masks",
     "resolve_module",
 ]
 

@@ -20,3 +20,12 @@ EXPORT_TOLERANCE = 1e-4
 # data/transforms.py: the share of the resized image that validation keeps (224 of 256, as
 # torchvision's reference scripts and most of its ImageNet weights).
 CROP_RATIO = 0.875
+# deploy/run_info.py: what a run trains for.
+TASKS = ("classification", "segmentation")
+# losses.py: the segmentation losses by name (`SegmentationLoss`).
+SEGMENTATION_LOSSES = ("ce", "dice", "bce-dice", "focal", "ce+dice")
+# segmentation_metrics.py: the mask value counted in no loss or metric, the "void" label of
+# PASCAL VOC and Cityscapes' trainIds (masks are 8-bit PNGs).
+IGNORE_INDEX = 255
+# finetune/segmentation_models.py: the smallest (3.2 M parameters), trains on a CPU.
+DEFAULT_SEGMENTATION_MODEL = "lraspp_mobilenet_v3_large"

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from callbacks_kit.choices import SEGMENTATION_LOSSES as SEGMENTATION_LOSSES
 from callbacks_kit.errors import LossInputError
+from callbacks_kit.segmentation_metrics import segmentation_logits
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -215,6 +217,79 @@ class BCEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of `logits` against `target`."""
         return bce_dice_loss(logits, target, self.bce_weight, self.dice_weight, self.smooth, self.ignore_index)
+
+
+class SegmentationLoss(nn.Module):
+    """A segmentation loss by name, on `(N, C, H, W)` logits (or a model's `{"out": logits}`) and `(N, H, W)` masks.
+
+    - "ce": cross-entropy, averaged over the pixels that are not ignored (0 for a batch without any);
+    - "dice": soft Dice (`dice_loss`), the mean over classes;
+    - "ce+dice": the two added;
+    - "bce-dice": one-vs-rest: a sigmoid binary cross-entropy per class channel against the
+      one-hot mask, plus the soft Dice of each channel's sigmoid (`bce_dice_loss` per channel);
+    - "focal": multi-class focal loss, gamma 2 (`focal_loss`).
+
+    Every one leaves out the pixels whose target is `ignore_index`. One output channel is
+    binary segmentation (targets 0/1): "ce" is then the binary cross-entropy.
+
+    Args:
+        name: One of `SEGMENTATION_LOSSES`.
+        ignore_index: Target value that counts nowhere (255: the void label of VOC masks); None: none.
+    """
+
+    def __init__(self, name: str = "ce", ignore_index: int | None = 255) -> None:
+        super().__init__()
+        if name not in SEGMENTATION_LOSSES:
+            raise LossInputError(f"segmentation loss {name!r}: choose one of {', '.join(SEGMENTATION_LOSSES)}")
+        self.name, self.ignore_index = name, ignore_index
+
+    def forward(self, outputs: object, target: torch.Tensor) -> torch.Tensor:
+        """The loss of the outputs' logits against the masks."""
+        logits = segmentation_logits(outputs)
+        if logits is None:
+            raise LossInputError(
+                f"SegmentationLoss takes logits or a dict with 'out' (torchvision's segmentation models), got "
+                f"{type(outputs).__name__}"
+            )
+        binary = logits.shape[1] == 1
+        if self.name == "ce":
+            return _binary_ce(logits, target, self.ignore_index) if binary else _ce(logits, target, self.ignore_index)
+        if self.name == "dice":
+            return dice_loss(logits, target, ignore_index=self.ignore_index)
+        if self.name == "focal":
+            return focal_loss(logits, target, ignore_index=self.ignore_index)
+        if binary:  # "ce+dice" and "bce-dice" are one thing for one channel
+            return bce_dice_loss(logits, target, ignore_index=self.ignore_index)
+        if self.name == "ce+dice":
+            return _ce(logits, target, self.ignore_index) + dice_loss(logits, target, ignore_index=self.ignore_index)
+        return _one_vs_rest_bce_dice(logits, target, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        """The loss's name and ignore index, in the module's repr."""
+        return f"name={self.name!r}, ignore_index={self.ignore_index}"
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    _is_binary(logits, target)  # a clear error for shapes that do not fit
+    total = F.cross_entropy(
+        logits, target, ignore_index=-100 if ignore_index is None else ignore_index, reduction="sum"
+    )
+    return total / _valid(target, ignore_index).sum().clamp_min(1)
+
+
+def _binary_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    return bce_dice_loss(logits, target, dice_weight=0.0, ignore_index=ignore_index)
+
+
+def _one_vs_rest_bce_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    _is_binary(logits, target)
+    valid = _valid(target, ignore_index)
+    classes = target.masked_fill(~valid, 0) if ignore_index is not None else target
+    onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    if ignore_index is not None:
+        onehot = onehot.masked_fill(~valid.unsqueeze(1), float(ignore_index))  # ignored in every channel
+    # Each (sample, class) plane is one binary problem: its BCE over valid pixels and its own Dice.
+    return bce_dice_loss(logits.flatten(0, 1), onehot.flatten(0, 1), ignore_index=ignore_index)
 
 
 # ------------------------------------------------------------------------------ checks

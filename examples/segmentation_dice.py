@@ -1,10 +1,12 @@
-"""Segment the built-in shapes with a small encoder-decoder, trained with Dice or BCE-Dice.
+"""Segment the built-in shapes with a small U-Net, composed from the package's segmentation pieces.
 
-Run:  python examples/segmentation_dice.py --loss bce-dice   (binary: shape vs background)
-      python examples/segmentation_dice.py --loss dice       (7 classes: background + 6 shapes)
-      tensorboard --logdir runs/segmentation    (val/iou per run; IMAGES: image | truth | prediction)
+Run:  python examples/segmentation_dice.py                   (cross-entropy + Dice, 7 classes)
+      python examples/segmentation_dice.py --loss bce-dice   (one-vs-rest BCE + Dice)
+      tensorboard --logdir runs/segmentation    (SCALARS: val/mean_iou, val/iou/<class>; IMAGES: the
+                                                 overlays, the worst images, the pixel confusion matrix;
+                                                 TEXT: the per-class IoU/Dice report)
 
-About a minute each on a CPU; --fast runs a few seconds.
+About a minute on a CPU; --fast runs a few seconds.
 """
 
 import argparse
@@ -12,24 +14,36 @@ import argparse
 import torch
 from torch import nn
 
-from callbacks_kit import Callback, LearningRateScheduler, TensorBoardLogger, Trainer
-from callbacks_kit.data import ShapesDataset, denormalize, make_loader
-from callbacks_kit.losses import BCEDiceLoss, DiceLoss
+from callbacks_kit import (
+    LearningRateScheduler,
+    ModelCheckpoint,
+    PixelConfusionMatrix,
+    SegmentationOverlays,
+    SegmentationReport,
+    TensorBoardLogger,
+    Trainer,
+    WorstSegmentations,
+)
+from callbacks_kit.data import ShapesDataset, make_loader
+from callbacks_kit.losses import SEGMENTATION_LOSSES, SegmentationLoss
+from callbacks_kit.segmentation_metrics import SegmentationMetrics
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--loss", choices=["bce-dice", "dice"], default="bce-dice")
+parser.add_argument("--loss", choices=SEGMENTATION_LOSSES, default="ce+dice")
 parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--fast", action="store_true", help="tiny data, for a smoke test")
 parser.add_argument("--log-dir", default=None, help="default runs/segmentation/<loss>")
 args = parser.parse_args()
 log_dir = args.log_dir or f"runs/segmentation/{args.loss}"
 size, n, epochs = (32, 48, 1) if args.fast else (64, 800, args.epochs)
-binary = args.loss == "bce-dice"
-classes = 1 if binary else len(ShapesDataset.classes) + 1  # one logit, or background + 6 shapes
 
-# 1. Masks come with the dataset: (H, W) longs, 0 for background and class + 1 on each shape.
-train_loader = make_loader(ShapesDataset(n, size, seed=0, task="segmentation"), 16, shuffle=True, workers=0)
-val_loader = make_loader(ShapesDataset(n // 4, size, seed=1, task="segmentation"), 32, shuffle=False, workers=0)
+# 1. Masks come with the dataset: (H, W) longs, 0 for background and class + 1 on each shape;
+#    its `classes` name every mask value, background first.
+train_set = ShapesDataset(n, size, seed=0, task="segmentation")
+val_set = ShapesDataset(n // 4, size, seed=1, task="segmentation")
+names = list(val_set.classes)
+train_loader = make_loader(train_set, 16, shuffle=True, workers=0)
+val_loader = make_loader(val_set, 32, shuffle=False, workers=0)
 
 
 # 2. A small U-Net: two downsampling stages, and skip connections that bring back detail.
@@ -54,67 +68,36 @@ class UNet(nn.Module):
         m = self.mid(nn.functional.max_pool2d(e2, 2))
         d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return self.out(d1)  # logits (N, classes, H, W): the losses apply sigmoid/softmax
+        return self.out(d1)  # logits (N, classes, H, W); torchvision's {"out": logits} works as well
 
 
-# 3. The loss. BCE-Dice on one logit per pixel: the target is "any shape" (mask > 0).
-#    Multi-class Dice on 7 logits: the target is the mask itself (class indices).
-if binary:
-    bce_dice = BCEDiceLoss()
+# 3. The loss, by name, from callbacks_kit.losses: every one leaves out the pixels whose mask
+#    value is the ignore index (255 by default; these masks have none).
+loss_fn = SegmentationLoss(args.loss)
 
-    def loss_fn(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return bce_dice(logits, (mask > 0).float().unsqueeze(1))
-else:
-    loss_fn = DiceLoss()
+# 4. The metrics, from pixel counts kept on the device: val/mean_iou, val/pixel_accuracy and,
+#    per class, val/iou/<class> and val/dice/<class> (NaN for a class absent from both the truth
+#    and the predictions, and left out of the mean).
+metrics = SegmentationMetrics(class_names=names).metrics()
 
-
-def predict(logits: torch.Tensor) -> torch.Tensor:
-    return (logits[:, 0] > 0).long() if binary else logits.argmax(1)
-
-
-# 4. A metric is any (outputs, targets) -> scalar tensor: mean IoU over the classes present.
-def iou(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    truth = (mask > 0).long() if binary else mask
-    pred = predict(logits)
-    scores = []
-    for c in range(1, max(classes, 2)):  # shapes only: background would flatter the score
-        inter = ((pred == c) & (truth == c)).sum()
-        union = ((pred == c) | (truth == c)).sum()
-        if union > 0:
-            scores.append(inter / union)
-    return torch.stack(scores).mean() if scores else torch.ones((), device=logits.device)
-
-
-# 5. A few validation images next to their true and predicted masks, in TensorBoard after
-#    each epoch: a callback writes through the trainer's writer (None on other processes).
-class ShowPredictions(Callback):
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        self.images, self.truth = images, (masks > 0).long() if binary else masks
-        self.palette = torch.rand(8, 3, generator=torch.Generator().manual_seed(3))
-        self.palette[0] = 0  # background black
-
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        if trainer.tb_writer is None:
-            return
-        model = trainer.unwrapped_model
-        model.eval()  # BatchNorm with its running statistics, as at validation
-        with torch.no_grad():
-            predicted = predict(model(self.images.to(trainer.device))).cpu()
-        model.train()
-        colour = [self.palette[m].permute(0, 3, 1, 2) for m in (self.truth, predicted)]
-        grid = torch.cat([denormalize(self.images), *colour], dim=3)  # image | truth | prediction
-        trainer.tb_writer.add_images("segmentation/image_truth_prediction", grid, trainer.state.global_step)
-
+# 5. The views, written at each validation: fixed images that cover the classes as
+#    image | truth | prediction | errors, the worst images by IoU, the pixel confusion matrix,
+#    and a per-class IoU/Dice table.
+views = [
+    SegmentationOverlays(num_images=6, class_names=names),
+    WorstSegmentations(k=6, class_names=names),
+    PixelConfusionMatrix(class_names=names),
+    SegmentationReport(class_names=names),
+]
 
 torch.manual_seed(0)
-model = UNet(classes)
+model = UNet(len(names))
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-images, masks = next(iter(val_loader))
 trainer = Trainer(
     model,
     optimizer,
     loss_fn,
-    metrics={"iou": iou},
+    metrics=metrics,
     callbacks=[
         TensorBoardLogger(log_dir, summary=False),
         # Cosine decay per optimizer step after 20 steps of linear warmup.
@@ -123,11 +106,12 @@ trainer = Trainer(
             interval="step",
             warmup=20,
         ),
-        ShowPredictions(images[:4], masks[:4]),
+        *views,
+        ModelCheckpoint(f"{log_dir}/checkpoints", monitor="val/mean_iou", mode="max"),
     ],
     seed=0,
     log_every_n_steps=5,
     progress_bar=not args.fast,
 )
 trainer.fit(train_loader, val_loader, epochs=epochs)
-trainer.print(f"{args.loss}: val/iou {trainer.state.metrics['val/iou']:.3f}; tensorboard --logdir {log_dir}")
+trainer.print(f"{args.loss}: val/mean_iou {trainer.state.metrics['val/mean_iou']:.3f}; tensorboard --logdir {log_dir}")

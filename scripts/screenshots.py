@@ -6,6 +6,7 @@ run, opens each dashboard in headless Chromium (Debian's `chromium` package) and
 with the main job, shortened.
 
     python scripts/screenshots.py [--run RUN] [--out docs/screenshots] [--port 6123]
+    python scripts/screenshots.py --run SEGMENTATION_RUN --only images_segmentation text_segmentation_report
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ DASHBOARDS = (
     ("pr_curves", "#pr_curves", "1400,1000"),
     ("scalars_per_class", f"#scalars&tagFilter=val_class/(macro%7Cweighted%7Ccircle)/f1{RAW}", "1400,800"),
     ("projector", "#projector", "1400,900"),
+    # A segmentation run (`callbacks-kit train --task segmentation`), taken with --run and --only:
+    ("images_segmentation", "#images&tagFilter=segmentation%2F(overlays%7Cconfusion_matrix)", "1400,1300"),
+    ("text_segmentation_report", "#text&tagFilter=segmentation_report", "1400,900"),
 )
+SEGMENTATION = ("images_segmentation", "text_segmentation_report")  # only with --only: the main job has none
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -212,7 +217,7 @@ def main() -> int:
     try:
         wait_for_tensorboard(args.port)
         for name, fragment, size in DASHBOARDS:
-            if args.only and name not in args.only:
+            if (args.only and name not in args.only) or (not args.only and name in SEGMENTATION):
                 continue
             path = args.out / f"{name}.png"
             url = f"http://127.0.0.1:{args.port}/{fragment}"

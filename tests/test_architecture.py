@@ -131,7 +131,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_package_init():
 # name wins over a package, a deeper package over a shallower one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("errors", "state", "batches", "metrics", "compat", "cpu", "norms", "hooks", "layers", "losses",
-              "cadence", "folder_lock", "exports", "choices")),
+              "cadence", "folder_lock", "exports", "choices", "segmentation_metrics")),
     ("data", ("data.*",)),
     ("machinery", ("checkpoint.*", "inspection.*", "finetune.*", "distributed", "checks")),
     # callbacks/__init__ re-exports lazily: importing callbacks.base runs it without importing the callbacks

@@ -25,7 +25,7 @@ def run_benchmark(tmp_path: Path, *args: str) -> tuple[str, dict]:
 
 def test_loop_and_syncs_sections(tmp_path: Path):
     stdout, results = run_benchmark(
-        tmp_path, "--no-peers", "--skip", "callbacks", "histograms", "checkpoints", "end-to-end"
+        tmp_path, "--no-peers", "--skip", "callbacks", "histograms", "checkpoints", "end-to-end", "segmentation-views"
     )
     assert "1. Loop overhead: tiny MLP" in stdout and "1. Loop overhead: small CNN" in stdout
     assert "callbacks_kit Trainer" in stdout and "hand-written loop (control)" in stdout
@@ -84,6 +84,9 @@ def test_every_section(tmp_path: Path):
     }
     assert "TensorBoardLogger" in results["callbacks"]["inspection_found"]
     assert any(b["budget"].endswith("share of an epoch") for b in results["budgets"])
+    assert "2d. Segmentation views" in stdout and "SegmentationOverlays, share of an epoch" in {
+        b["budget"] for b in results["budgets"]
+    }
 
 
 def test_end_to_end_runs_the_main_job_as_the_readme_does():

@@ -565,7 +565,17 @@ def _budget_limits() -> dict[str, float]:
     """Each budget the benchmark enforces, by a phrase its row in performance.md's table contains."""
     sys.path.insert(0, str(REPO))
     try:
-        from benchmarks import checkpoints, common, end_to_end, error_views, inputs, profiler, startup, training_views
+        from benchmarks import (
+            checkpoints,
+            common,
+            end_to_end,
+            error_views,
+            inputs,
+            profiler,
+            segmentation_views,
+            startup,
+            training_views,
+        )
     finally:
         sys.path.remove(str(REPO))
     return {
@@ -583,6 +593,7 @@ def _budget_limits() -> dict[str, float]:
         "`callbacks-kit --help`": startup.STARTUP_BUDGET,
         "`Profiler` outside its window": profiler.PROFILER_IDLE_BUDGET,
         "waiting for data": inputs.DATA_WAIT_AGREEMENT,
+        "each segmentation view": segmentation_views.VIEW_SHARE_BUDGET,
     }
 
 

@@ -36,11 +36,15 @@ def test_finetune_gradual_unfreeze(tmp_path: Path):
 @pytest.mark.parametrize("loss", ["bce-dice", "dice"])
 def test_segmentation_dice(tmp_path: Path, loss: str):
     out = run_example("segmentation_dice.py", "--fast", "--loss", loss, "--log-dir", str(tmp_path))
-    assert f"{loss}: val/iou" in out
+    assert f"{loss}: val/mean_iou" in out
     events = event_run(tmp_path)
     assert "lr/group0" in events.Tags()["scalars"]
-    assert {"loss", "iou"} <= set(event_run(tmp_path / "validation").Tags()["scalars"])
-    assert "segmentation/image_truth_prediction" in events.Tags()["images"]
+    validation = set(event_run(tmp_path / "validation").Tags()["scalars"])
+    assert {"loss", "mean_iou", "iou/circle", "dice/ring"} <= validation
+    images = set(events.Tags()["images"])
+    assert {"segmentation/overlays", "segmentation/worst/val", "segmentation/confusion_matrix/val"} <= images
+    assert "segmentation_report/val/text_summary" in events.Tags()["tensors"]
+    assert (tmp_path / "checkpoints" / "best.safetensors").is_file()  # kept by val/mean_iou
 
 
 @pytest.mark.slow

@@ -198,3 +198,66 @@ def test_bad_input_is_a_clear_error():
         focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), alpha=0.25)
     with pytest.raises(LossInputError, match="reduction"):
         DiceLoss(reduction="avg")
+
+
+# ------------------------------------------------------------------------------ SegmentationLoss by name
+SEGMENTATION = ("ce", "dice", "bce-dice", "focal", "ce+dice")
+
+
+def masks_with_ignored(seed: int = 0, classes: int = 4):
+    logits, target = multiclass_case(seed, classes)
+    target = target.clone()
+    target[:, :2, :] = 255  # two rows of every mask ignored
+    return logits.float(), target
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_every_segmentation_loss_leaves_out_the_ignored_pixels(name: str):
+    from callbacks_kit.losses import SegmentationLoss
+
+    logits, target = masks_with_ignored()
+    logits.requires_grad_(True)
+    loss = SegmentationLoss(name, ignore_index=255)({"out": logits, "aux": logits * 0}, target)
+    loss.backward()
+    assert logits.grad is not None and logits.grad[:, :, :2, :].abs().max() == 0  # nothing flows from ignored pixels
+    # Whatever the model says there, and whatever class the mask would hold: the same loss.
+    changed = logits.detach().clone()
+    changed[:, :, :2, :] = torch.randn_like(changed[:, :, :2, :]) * 5
+    other = target.clone()
+    other[:, :2, :] = 255
+    same = SegmentationLoss(name, ignore_index=255)(changed, other)
+    assert float(same) == pytest.approx(float(loss.detach()), rel=1e-5)
+    # The loss of the visible rows alone, the ignored rows cut away: the ignore index is as good as absent.
+    cut = SegmentationLoss(name, ignore_index=None)(logits.detach()[:, :, 2:, :], target[:, 2:, :])
+    assert float(cut) == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+def test_segmentation_ce_is_pytorchs_with_the_ignore_index_and_zero_without_valid_pixels():
+    from callbacks_kit.losses import SegmentationLoss
+
+    logits, target = masks_with_ignored(2)
+    expected = F.cross_entropy(logits, target, ignore_index=255)
+    assert float(SegmentationLoss("ce")(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(SegmentationLoss("ce+dice")(logits, target)) == pytest.approx(
+        float(expected + dice_loss(logits, target, ignore_index=255)), rel=1e-6
+    )
+    nothing = torch.full_like(target, 255)
+    for name in SEGMENTATION:  # a batch with no pixel to learn from: 0, never NaN (PyTorch's mean gives NaN)
+        assert torch.isfinite(SegmentationLoss(name)(logits, nothing))
+    with pytest.raises(LossInputError, match="choose one of ce, dice, bce-dice, focal, ce\\+dice"):
+        SegmentationLoss("iou")
+    with pytest.raises(LossInputError, match="takes logits or a dict with 'out'"):
+        SegmentationLoss()({"aux": logits}, target)
+
+
+def test_bce_dice_is_one_binary_problem_per_class():
+    from callbacks_kit.losses import SegmentationLoss
+
+    logits, target = multiclass_case(4, classes=3)
+    logits = logits.float()
+    onehot = F.one_hot(target, 3).movedim(-1, 1).float()
+    bce = F.binary_cross_entropy_with_logits(logits, onehot)
+    probs = logits.sigmoid()
+    dice = 1 - ((2 * (probs * onehot).sum((2, 3)) + 1) / (probs.sum((2, 3)) + onehot.sum((2, 3)) + 1)).mean()
+    loss = SegmentationLoss("bce-dice", ignore_index=None)(logits, target)
+    assert float(loss) == pytest.approx(float(bce + dice), rel=1e-5)

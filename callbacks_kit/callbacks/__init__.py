@@ -29,13 +29,18 @@ if TYPE_CHECKING:
     from callbacks_kit.callbacks.lr_scheduler import LRScheduler as LRScheduler  # deprecated name, not in __all__
     from callbacks_kit.callbacks.mix import MixUpCutMix
     from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
+    from callbacks_kit.callbacks.pixel_confusion_matrix import PixelConfusionMatrix
     from callbacks_kit.callbacks.preemption_handler import PreemptionHandler
     from callbacks_kit.callbacks.profiler import Profiler
     from callbacks_kit.callbacks.progress_bar import ProgressBar
+    from callbacks_kit.callbacks.segmentation_overlays import SegmentationOverlays
+    from callbacks_kit.callbacks.segmentation_report import SegmentationReport
+    from callbacks_kit.callbacks.segmentation_view import SegmentationView
     from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks_kit.callbacks.terminate_on_nan import TerminateOnNaN
     from callbacks_kit.callbacks.top_losses import TopLosses
     from callbacks_kit.callbacks.weight_histograms import WeightHistograms
+    from callbacks_kit.callbacks.worst_segmentations import WorstSegmentations
 
 # Public name -> the module of this package that defines it.
 _HOMES: dict[str, str] = {
@@ -58,13 +63,18 @@ _HOMES: dict[str, str] = {
     "LRScheduler": "lr_scheduler",
     "MixUpCutMix": "mix",
     "ModelCheckpoint": "model_checkpoint",
+    "PixelConfusionMatrix": "pixel_confusion_matrix",
     "PreemptionHandler": "preemption_handler",
     "Profiler": "profiler",
     "ProgressBar": "progress_bar",
+    "SegmentationOverlays": "segmentation_overlays",
+    "SegmentationReport": "segmentation_report",
+    "SegmentationView": "segmentation_view",
     "TensorBoardLogger": "tensorboard_logger",
     "TerminateOnNaN": "terminate_on_nan",
     "TopLosses": "top_losses",
     "WeightHistograms": "weight_histograms",
+    "WorstSegmentations": "worst_segmentations",
 }
 
 __all__ = [
@@ -87,14 +97,19 @@ __all__ = [
     "ModelCheckpoint",
     "NonFiniteError",
     "Order",
+    "PixelConfusionMatrix",
     "PreemptionHandler",
     "Profiler",
     "ProgressBar",
     "ScheduleError",
+    "SegmentationOverlays",
+    "SegmentationReport",
+    "SegmentationView",
     "TensorBoardLogger",
     "TerminateOnNaN",
     "TopLosses",
     "WeightHistograms",
+    "WorstSegmentations",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)

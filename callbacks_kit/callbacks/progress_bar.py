@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class ProgressBar(Callback):
     """Shows batches, the latest logged loss and samples/s; prints a summary per epoch.
 
+    The summary holds the epoch's training loss and each `val/<name>` and `val_ema/<name>`;
+    per-class values (`val/iou/<class>`, tags with a second `/`) are left to TensorBoard.
     The summary line ends with the epoch's time, its samples/s and the share of its
     training time spent waiting for the data loader (`perf/epoch_data_wait_fraction`),
     marked "input-bound" above `train_log.INPUT_BOUND_SHARE`.
@@ -87,9 +89,14 @@ class ProgressBar(Callback):
         if self.summary and trainer.is_main_process:
             rate = (state.samples_seen - self._epoch_samples) * trainer.accelerator.num_processes / max(elapsed, 1e-9)
             # Validations of this run only: a resumed run keeps the metrics of the checkpoint, and those of a
-            # validation it no longer does (`val_ema/*` without an EMA) are not this epoch's.
+            # validation it no longer does (`val_ema/*` without an EMA) are not this epoch's. Per-class values
+            # (`val/iou/<class>`, tags with a second `/`) are left to TensorBoard.
             validated = [f"{prefix}/" for callback in trainer.callbacks for prefix in callback.validated_models()]
-            shown = {k: v for k, v in state.metrics.items() if k.startswith(("train/epoch_loss", "val/", *validated))}
+            shown = {
+                k: v
+                for k, v in state.metrics.items()
+                if k.startswith(("train/epoch_loss", "val/", *validated)) and k.count("/") == 1
+            }
             values = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
             wait = state.metrics.get("perf/epoch_data_wait_fraction")
             waiting = "" if wait is None else f", waiting for data {wait:.0%}"

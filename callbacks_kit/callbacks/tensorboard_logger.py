@@ -310,7 +310,7 @@ class TensorBoardLogger(Callback):
             try:
                 with side_forward(model, trainer.device), contextlib.redirect_stdout(output), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracer warnings about Python control flow
-                    writer.add_graph(model, example)
+                    writer.add_graph(model, example, use_strict_trace=False)  # dict outputs (segmentation) too
             except Exception as exc:
                 warnings.warn(
                     f"TensorBoardLogger: the model graph could not be traced, so it is not logged "

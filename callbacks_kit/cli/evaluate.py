@@ -1,11 +1,21 @@
-"""`callbacks-kit evaluate RUN --data DIR`: loss, accuracy, per-class report and confusion matrix on a test set."""
+"""`callbacks-kit evaluate RUN --data DIR`: loss, accuracy, per-class report and confusion matrix on a test set.
+
+A segmentation run reports loss, mean IoU, pixel accuracy and per-class IoU and Dice on a
+split of images and masks. `--output FILE.json` writes the figures as JSON for either task.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
 
 from callbacks_kit.cli.run_dir import tensorboard_command
 from callbacks_kit.deploy.evaluate import evaluate_run
+from callbacks_kit.deploy.evaluate_segmentation import evaluate_segmentation
+from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import read_run_info
 from callbacks_kit.errors import CLIError
 
@@ -18,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and {args.workers}"
         )
+    if args.output:  # before any work: a folder, a file in the way, a place that cannot be written
+        check_output_file(args.output, suffixes=(".json",), example="figures.json")
+    if read_run_info(args.run).segmentation:
+        return run_segmentation(args)
     report = evaluate_run(
         args.run,
         args.data,
@@ -35,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     print(confusion_text(report.classes, report.confusion.tolist()))
     if not args.no_tensorboard:
         print(f"written to the run's TensorBoard under test/: {tensorboard_command(args.run)}")
+    if args.output:
+        print(f"figures written to {write_json(args.output, report.to_json())}")
     return 0
 
 
@@ -52,3 +68,39 @@ def confusion_text(classes: list[str], rows: list[list[int]]) -> str:
     for name, row in zip(classes, rows, strict=True):
         lines.append(name.ljust(first) + "  " + "  ".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True)))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def run_segmentation(args: argparse.Namespace) -> int:
+    """Evaluate a segmentation run and print its per-class IoU and Dice; 0 on success."""
+    report = evaluate_segmentation(
+        args.run,
+        args.data,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device="cpu" if args.cpu else None,
+        tensorboard=not args.no_tensorboard,
+    )
+    print(report.table())
+    if not args.no_tensorboard:
+        print(f"written to the run's TensorBoard under test/: {tensorboard_command(args.run)}")
+    if args.output:
+        print(f"figures written to {write_json(args.output, report.to_json())}")
+    return 0
+
+
+def write_json(path: str, figures: dict[str, Any]) -> Path:
+    """Write `figures` to `path` as JSON (its folder made if needed); NaN is written as null."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(_finite(figures), indent=2, allow_nan=False) + "\n")
+    return target
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -37,6 +37,10 @@ NUMBERS: dict[str, tuple[float, bool, float | None, bool]] = {
 }
 
 
+class Unset(str):
+    """A flag's default that knows it was not given (argparse keeps a default object as it is)."""
+
+
 def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
     """The data, model and run options, shared with `lr-find` (without those of training: `training=False`)."""
     data = train.add_argument_group("data")
@@ -80,7 +84,11 @@ def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
         help="DataLoader workers (default: 0 for the built-in shapes, else half the CPU cores)",
     )
     model = train.add_argument_group("model and optimisation")
-    model.add_argument("--model", default="resnet18", help="any torchvision classifier name")
+    model.add_argument(
+        "--model",
+        default=Unset("resnet18"),
+        help="any torchvision classifier name; with --task segmentation, one of torchvision.models.segmentation",
+    )
     model.add_argument(
         "--weights",
         metavar="PATH|NAME",

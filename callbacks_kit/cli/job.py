@@ -16,6 +16,13 @@ from callbacks_kit.checkpoint.format import MODEL
 from callbacks_kit.checkpoint.store import read_pointer
 from callbacks_kit.cli.flags import check_csv_args, check_head_args, check_numbers, label_smoothing
 from callbacks_kit.cli.input_size import InputSize, input_size
+from callbacks_kit.cli.segmentation_job import (
+    check_task_args,
+    segmentation_data,
+    segmentation_loss_and_metrics,
+    segmentation_model,
+    segmentation_size,
+)
 from callbacks_kit.data import (
     ShapesDataset,
     augmentation,
@@ -66,6 +73,7 @@ class Job:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     input: InputSize  # size and resize, and why (`input.describe()`: the line printed at start)
+    task: str = "classification"
 
     def describe(self, args: argparse.Namespace) -> str:
         """The model and the data, for the line a command prints at start."""
@@ -74,7 +82,8 @@ class Job:
             source += f"{len(self.val_loader.dataset)} val, {self.size}px)"  # type: ignore[arg-type]
         else:
             source = f"built-in shapes ({args.train_samples} train / {args.val_samples} val, {self.size}px)"
-        return f"{args.model} on {source}: {len(self.classes)} classes"
+        task = " (segmentation)" if self.task == "segmentation" else ""
+        return f"{args.model}{task} on {source}: {len(self.classes)} classes"
 
     def processes(self, trainer: Trainer) -> str:
         """Where it runs, for the same line: processes, device and precision."""
@@ -83,11 +92,16 @@ class Job:
 
     def trainer(self, args: argparse.Namespace, callbacks: list[Callback], progress_bar: bool = True) -> Trainer:
         """The Trainer of this job with `callbacks`."""
+        if self.task == "segmentation":
+            loss_fn, metrics = segmentation_loss_and_metrics(args, self.classes)
+        else:
+            loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)  # takes mixed (soft) targets too
+            metrics = {"accuracy": accuracy}
         return Trainer(
             self.model,
             self.optimizer,
-            torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),  # takes mixed (soft) targets too
-            metrics={"accuracy": accuracy},
+            loss_fn,
+            metrics=metrics,
             callbacks=callbacks,
             mixed_precision=args.mixed_precision,
             gradient_accumulation_steps=args.grad_accum,
@@ -107,8 +121,10 @@ def build_job(args: argparse.Namespace) -> Job:
     """
     check_csv_args(args)
     check_head_args(args)
+    check_task_args(args)
     check_numbers(args)
-    shape = input_size(args)  # the folder's images are looked at before any dataset is built
+    # The folder's images are looked at before any dataset is built; segmentation resizes whole images, uncropped.
+    shape = segmentation_size(args) if args.task == "segmentation" else input_size(args)
     # Like Accelerate, honour ACCELERATE_USE_CPU; without a GPU, a multi-process launch is gloo on CPUs.
     cpu_only = use_cpu(args.cpu)
     state = process_state(cpu_only)
@@ -117,7 +133,9 @@ def build_job(args: argparse.Namespace) -> Job:
     train_set: Dataset
     val_set: Dataset
     size = shape.size
-    if args.data or args.labels:
+    if args.task == "segmentation":
+        train_set, val_set, classes, workers = segmentation_data(args, size)
+    elif args.data or args.labels:
         ratio = shape.crop_ratio
         assert ratio is not None  # --data and --labels always have one
         augment, flip = args.augment or "basic", not args.no_flip
@@ -161,16 +179,19 @@ def build_job(args: argparse.Namespace) -> Job:
         train_set, args.batch_size, shuffle=True, workers=workers, pin_memory=pin, drop_last=drop_last
     )
     val_loader = make_loader(val_set, args.batch_size, shuffle=False, workers=workers, pin_memory=pin)
-    model = build_classifier(
-        args.model,
-        len(classes),
-        args.weights,
-        allow_partial=args.allow_partial_weights,
-        report=state.print,
-        head=args.head,
-        hidden=args.hidden,
-        dropout=args.dropout,
-    )
+    if args.task == "segmentation":
+        model = segmentation_model(args, classes, state.print)
+    else:
+        model = build_classifier(
+            args.model,
+            len(classes),
+            args.weights,
+            allow_partial=args.allow_partial_weights,
+            report=state.print,
+            head=args.head,
+            hidden=args.hidden,
+            dropout=args.dropout,
+        )
     if getattr(args, "init_from", None):  # train's option; lr-find has none
         if args.resume:
             raise CLIError("--init-from starts a new run and --resume continues one: pass only one of them")
@@ -181,4 +202,6 @@ def build_job(args: argparse.Namespace) -> Job:
     blocks = [head_name(model), *backbone_blocks(model)]
     groups = param_groups(model, dict.fromkeys(blocks, lr))
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-    return Job(state, cpu_only, train_loader, val_loader, classes, size, shape.resize, model, optimizer, shape)
+    return Job(
+        state, cpu_only, train_loader, val_loader, classes, size, shape.resize, model, optimizer, shape, args.task
+    )

@@ -149,20 +149,22 @@ def ema_callbacks(args: argparse.Namespace) -> list[Callback]:
     return [EMA(args.ema, every_n_steps=args.ema_every, buffers=args.ema_buffers)]
 
 
-# The metrics of each validation of the main job (val/*, and val_ema/* with --ema).
-VALIDATED = ("accuracy", "loss")
+# The metrics of each validation of the main job (val/*, and val_ema/* with --ema), by task.
+VALIDATED = {"classification": ("accuracy", "loss"), "segmentation": ("mean_iou", "pixel_accuracy", "loss")}
 
 
 def monitored(args: argparse.Namespace) -> tuple[str, str]:
     """`--monitor` and its mode, checked: the metric that picks the best checkpoint and that early stopping watches.
 
-    By default the accuracy of the last validation there is: `val_ema/accuracy` with `--ema`
-    (the averaged weights are what the run is for), else `val/accuracy`. `--monitor-mode auto`
-    is "min" for a metric whose name contains "loss" and "max" otherwise.
+    By default the accuracy (segmentation: the mean IoU) of the last validation there is:
+    `val_ema/accuracy` with `--ema` (the averaged weights are what the run is for), else
+    `val/accuracy`. `--monitor-mode auto` is "min" for a metric whose name contains "loss"
+    and "max" otherwise.
     """
+    task = getattr(args, "task", "classification")
     prefixes = ["val", "val_ema"] if args.ema is not None else ["val"]
-    metric = args.monitor or f"{prefixes[-1]}/accuracy"
-    known = [f"{prefix}/{name}" for prefix in prefixes for name in VALIDATED]
+    metric = args.monitor or f"{prefixes[-1]}/{VALIDATED[task][0]}"
+    known = [f"{prefix}/{name}" for prefix in prefixes for name in VALIDATED[task]]
     if metric not in known:
         if args.ema is None and metric.startswith("val_ema/"):
             raise CLIError(

@@ -13,6 +13,7 @@ from typing import Any
 
 from callbacks_kit.choices import EXPORT_FORMATS, EXPORT_TOLERANCE
 from callbacks_kit.cli.flags import add_finetune_args, add_job_args, add_lr_find_args
+from callbacks_kit.cli.task_flags import add_task_args
 from callbacks_kit.cli.train_flags import (
     add_checkpoint_args,
     add_ema_args,
@@ -26,6 +27,7 @@ from callbacks_kit.cli.train_flags import (
 # The option groups of `train`, in the order of its help.
 TRAIN_GROUPS = (
     add_job_args,
+    add_task_args,
     add_inspection_args,
     add_error_analysis_args,
     add_training_view_args,
@@ -100,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_train(commands: Any) -> None:
     """The `train` command and its options (`commands`: what `add_subparsers()` returned)."""
     train = commands.add_parser(
-        "train", help="train an image classifier and write a TensorBoard run", formatter_class=HelpFormatter
+        "train",
+        help="train an image classifier (or, with --task segmentation, a segmentation model) and write a "
+        "TensorBoard run",
+        formatter_class=HelpFormatter,
     )
     for add_args in TRAIN_GROUPS:
         add_args(train)
@@ -126,6 +131,7 @@ def add_lr_find(commands: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add_job_args(command, training=False)
+    add_task_args(command)
     add_finetune_args(command, training=False)
     add_lr_find_args(command)
     for flag in TRAIN_ONLY:  # hidden from the help; refused with why when given
@@ -146,7 +152,11 @@ def add_inspect(commands: Any) -> None:
 
 def add_predict(commands: Any) -> None:
     """`predict RUN IMAGES...`: top-k classes per image."""
-    parser = commands.add_parser("predict", help="classify images with a trained run", formatter_class=HelpFormatter)
+    parser = commands.add_parser(
+        "predict",
+        help="classify images with a trained run (or write their masks, for a segmentation run)",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
     parser.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     group = parser.add_argument_group("prediction")
@@ -159,7 +169,15 @@ def add_predict(commands: Any) -> None:
     group.add_argument("--top-k", type=int, default=3, help="classes shown per image")
     group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     group.add_argument(
-        "--output", metavar="FILE", help="also write the predictions to FILE, .csv or .json (default: print only)"
+        "--output",
+        metavar="FILE|DIR",
+        help="also write the predictions to FILE, .csv or .json; a segmentation run: the folder its masks go to "
+        "(required), one index PNG per image at the image's size (default: print only)",
+    )
+    group.add_argument(
+        "--overlay",
+        action="store_true",
+        help="segmentation: also write <name>_overlay.png beside each mask, the image with its classes coloured",
     )
     group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
 
@@ -173,7 +191,12 @@ def add_evaluate(commands: Any) -> None:
     )
     parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--data", required=True, metavar="DIR", help="test images, one folder per class")
+    group.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="test images, one folder per class; for a segmentation run, a folder holding images/ and masks/",
+    )
     group.add_argument(
         "--checkpoint",
         default="best",
@@ -184,13 +207,21 @@ def add_evaluate(commands: Any) -> None:
     group.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     group.add_argument("--no-tensorboard", action="store_true", help="print only; write nothing into the run")
+    group.add_argument(
+        "--output",
+        metavar="FILE.json",
+        help='also write the figures as JSON: {"loss", "accuracy", "per_class": {name: {"precision", "recall", "f1", '
+        '"support"}}}; a segmentation run: {"loss", "mean_iou", "pixel_accuracy", "per_class": {name: {"iou", '
+        '"dice"}}} (null for a class absent from the truth and the predictions) (default: print only)',
+    )
 
 
 def add_export(commands: Any) -> None:
     """`export RUN --format ...`: ship the model, checked against PyTorch."""
     parser = commands.add_parser(
         "export",
-        help="export a trained run as a state_dict, TorchScript, torch.export (pt2) or ONNX file",
+        help="export a trained run as a state_dict, TorchScript, torch.export (pt2) or ONNX file (a segmentation "
+        "run's gives the logits (N, C, H, W))",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("run", help="the run folder (--log-dir of `callbacks-kit train`)")

@@ -1,4 +1,4 @@
-"""`callbacks-kit train`: the main job. Trains a torchvision classifier and writes a TensorBoard run."""
+"""`callbacks-kit train`: the main job. Trains a classifier or a segmentation model and writes a TensorBoard run."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from callbacks_kit.callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks_kit.checkpoint.format import BEST_WEIGHTS
 from callbacks_kit.cli.job import build_job
 from callbacks_kit.cli.job_callbacks import (
+    VALIDATED,
     checkpoint_callbacks,
     ema_callbacks,
     error_analysis_callbacks,
@@ -31,6 +32,7 @@ from callbacks_kit.cli.parser import train_defaults
 from callbacks_kit.cli.resume_checks import check_new_run, check_resume, checkpoint_folder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir, tensorboard_command
 from callbacks_kit.cli.run_hparams import run_hparams, user_flags
+from callbacks_kit.cli.segmentation_job import segmentation_callbacks, task_info
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CLIError, ScheduleError
 
@@ -76,8 +78,11 @@ def train(
     steps_per_epoch = max(1, len(train_loader) // max(1, state.num_processes) // args.grad_accum)
     logger = TensorBoardLogger(run_dir, hparams=run_hparams(args, given, size))
     callbacks: list[Callback] = [logger, ProgressBar(bar=not args.no_progress)]
-    callbacks += inspection_callbacks(args, classes)
-    callbacks += error_analysis_callbacks(args, classes)
+    if args.task == "segmentation":
+        callbacks += segmentation_callbacks(args, classes, job.model)
+    else:
+        callbacks += inspection_callbacks(args, classes)
+        callbacks += error_analysis_callbacks(args, classes)
     callbacks += training_view_callbacks(args, classes)
     callbacks += finetune_callbacks(args, steps_per_epoch)
     callbacks += ema_callbacks(args)
@@ -97,6 +102,7 @@ def train(
         monitor=monitor,
         monitor_mode=mode,
         best_weights="ema" if monitor.startswith("val_ema/") else "trained",
+        **task_info(args),
     )
     check_resume(args, info, checkpoint_folder(args, run_dir))  # the data and settings the checkpoint was trained on
     callbacks.append(WriteRunInfo(run_dir, info))  # what predict, evaluate and export need
@@ -117,20 +123,20 @@ def train(
             raise CLIError(_resume_advice(args, run_dir, exc)) from exc
     metrics = dict(trainer.state.metrics)
     trainer.print(
-        f"done in {time.perf_counter() - start:.0f} s: {_last_figures(metrics)}\n"
+        f"done in {time.perf_counter() - start:.0f} s: {_last_figures(metrics, VALIDATED[args.task][0])}\n"
         f"{_best_line(trainer.callbacks.find(ModelCheckpoint), info)}"
         f"run written to {run_dir}\nopen it with: {tensorboard_command(run_dir)}"
     )
     return metrics
 
 
-def _last_figures(metrics: dict[str, float]) -> str:
-    """The last validation's figures: `val/*`, and `val_ema/*` when the EMA was validated."""
+def _last_figures(metrics: dict[str, float], main: str) -> str:
+    """The last validation's `main` metric and loss: `val/*`, and `val_ema/*` when the EMA was validated."""
     nan = float("nan")
-    figures = f"val/accuracy {metrics.get('val/accuracy', nan):.4f}, val/loss {metrics.get('val/loss', nan):.4f}"
-    if "val_ema/accuracy" in metrics:
+    figures = f"val/{main} {metrics.get(f'val/{main}', nan):.4f}, val/loss {metrics.get('val/loss', nan):.4f}"
+    if f"val_ema/{main}" in metrics:
         figures += (
-            f"; val_ema/accuracy {metrics['val_ema/accuracy']:.4f}, val_ema/loss {metrics.get('val_ema/loss', nan):.4f}"
+            f"; val_ema/{main} {metrics[f'val_ema/{main}']:.4f}, val_ema/loss {metrics.get('val_ema/loss', nan):.4f}"
         )
     return figures
 

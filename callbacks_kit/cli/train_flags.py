@@ -160,7 +160,8 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         metavar="METRIC",
         help="the metric that picks the best checkpoint (best.safetensors, which predict, evaluate and export use) "
         "and that early stopping watches: val/accuracy, val/loss, or with --ema val_ema/accuracy, val_ema/loss "
-        "(the averaged weights are then the best model) (default: val_ema/accuracy with --ema, else val/accuracy)",
+        "(the averaged weights are then the best model); with --task segmentation val/mean_iou, val/pixel_accuracy, "
+        "val/loss (default: val_ema/accuracy with --ema, else val/accuracy; val/mean_iou for segmentation)",
     )
     group.add_argument(
         "--monitor-mode",

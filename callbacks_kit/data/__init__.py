@@ -2,7 +2,8 @@
 
 One module per job: `normalization` (ImageNet mean and std), `shapes`, `transforms`,
 `images` (image files), `folders` (ImageFolder trees), `csv_labels` (images labelled by a
-CSV), `wrappers` (looking through `Subset`s) and `loaders`. Every public name is also here,
+CSV), `segmentation` (image and mask pairs), `wrappers` (looking through `Subset`s) and
+`loaders`. Every public name is also here,
 imported on first use (PEP 562): importing `callbacks_kit.data.normalization` runs this
 file first, and the callbacks that only need the ImageNet mean and std must not pull in
 PIL and torchvision's datasets through it.
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
     )
     from callbacks_kit.data.loaders import default_workers, make_loader, pin_by_default
     from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD, denormalize
+    from callbacks_kit.data.segmentation import (
+        CLASSES_FILE,
+        SEGMENTATION_AUGMENTS,
+        PairTransformed,
+        SegmentationFolder,
+        read_class_names,
+        read_mask,
+        segmentation_augmentation,
+        segmentation_eval_transform,
+        segmentation_folder_datasets,
+        segmentation_train_transform,
+    )
     from callbacks_kit.data.shapes import SHAPES, ShapesDataset
     from callbacks_kit.data.transforms import (
         AUGMENTS,
@@ -80,6 +93,16 @@ _HOMES: dict[str, str] = {
     "default_workers": "loaders",
     "pin_by_default": "loaders",
     "make_loader": "loaders",
+    "CLASSES_FILE": "segmentation",
+    "SEGMENTATION_AUGMENTS": "segmentation",
+    "PairTransformed": "segmentation",
+    "SegmentationFolder": "segmentation",
+    "read_class_names": "segmentation",
+    "read_mask": "segmentation",
+    "segmentation_augmentation": "segmentation",
+    "segmentation_eval_transform": "segmentation",
+    "segmentation_folder_datasets": "segmentation",
+    "segmentation_train_transform": "segmentation",
 }
 
 __all__ = [
@@ -116,6 +139,16 @@ __all__ = [
     "default_workers",
     "pin_by_default",
     "make_loader",
+    "CLASSES_FILE",
+    "SEGMENTATION_AUGMENTS",
+    "PairTransformed",
+    "SegmentationFolder",
+    "read_class_names",
+    "read_mask",
+    "segmentation_augmentation",
+    "segmentation_eval_transform",
+    "segmentation_folder_datasets",
+    "segmentation_train_transform",
 ]
 
 

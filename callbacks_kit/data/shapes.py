@@ -29,7 +29,8 @@ class ShapesDataset(Dataset):
         seed: Seed of the whole dataset; use different seeds for train and validation.
         task: "classification" gives `(image, class_index)`; "segmentation" gives
             `(image, mask)` with one to three shapes per image and a `(H, W)` long mask
-            holding 0 for background and `class_index + 1` for each shape's pixels.
+            holding 0 for background and `class_index + 1` for each shape's pixels; its
+            `classes` are then `("background", *SHAPES)`, one name per mask value.
         normalize: Standardise with the ImageNet mean and std, as pretrained models expect.
         transform: Applied to each classification image (float, in [0, 1]) before the
             normalisation, e.g. `v2.Compose(augmentation(64, "trivialaugment"))`. It draws
@@ -59,6 +60,8 @@ class ShapesDataset(Dataset):
         self.transform = transform
         if transform is not None and task != "classification":
             raise DataError("a transform of ShapesDataset applies to classification images; its masks would not follow")
+        if task == "segmentation":  # mask values: 0 for the background, class index + 1 on each shape
+            self.classes = ("background", *SHAPES)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         coords = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size
         self._yy, self._xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -80,7 +83,7 @@ class ShapesDataset(Dataset):
         count = 1 if self.task == "classification" else int(torch.randint(1, 4, (1,), generator=g))
         label = 0
         for _ in range(count):
-            label = int(torch.randint(len(self.classes), (1,), generator=g))
+            label = int(torch.randint(len(SHAPES), (1,), generator=g))
             inside = self._shape_mask(label, g, small=count > 1)
             image[:, inside] = _contrasting_colour(background.flatten(), g)[:, None]
             mask[inside] = label + 1
@@ -101,7 +104,7 @@ class ShapesDataset(Dataset):
         u = dx * math.cos(angle) + dy * math.sin(angle)
         v = -dx * math.sin(angle) + dy * math.cos(angle)
         rho, theta = torch.sqrt(u * u + v * v), torch.atan2(v, u)
-        name = self.classes[label]
+        name = SHAPES[label]
         if name == "circle":
             return rho <= radius
         if name == "square":

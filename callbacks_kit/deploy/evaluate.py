@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -53,6 +54,14 @@ class EvaluationReport:
         """The mean of "precision", "recall" or "f1" over the classes with test images (`present`)."""
         values = getattr(self, metric)
         return sum(values[i] for i in self.present) / len(self.present) if self.present else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"loss", "accuracy", "per_class": {name: {"precision", "recall", "f1", "support"}}}`."""
+        per_class = {
+            name: {"precision": p, "recall": r, "f1": f, "support": n}
+            for name, p, r, f, n in zip(self.classes, self.precision, self.recall, self.f1, self.support, strict=True)
+        }
+        return {"loss": self.loss, "accuracy": self.accuracy, "per_class": per_class}
 
     def table(self) -> str:
         """The per-class report as aligned text, with the overall loss and accuracy."""

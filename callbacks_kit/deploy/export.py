@@ -1,4 +1,11 @@
-"""Shipping a trained run: state_dict, TorchScript, torch.export or ONNX, each checked against PyTorch once written."""
+"""Shipping a trained run: state_dict, TorchScript, torch.export or ONNX, each checked against PyTorch once written.
+
+A segmentation run's model is wrapped to return its logits tensor `(N, C, H, W)` instead of
+torchvision's `{"out": logits}` (`SegmentationLogits`) before it reaches a writer, so every
+writer in `WRITERS` serves both tasks: a format added there (with its suffix in `SUFFIXES`
+and its name in `EXPORT_FORMATS`) exports segmentation runs too. The state_dict is the
+torchvision model's own, for `torchvision.models.get_model(name, num_classes=N)`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DeployError
 from callbacks_kit.finetune.heads import replace_head
+from callbacks_kit.finetune.segmentation_models import SegmentationLogits, build_segmentation_model
 from callbacks_kit.finetune.timm_models import create_timm_model, is_timm_name
 
 SUFFIXES = {"state_dict": ".pth", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
@@ -60,6 +68,8 @@ def plain_model(info: RunInfo) -> nn.Module:
     `torchvision.models.get_model(name, num_classes=N)`, with the MLP head put back when the
     run used one: what a user of the exported state_dict writes.
     """
+    if info.segmentation:
+        return build_segmentation_model(info.model, info.num_classes)  # torchvision's, without weights or aux head
     if is_timm_name(info.model):
         model = create_timm_model(info.model, num_classes=info.num_classes)
     else:
@@ -85,11 +95,23 @@ def _max_diff(expected: torch.Tensor, got: torch.Tensor | object) -> float:
 
 
 def _write_state_dict(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+    inner = model.model if isinstance(model, SegmentationLogits) else model  # torchvision's keys, no wrapper prefix
+    torch.save({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}, path)
     rebuilt = plain_model(info)
     rebuilt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    if isinstance(model, SegmentationLogits):
+        rebuilt = SegmentationLogits(rebuilt)
     with torch.inference_mode():
         return _max_diff(model(batch), rebuilt.eval()(batch))
+
+
+def _check_batches(model: nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
+    """The batches an export is compared on: `batch`, and for segmentation one of another, non-square size too."""
+    if not isinstance(model, SegmentationLogits):
+        return [batch]
+    height, width = batch.shape[-2:]
+    other = torch.randn(1, 3, height + 16, width + 8, generator=torch.Generator().manual_seed(1))
+    return [batch, other]
 
 
 def _write_torchscript(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
@@ -99,17 +121,21 @@ def _write_torchscript(model: nn.Module, info: RunInfo, path: Path, batch: torch
         traced.save(str(path))
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
-        return _max_diff(model(batch), loaded(batch))
+        return max(_max_diff(model(x), loaded(x)) for x in _check_batches(model, batch))
 
 
-def _batch_dim() -> torch.export.Dim:
+def _dynamic_dims(model: nn.Module) -> dict[int, torch.export.Dim]:
+    """The input's dynamic dimensions: the batch; for a segmentation model the height and width too."""
     low, high = BATCH_RANGE
-    return torch.export.Dim("batch", min=low, max=high)
+    dims = {0: torch.export.Dim("batch", min=low, max=high)}
+    if isinstance(model, SegmentationLogits):  # any image size: the logits come at the input's size
+        dims.update({2: torch.export.Dim("height", min=32, max=8192), 3: torch.export.Dim("width", min=32, max=8192)})
+    return dims
 
 
 def _write_pt2(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
     # torch.export's ExportedProgram: `torch.export.load(path).module()` runs it without this package.
-    program = torch.export.export(model, (batch,), dynamic_shapes=({0: _batch_dim()},))
+    program = torch.export.export(model, (batch,), dynamic_shapes=(_dynamic_dims(model),))
     torch.export.save(program, str(path))
     loaded = torch.export.load(str(path)).module()
     with torch.inference_mode():
@@ -125,16 +151,19 @@ def _write_onnx(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor
         dynamo=True,
         input_names=["images"],
         output_names=["logits"],
-        dynamic_shapes=({0: _batch_dim()},),
+        dynamic_shapes=(_dynamic_dims(model),),
         external_data=False,
         verbose=False,
     )
     assert program is not None
     program.save(str(path), external_data=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
-    with torch.inference_mode():
-        return _max_diff(model(batch), got)
+    diffs = []
+    for x in _check_batches(model, batch):
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.inference_mode():
+            diffs.append(_max_diff(model(x), got))
+    return max(diffs)
 
 
 WRITERS = {"state_dict": _write_state_dict, "torchscript": _write_torchscript, "pt2": _write_pt2, "onnx": _write_onnx}
@@ -175,6 +204,8 @@ def export_run(
     check_output_file(path, overwrite=overwrite, example=f"model{SUFFIXES[fmt]}")  # before the model is loaded
     model, info = load_run_model(run, checkpoint)
     model = model.float().cpu().eval()
+    if info.segmentation:
+        model = SegmentationLogits(model).eval()  # the logits tensor (N, C, H, W), not {"out": ...}
     tmp = path.with_name(f".tmp-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

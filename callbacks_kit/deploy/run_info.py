@@ -1,9 +1,13 @@
 """What a run remembers to be used without its training script: `run.json`, and the model it rebuilds.
 
 `callbacks-kit train` writes `run.json` into the run folder (next to `checkpoints/`) when
-fit starts (`WriteRunInfo`): the model name and head, the classes, the input size and normalisation, and the
+fit starts (`WriteRunInfo`): the task, the model name and head, the classes, the input size and normalisation, and the
 package version. `predict`, `evaluate` and `export` read it back and rebuild the model
-with `build_classifier`, then load `best.safetensors`, the last checkpoint or a file.
+with `build_classifier` (or `build_segmentation_model`), then load `best.safetensors`, the last checkpoint or a file.
+
+A segmentation run's file is version 2 (it adds `task`, `loss` and `ignore_index`), so an
+older callbacks-kit refuses it by name instead of rebuilding a classifier from it; a
+classification run's stays version 1.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from torchvision.transforms import v2
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.checkpoint.format import BEST_WEIGHTS, MODEL
 from callbacks_kit.checkpoint.store import read_pointer, write_atomic
+from callbacks_kit.choices import TASKS as TASKS
 from callbacks_kit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from callbacks_kit.deploy.run_schema import run_json_problems
 from callbacks_kit.errors import CheckpointError, DeployError, FinetuneError
 from callbacks_kit.finetune.models import build_classifier
+from callbacks_kit.finetune.segmentation_models import build_segmentation_model
 from callbacks_kit.finetune.weights import load_state, read_state_dict
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
 
 RUN_INFO = "run.json"
-FORMAT, VERSION = "callbacks_kit.run", 1
+FORMAT, VERSION = "callbacks_kit.run", 2
 
 
 @dataclass
@@ -55,6 +61,10 @@ class RunInfo:
         package_version: The callbacks_kit version that wrote it.
         label_smoothing: The label smoothing of the run's cross-entropy, so that `evaluate`
             reports the loss the run validated with (0 in files written before it existed).
+        task: "classification" or "segmentation" (a model of `torchvision.models.segmentation`,
+            whose images are resized to `image_size` square, not cropped).
+        loss: The segmentation loss of `callbacks_kit.losses.SegmentationLoss` (evaluate measures it).
+        ignore_index: The mask value counted nowhere (segmentation; None: none).
     """
 
     model: str
@@ -72,22 +82,32 @@ class RunInfo:
     best_weights: str = "trained"
     package_version: str = ""
     label_smoothing: float = 0.0
+    task: str = "classification"
+    loss: str = "ce"
+    ignore_index: int | None = 255
 
     @property
     def num_classes(self) -> int:
         """Outputs of the model."""
         return len(self.classes)
 
+    @property
+    def segmentation(self) -> bool:
+        """Whether the run segments images (else it classifies them)."""
+        return self.task == "segmentation"
+
     def transform(self) -> v2.Compose:
-        """The evaluation preprocessing of the run: any PIL image or uint8 tensor to a normalised float tensor."""
+        """The evaluation preprocessing of the run: any PIL image or uint8 tensor to a normalised float tensor.
+
+        Classification: resized to `resize` and centre-cropped to `image_size`; segmentation:
+        resized to `image_size` square, whole (its logits are resized back to the image).
+        """
+        if self.segmentation:
+            fit = [v2.Resize((self.image_size, self.image_size), antialias=True)]
+        else:
+            fit = [v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.image_size)]
         return v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(self.resize, antialias=True),
-                v2.CenterCrop(self.image_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
+            [v2.ToImage(), *fit, v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         )
 
     def weights_description(self, checkpoint: str = "best") -> str:
@@ -101,6 +121,8 @@ class RunInfo:
 
     def build_model(self) -> nn.Module:
         """The run's architecture with its head, randomly initialised (load weights into it)."""
+        if self.segmentation:
+            return build_segmentation_model(self.model, self.num_classes)
         return build_classifier(self.model, self.num_classes, head=self.head, hidden=self.hidden, dropout=self.dropout)
 
 
@@ -121,7 +143,8 @@ def write_run_info(run_dir: str | os.PathLike[str], info: RunInfo) -> Path:
         raise DeployError(f"RunInfo cannot be written as {RUN_INFO}: {'; '.join(problems)}")
     path = Path(run_dir) / RUN_INFO
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, "num_classes": info.num_classes, **asdict(info)}
+    version = VERSION if info.segmentation else 1  # a classification run stays readable by older versions
+    payload = {"format": FORMAT, "version": version, "num_classes": info.num_classes, **asdict(info)}
     write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from callbacks_kit.choices import SEGMENTATION_LOSSES, TASKS
 from callbacks_kit.finetune.heads import HEADS
 
 Check = Callable[[Any], bool]
@@ -66,6 +67,9 @@ FIELDS: dict[str, tuple[Check, str]] = {
     "monitor": (_text, "a metric name (a string such as 'val/accuracy')"),
     "monitor_mode": (lambda value: value in ("min", "max"), "'min' or 'max'"),
     "best_weights": (lambda value: value in ("trained", "ema"), "'trained' or 'ema'"),
+    "task": (lambda value: value in TASKS, " or ".join(map(repr, TASKS))),
+    "loss": (lambda value: value in SEGMENTATION_LOSSES, f"one of {', '.join(map(repr, SEGMENTATION_LOSSES))}"),
+    "ignore_index": (lambda value: value is None or _integer(0)(value), "null or a whole number of at least 0"),
 }
 REQUIRED = ("model", "classes", "image_size", "resize")
 

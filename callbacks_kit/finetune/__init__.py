@@ -1,5 +1,7 @@
 """Fine-tuning helpers: freezing, param groups by module name, torchvision heads, models and local weights.
 
+Classifiers (`build_classifier`) and torchvision's segmentation models (`build_segmentation_model`).
+
 `callbacks_kit.finetune.<name>` keeps working for every name below, wherever it lives.
 """
 
@@ -9,20 +11,32 @@ from callbacks_kit.finetune.heads import HEADS, SUPPORTED_FAMILIES, MLPHead, bac
 from callbacks_kit.finetune.hub import cached_weights, weights_input_size
 from callbacks_kit.finetune.models import build_classifier, idx_to_class
 from callbacks_kit.finetune.param_groups import param_groups, select_parameters
+from callbacks_kit.finetune.segmentation_models import (
+    DEFAULT_SEGMENTATION_MODEL,
+    SEGMENTATION_MODELS,
+    SegmentationLogits,
+    build_segmentation_model,
+    is_segmentation_model,
+)
 from callbacks_kit.finetune.weights import LoadReport, load_state, load_weights, read_state_dict
 
 __all__ = [
+    "DEFAULT_SEGMENTATION_MODEL",
     "HEADS",
     "MLPHead",
+    "SEGMENTATION_MODELS",
     "SUPPORTED_FAMILIES",
+    "SegmentationLogits",
     "FinetuneError",
     "LoadReport",
     "backbone_blocks",
     "build_classifier",
+    "build_segmentation_model",
     "cached_weights",
     "freeze",
     "head_name",
     "idx_to_class",
+    "is_segmentation_model",
     "load_state",
     "load_weights",
     "param_groups",

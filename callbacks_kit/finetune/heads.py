@@ -9,6 +9,7 @@ from torch import nn
 
 from callbacks_kit.choices import HEADS as HEADS
 from callbacks_kit.errors import FinetuneError
+from callbacks_kit.finetune.segmentation_models import SEGMENTATION_HEAD, is_segmentation_model
 
 # Where each torchvision family keeps its classification head, tried in order.
 _HEAD_PATHS = ("fc", "heads.head", "head", "classifier")
@@ -49,13 +50,16 @@ class MLPHead(nn.Sequential):
 def head_name(model: nn.Module) -> str:
     """Name of the final classification layer of a torchvision or timm classifier ("fc", "classifier.6"...).
 
-    An `MLPHead` is named whole. A timm model's head is the one its `pretrained_cfg` names.
+    An `MLPHead` is named whole, and so is a torchvision segmentation model's head ("classifier").
+    A timm model's head is the one its `pretrained_cfg` names.
 
     Raises:
         FinetuneError: an architecture whose head is not where torchvision families keep it.
     """
     if isinstance(model, torchvision.models.SqueezeNet):
         return "classifier.1"  # a 1x1 convolution, not a Linear
+    if is_segmentation_model(model):
+        return SEGMENTATION_HEAD  # the whole segmentation head: freezing and param groups treat it as the head
     timm_head = getattr(model, "pretrained_cfg", {}).get("classifier") if _is_timm(model) else None
     paths = (timm_head, *_HEAD_PATHS) if isinstance(timm_head, str) else _HEAD_PATHS
     for path in paths:

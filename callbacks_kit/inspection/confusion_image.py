@@ -15,7 +15,12 @@ from callbacks_kit.inspection.render import BLACK, WHITE, blues, font, from_pil,
 
 
 def confusion_image(
-    matrix: torch.Tensor, class_names: Sequence[str] | None = None, subtitle: str = "", max_text_classes: int = 30
+    matrix: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+    subtitle: str = "",
+    max_text_classes: int = 30,
+    unit: str = "samples",
+    cells: str = "counts",
 ) -> torch.Tensor:
     """A `(3, H, W)` image of a `(classes, classes)` count matrix (rows: true classes, columns: predictions).
 
@@ -24,6 +29,9 @@ def confusion_image(
         class_names: Axis labels; indices where None or too short.
         subtitle: Shown under the title, before the accuracy.
         max_text_classes: Above this many classes, cells show colour only.
+        unit: What is counted, for the summary line ("samples", "pixels").
+        cells: What each cell shows: "counts", or "shares" of its row in percent (for pixel
+            counts, whose numbers do not fit a cell).
     """
     classes = matrix.shape[0]
     names = [class_names[i] if class_names is not None and i < len(class_names) else str(i) for i in range(classes)]
@@ -34,7 +42,7 @@ def confusion_image(
     label_w = max(text_size(n, size)[0] for n in names) + 8 if with_text else 8
     total = int(matrix.sum())
     accuracy = matrix.diag().sum().item() / max(total, 1)
-    summary = f"accuracy {accuracy:.3f} on {total} samples"
+    summary = f"accuracy {accuracy:.3f} on {total} {unit}"
     titles = ["confusion matrix (colour: share of the row)", f"{subtitle}, {summary}" if subtitle else summary]
     top = 62 + (label_w if with_text else 8)
     left = 22 + label_w
@@ -53,7 +61,7 @@ def confusion_image(
             value = float(rows[r, c])
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=blues(value), outline=(200, 200, 200))
             if with_text and cell >= 14:
-                text = str(int(matrix[r, c]))
+                text = str(int(matrix[r, c])) if cells == "counts" else f"{value:.0%}"
                 w, h = text_size(text, size)
                 colour = WHITE if value > 0.5 else BLACK
                 draw.text((x + (cell - w) / 2, y + (cell - h) / 2 - 1), text, fill=colour, font=font(size))

@@ -29,3 +29,31 @@ def write_image_folder(root: Path, per_class: int = 6, split: bool = True) -> No
                 if not folder.exists() or not any(folder.iterdir()):
                     folder.mkdir(parents=True, exist_ok=True)
                     torchvision.utils.save_image(torch.rand(3, 40, 40), folder / "extra.png")
+
+
+def write_segmentation_split(
+    split: Path, count: int, size: int = 24, seed: int = 0, ignore_border: bool = False, sizes: tuple[int, ...] = ()
+) -> None:
+    """`split/images/<i>.png` and `split/masks/<i>.png` (mode L, 0 background, shape + 1) from the shapes dataset.
+
+    `ignore_border` marks a one-pixel frame of every mask 255; `sizes` gives images of other
+    sizes (their masks resized with nearest-neighbour).
+    """
+    from PIL import Image
+
+    shapes = ShapesDataset(count, image_size=size, seed=seed, task="segmentation")
+    (split / "images").mkdir(parents=True, exist_ok=True)
+    (split / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, mask = shapes[i]
+        pixels = (denormalize(image).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        values = mask.byte().numpy().copy()
+        if ignore_border:
+            values[0, :] = values[-1, :] = values[:, 0] = values[:, -1] = 255
+        picture, labels = Image.fromarray(pixels), Image.fromarray(values)
+        if sizes:
+            width, height = sizes[i % len(sizes)], sizes[(i + 1) % len(sizes)]
+            picture = picture.resize((width, height), Image.BILINEAR)
+            labels = labels.resize((width, height), Image.NEAREST)
+        picture.save(split / "images" / f"{i:03d}.png")
+        labels.save(split / "masks" / f"{i:03d}.png")

@@ -43,3 +43,16 @@ def tiny_image_data(n: int = 64, size: int = 8, classes: int = 3, seed: int = 0)
     centre = slice(size // 4, size - size // 4)
     images[torch.arange(n), labels % 3, centre, centre] += 1.0
     return TensorDataset(images, labels)
+
+
+class TinySegmenter(nn.Module):
+    """A 2-layer conv net that looks like a torchvision segmentation model: `{"out": (N, classes, H, W) logits}`."""
+
+    def __init__(self, classes: int = 7, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.classifier = nn.Conv2d(8, classes, 3, padding=1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.classifier(self.backbone(images))}
