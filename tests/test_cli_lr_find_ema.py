@@ -58,7 +58,11 @@ def test_train_lr_auto_prints_and_trains_with_the_suggestion_and_ema_validates(
     assert events(tmp_path / "run" / "validation").Scalars("accuracy")
     assert events(tmp_path / "run" / "lr_find").Images("lr_find/curve")
     # With --ema the best checkpoint ranks the averaged weights, and says so everywhere.
-    last = {tag: run.Scalars(tag)[-1].value for tag in ("val/accuracy", "val/loss", "val_ema/accuracy", "val_ema/loss")}
+    last = {
+        f"{prefix}/{name}": events(tmp_path / "run" / split).Scalars(name)[-1].value
+        for prefix, split in (("val", "validation"), ("val_ema", "validation_ema"))
+        for name in ("accuracy", "loss")
+    }
     assert (
         f"val/accuracy {last['val/accuracy']:.4f}, val/loss {last['val/loss']:.4f}; "
         f"val_ema/accuracy {last['val_ema/accuracy']:.4f}, val_ema/loss {last['val_ema/loss']:.4f}"

@@ -38,6 +38,18 @@ class SlowDataset(Dataset):
         return self.data[index]
 
 
+class SlowModel(nn.Module):
+    """A model whose forward takes `SLEEP_S`, like a large network: a step far longer than fetching its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = tiny_mlp()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        time.sleep(SLEEP_S)
+        return self.mlp(inputs)
+
+
 def fit(folder: Path, dataset: Dataset, model: nn.Module, epochs: int = 2):
     """Train with a TensorBoardLogger and the summary line; the warnings, the state and the scalars."""
     trainer = Trainer(
@@ -92,8 +104,8 @@ def test_the_epoch_line_says_input_bound(tmp_path, capsys):
 
 
 def test_a_fast_pipeline_does_not_warn(tmp_path, capsys):
-    # Pre-made tensors: a batch is an index and a stack, against the step's forward, backward and update.
-    dataset, model = tiny_classification_data(96), tiny_mlp()
+    # Pre-made tensors: a batch is an index and a stack, against a step of at least 50 ms.
+    dataset, model = tiny_classification_data(96), SlowModel()
     messages, state, scalars = fit(tmp_path, dataset, model, epochs=2)
     assert messages == []
     assert state.metrics["perf/epoch_data_wait_fraction"] < 0.3

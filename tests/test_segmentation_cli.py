@@ -56,8 +56,8 @@ def test_the_run_trains_logs_and_remembers_the_task(trained: tuple[Path, Path]):
     state = json.loads(next((run / "checkpoints").glob("epoch=*/state.json")).read_text())
     assert any(key.startswith("ModelCheckpoint[val/mean_iou,max") for key in state["callbacks"])  # ranked by mean IoU
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
-    scalars = set(events.Tags()["scalars"])
-    assert {"val/loss", "val/mean_iou", "val/pixel_accuracy", "val/iou/background", "val/dice/ring"} <= scalars
+    validation = EventAccumulator(str(run / "validation"), size_guidance={"scalars": 0}).Reload()
+    assert {"loss", "mean_iou", "pixel_accuracy", "iou/background", "dice/ring"} <= set(validation.Tags()["scalars"])
     images = set(events.Tags()["images"])
     assert {"segmentation/overlays", "segmentation/worst/val", "segmentation/confusion_matrix/val"} <= images
     assert "segmentation_report/val/text_summary" in events.Tags()["tensors"]
