@@ -119,7 +119,6 @@ __all__ = [
     "PixelConfusionMatrix",
     "PreemptionHandler",
     "Profiler",
-    "Profiler",
     "ProgressBar",
     "RunInfo",
     "SegmentationLoss",

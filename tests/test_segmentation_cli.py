@@ -113,9 +113,13 @@ def test_evaluate_reports_the_json_shape_and_writes_test_scalars(trained: tuple[
     )
     for name, iou in zip(NAMES, scores.iou, strict=True):
         assert figures["per_class"][name]["iou"] == (None if np.isnan(iou) else pytest.approx(iou))
+    test = EventAccumulator(str(run / "test"), size_guidance={"scalars": 0}).Reload()  # the test split's sub-run
+    assert test.Scalars("mean_iou")[-1].value == pytest.approx(scores.mean_iou, rel=1e-5)
+    assert {"loss", "pixel_accuracy"} <= set(test.Tags()["scalars"])
+    validation = EventAccumulator(str(run / "validation"), size_guidance={"scalars": 0}).Reload()
+    assert test.Scalars("loss")[-1].step == max(e.step for e in validation.Scalars("loss"))  # at the run's end
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
-    assert events.Scalars("test/mean_iou")[-1].value == pytest.approx(scores.mean_iou, rel=1e-5)
-    assert {"test/loss", "test/pixel_accuracy", "test/iou/circle", "test/dice/circle"} <= set(events.Tags()["scalars"])
+    assert {"test/iou/circle", "test/dice/circle"} <= set(events.Tags()["scalars"])
 
 
 def test_evaluate_refuses_other_classes(trained: tuple[Path, Path], tmp_path: Path):

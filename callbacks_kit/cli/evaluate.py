@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks_kit.cli.run_dir import tensorboard_command
-from callbacks_kit.deploy.evaluate import evaluate_run
+from callbacks_kit.deploy.evaluate import EvaluationReport, evaluate_run
 from callbacks_kit.deploy.evaluate_segmentation import evaluate_segmentation
 from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import read_run_info
@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.output:  # before any work: a folder, a file in the way, a place that cannot be written
         check_output_file(args.output, suffixes=(".json",), example="figures.json")
-    if read_run_info(args.run).segmentation:
-        return run_segmentation(args)
-    report = evaluate_run(
+    info = read_run_info(args.run)
+    measure = evaluate_segmentation if info.segmentation else evaluate_run
+    report = measure(
         args.run,
         args.data,
         checkpoint=args.checkpoint,
@@ -41,12 +41,15 @@ def run(args: argparse.Namespace) -> int:
         device="cpu" if args.cpu else None,
         tensorboard=not args.no_tensorboard,
     )
-    print(f"weights: {read_run_info(args.run).weights_description(args.checkpoint)}")
-    if report.missing_classes:
-        print(f"classes without test images (not measured): {', '.join(report.missing_classes)}")
-    print(report.table())
-    print("confusion matrix (rows: true class, columns: predicted class):")
-    print(confusion_text(report.classes, report.confusion.tolist()))
+    print(f"weights: {info.weights_description(args.checkpoint)}")
+    if isinstance(report, EvaluationReport):
+        if report.missing_classes:
+            print(f"classes without test images (not measured): {', '.join(report.missing_classes)}")
+        print(report.table())
+        print("confusion matrix (rows: true class, columns: predicted class):")
+        print(confusion_text(report.classes, report.confusion.tolist()))
+    else:
+        print(report.table())
     if not args.no_tensorboard:
         print(f"written to the run's TensorBoard under test/: {tensorboard_command(args.run)}")
     if args.output:
@@ -68,25 +71,6 @@ def confusion_text(classes: list[str], rows: list[list[int]]) -> str:
     for name, row in zip(classes, rows, strict=True):
         lines.append(name.ljust(first) + "  " + "  ".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True)))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def run_segmentation(args: argparse.Namespace) -> int:
-    """Evaluate a segmentation run and print its per-class IoU and Dice; 0 on success."""
-    report = evaluate_segmentation(
-        args.run,
-        args.data,
-        checkpoint=args.checkpoint,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device="cpu" if args.cpu else None,
-        tensorboard=not args.no_tensorboard,
-    )
-    print(report.table())
-    if not args.no_tensorboard:
-        print(f"written to the run's TensorBoard under test/: {tensorboard_command(args.run)}")
-    if args.output:
-        print(f"figures written to {write_json(args.output, report.to_json())}")
-    return 0
 
 
 def write_json(path: str, figures: dict[str, Any]) -> Path:

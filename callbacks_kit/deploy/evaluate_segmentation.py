@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from callbacks_kit.callbacks.segmentation_report import report_table
 from callbacks_kit.data.segmentation import CLASSES_FILE, SegmentationFolder, read_class_names
@@ -24,6 +23,8 @@ from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.distributed import best_device
 from callbacks_kit.errors import DataError, DeployError
 from callbacks_kit.inspection.confusion_image import confusion_image
+from callbacks_kit.inspection.event_report import last_step
+from callbacks_kit.inspection.run_writer import RunWriter
 from callbacks_kit.losses import SegmentationLoss
 from callbacks_kit.segmentation_metrics import (
     PixelCounts,
@@ -127,9 +128,10 @@ def evaluate_segmentation(
 ) -> SegmentationEvaluation:
     """Measure a segmentation run on the split at `data` and (by default) write the results into its TensorBoard.
 
-    Scalars `test/loss`, `test/mean_iou`, `test/pixel_accuracy`, `test/iou/<class>` and
-    `test/dice/<class>` (NaN for an absent class), the image `segmentation/confusion_matrix/test`
-    and the text `test/report` go into the run folder at step 0.
+    At the run's last step: `test/loss`, `test/mean_iou` and `test/pixel_accuracy` in the
+    `test/` sub-run (beside the validation's curves); `test/iou/<class>` and `test/dice/<class>`
+    (NaN for an absent class), the image `segmentation/confusion_matrix/test` and the text
+    `test/report` in the run folder (`write_tensorboard`).
 
     Args:
         run: The run folder.
@@ -167,18 +169,25 @@ def evaluate_segmentation(
     return report
 
 
-def write_tensorboard(run_dir: str | os.PathLike[str], report: SegmentationEvaluation) -> None:
-    """Write `report` into the run's TensorBoard under `test/` (a new event file; nothing existing changes)."""
-    with SummaryWriter(str(run_dir)) as writer:
+def write_tensorboard(run_dir: str | os.PathLike[str], report: SegmentationEvaluation, step: int | None = None) -> None:
+    """Write `report` into the run's TensorBoard at `step` (default: the run's last step); nothing existing changes.
+
+    `test/loss`, `test/mean_iou` and `test/pixel_accuracy` go into the `test/` sub-run under
+    the names the validation's have in `validation/`, a point at the end of the training and
+    validation charts; the per-class scalars, the confusion matrix and the report into new
+    event files of the run itself.
+    """
+    step = last_step(Path(run_dir)) if step is None else step
+    with RunWriter(str(run_dir)) as writer:
         for name, value in (
             ("loss", report.loss),
             ("mean_iou", report.scores.mean_iou),
             ("pixel_accuracy", report.scores.pixel_accuracy),
         ):
-            writer.add_scalar(f"test/{name}", value, 0)
+            writer.add_split_scalar("test", name, value, step)
         for name, iou, dice in zip(report.classes, report.scores.iou, report.scores.dice, strict=True):
-            writer.add_scalar(f"test/iou/{tag_name(name)}", iou, 0)
-            writer.add_scalar(f"test/dice/{tag_name(name)}", dice, 0)
+            writer.add_scalar(f"test/iou/{tag_name(name)}", iou, step)
+            writer.add_scalar(f"test/dice/{tag_name(name)}", dice, step)
         image = confusion_image(report.confusion, report.classes, "test set", unit="pixels", cells="shares")
-        writer.add_image("segmentation/confusion_matrix/test", image, 0)
-        writer.add_text("test/report", report_table(report.scores, report.classes), 0)
+        writer.add_image("segmentation/confusion_matrix/test", image, step)
+        writer.add_text("test/report", report_table(report.scores, report.classes), step)
