@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from helpers.checkpoints import StopAtStep, loaders, make_trainer, weights
+from helpers.checkpoints import ScriptedScore, StopAtStep, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
 from callbacks_kit.checkpoint import store
@@ -235,3 +235,14 @@ def test_resume_from_last_looks_in_the_folder_a_callback_names(tmp_path):
     assert trainer.callbacks.checkpoint_dir() == tmp_path / "ckpt"
     trainer.fit(*loaders(), epochs=1, resume_from="last")
     assert trainer.state.global_step == 8  # restored, nothing left to train
+
+
+def test_a_resume_with_another_save_cadence_keeps_the_best_scores(tmp_path, capsys):
+    scores = [0.3, 0.9, 0.5, 0.4]  # the best is epoch 2's
+    first = ModelCheckpoint(tmp_path / "ckpt", monitor="val/score", mode="max")
+    make_trainer([ScriptedScore(scores), first]).fit(*loaders(), epochs=2)
+    # Resumed with saves every 3 steps as well (`--save-every-steps 3`): the same ranking goes on.
+    again = ModelCheckpoint(tmp_path / "ckpt", monitor="val/score", mode="max", every_n_steps=3)
+    make_trainer([ScriptedScore(scores), again]).fit(*loaders(), epochs=4, resume_from="last")
+    assert again.best_k == {"epoch=0002-step=00000016": 0.9}  # epochs 3 and 4 scored less: kept from before
+    assert "saved but unused" not in capsys.readouterr().out

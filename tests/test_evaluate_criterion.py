@@ -45,6 +45,7 @@ def test_test_loss_is_the_runs_val_loss_criterion_and_nll_the_plain_cross_entrop
     out = capsys.readouterr().out
     assert f"test/loss {report.loss:.4f} (cross-entropy with label smoothing 0.2, as the run's val/loss)" in out
     assert f"test/nll {report.nll:.4f} (plain cross-entropy)" in out
+
     def last(split: str, tag: str) -> float:  # the per-split scalars are in sub-runs, under the same tag
         return EventAccumulator(str(run / split), size_guidance={"scalars": 0}).Reload().Scalars(tag)[-1].value
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +72,14 @@ class Callback:
     def state_key(self) -> str:
         """Key under which `state_dict()` is saved in checkpoints; unique per callback."""
         return type(self).__qualname__
+
+    def saved_state_key(self, saved: Collection[str]) -> str | None:
+        """Which of a checkpoint's callback keys holds this callback's state: `state_key`, or None.
+
+        A callback whose key names settings a resume may change (a save cadence) can also
+        recognise the key those settings gave it.
+        """
+        return self.state_key if self.state_key in saved else None
 
     def state_dict(self) -> dict[str, Any]:
         """State that must survive a resume (best scores, counters...). JSON-serialisable."""

@@ -135,3 +135,15 @@ def finite_state(
         )
         return False
     return True
+
+
+def unsaved(position: Position | None, last_name: str | None, step: int) -> str:
+    """What a failed save leaves unsaved: the training since the newest checkpoint kept (`last_name`)."""
+    where = "the start"
+    if position is not None:
+        where = f"batch {position.batch} of epoch {position.epoch + 1}" if position.batch else (
+            f"the end of epoch {position.epoch}")  # fmt: skip
+    where = f"{where} (optimizer step {step})"
+    if last_name is None:
+        return f"Not saved: this run's training, up to {where}; a resume starts it again."
+    return f"Not saved: the training after {last_name!r}, up to {where}; a resume from it repeats that."

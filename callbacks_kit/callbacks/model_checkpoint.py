@@ -6,14 +6,16 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accelerate.utils import broadcast_object_list
 
+from callbacks_kit.cadence import check_cadence
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.best_weights import check_best, validated_weights, validator, write_best
-from callbacks_kit.callbacks.checkpoint_state import collect_files, finite_state
+from callbacks_kit.callbacks.checkpoint_state import collect_files, finite_state, unsaved
 from callbacks_kit.callbacks.monitor import Monitor, check_mode
 from callbacks_kit.checkpoint.background import BackgroundSave
 from callbacks_kit.checkpoint.files import MainFiles
@@ -95,14 +97,8 @@ class ModelCheckpoint(Callback):
         self.monitor = Monitor(monitor, mode, owner="ModelCheckpoint") if monitor is not None else None
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise TrainerError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
-        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise TrainerError(f"ModelCheckpoint: {name} must be None or an int >= 1, got {value!r}")
-        minutes = every_n_minutes
-        if minutes is not None and (
-            isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf
-        ):
-            raise TrainerError(f"ModelCheckpoint: every_n_minutes must be None or a number > 0, got {minutes!r}")
+        check_cadence("ModelCheckpoint", every_n_epochs=every_n_epochs, every_n_steps=every_n_steps,
+                      every_n_minutes=every_n_minutes)  # fmt: skip
         self.every_n_minutes = every_n_minutes
         # When the last save (or fit) started; the agreement learns the number of processes at fit start.
         self._clock, self._agreement = time.monotonic(), HostAgreement(1)
@@ -163,6 +159,19 @@ class ModelCheckpoint(Callback):
         """Unique per configuration, so several ModelCheckpoints can be used together."""
         monitor = self.monitor.key if self.monitor else None
         return f"ModelCheckpoint[{monitor},{self.mode},{self.every_n_epochs},{self.every_n_steps}]"
+
+    def saved_state_key(self, saved: Collection[str]) -> str | None:
+        """Its own key, else the one key saved with the same monitor and mode under another save cadence.
+
+        `every_n_epochs` and `every_n_steps` are part of `state_key` (two ModelCheckpoints may
+        rank the same metric at other cadences), but a resume that saves more or less often
+        (`--save-every-steps` added or dropped) is the same ranking: its best scores go on.
+        """
+        if self.state_key in saved:
+            return self.state_key
+        monitor = self.monitor.key if self.monitor else None
+        same = [key for key in saved if key.startswith(f"ModelCheckpoint[{monitor},{self.mode},")]
+        return same[0] if len(same) == 1 else None
 
     def state_dict(self) -> dict[str, Any]:
         position = [self._saved_at.epoch, self._saved_at.batch] if self._saved_at else None
@@ -335,7 +344,9 @@ class ModelCheckpoint(Callback):
             finish_save(pending)
         except CheckpointError as exc:
             rollback()
-            raise CheckpointError(f"{exc} {self._unsaved(trainer)}") from None
+            raise CheckpointError(
+                f"{exc} {unsaved(self._position, self.last_name, trainer.state.global_step)}"
+            ) from None
         except BaseException:
             rollback()
             raise
@@ -361,20 +372,11 @@ class ModelCheckpoint(Callback):
         try:
             first = self._background.complete()
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc} {self._unsaved(trainer)}") from None
+            raise CheckpointError(
+                f"{exc} {unsaved(self._position, self.last_name, trainer.state.global_step)}"
+            ) from None
         if first is not None:
             warnings.warn(f"ModelCheckpoint: {first.split('. ')[0]}; a second try saved it", stacklevel=2)
-
-    def _unsaved(self, trainer: Trainer) -> str:
-        """What a failed save leaves unsaved: the training since the newest checkpoint that is kept."""
-        position, where = self._position, "the start"
-        if position is not None:
-            where = f"batch {position.batch} of epoch {position.epoch + 1}" if position.batch else (
-                f"the end of epoch {position.epoch}")  # fmt: skip
-        where = f"{where} (optimizer step {trainer.state.global_step})"
-        if self.last_name is None:
-            return f"Not saved: this run's training, up to {where}; a resume starts it again."
-        return f"Not saved: the training after {self.last_name!r}, up to {where}; a resume from it repeats that."
 
     def _repair(self, trainer: Trainer, last: str) -> None:
         """After a resume (main process): remove the folders a kill left that the record does not keep, fix best."""

@@ -208,11 +208,14 @@ def restore_training(
     trainer.unwrapped_model.load_state_dict(weights, strict=True)
     saved_callbacks = doc["callbacks"]
     stateful = trainer.callbacks.stateful()
+    used: dict[str, str] = {}  # callback's state_key -> the saved key it loads
     for callback in stateful:
-        if callback.state_key in saved_callbacks:
-            callback.load_state_dict(join_tensors(saved_callbacks[callback.state_key], tensors))
-    missing = [c.state_key for c in stateful if c.state_key not in saved_callbacks]
-    extra = sorted(set(saved_callbacks) - {c.state_key for c in trainer.callbacks})
+        key = callback.saved_state_key(saved_callbacks.keys())
+        if key is not None and key not in used.values():
+            callback.load_state_dict(join_tensors(saved_callbacks[key], tensors))
+            used[callback.state_key] = key
+    missing = [c.state_key for c in stateful if c.state_key not in used]
+    extra = sorted(set(saved_callbacks) - set(used.values()) - {c.state_key for c in trainer.callbacks})
     if missing or extra:
         trainer.print(f"resume: callback states not in the checkpoint: {missing}; saved but unused: {extra}")
     optimizer_state = join_tensors(doc["optimizer"], tensors)
