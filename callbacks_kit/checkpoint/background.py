@@ -55,11 +55,16 @@ class BackgroundSave:
         if self._pending is not None:
             raise RuntimeError(f"a save is already in flight ({self._pending.name}); complete() it first")
         self._pending, self._rollback = pending, rollback
-        self._thread = threading.Thread(target=self._run, args=(pending,), name=f"checkpoint {pending.name}")
+        go = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pending, go), name=f"checkpoint {pending.name}")
         self._thread.start()
+        # `start()` returns once the thread runs; it then waits for `go`, so the loop takes the GIL
+        # back at once instead of waiting (up to the 5 ms switch interval) while the thread encodes.
+        go.set()
 
     @staticmethod
-    def _run(pending: PendingSave) -> None:
+    def _run(pending: PendingSave, go: threading.Event) -> None:
+        go.wait()
         pending.write()
         if pending.world_size == 1:  # no collective: the whole save can end here
             try:
