@@ -21,6 +21,7 @@ from callbacks_kit import Callback, TensorBoardLogger, Trainer, TrainerError
 from callbacks_kit.callbacks import PixelConfusionMatrix, SegmentationOverlays, SegmentationReport, WorstSegmentations
 from callbacks_kit.data import ShapesDataset
 from callbacks_kit.inspection.segmentation import covering_samples
+from callbacks_kit.inspection.segmentation_image import overlay_rows, palette
 from callbacks_kit.losses import SegmentationLoss
 from callbacks_kit.segmentation_metrics import PixelCounts, SegmentationMetrics, image_iou, image_overlaps
 
@@ -114,6 +115,17 @@ def test_the_overlay_grid_shows_fixed_images_covering_the_classes(run):
     assert grid.shape[1] == 4 * tile + 5 * 4 and grid.shape[0] > 4 * tile  # 4 columns, 4 rows, header and legend
     # The truth column is the image blended with the palette: not the image column itself.
     assert not np.array_equal(grid[40:100, 4 : 4 + tile], grid[40:100, 8 + tile : 8 + 2 * tile])
+
+
+def test_a_class_shows_its_legend_colour_whatever_colour_is_under_it():
+    masks = torch.ones(2, 8, 8, dtype=torch.long)  # class 1 everywhere
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0], images[1, 1] = 0.9, 0.9  # a red and a green image of the same brightness
+    tiles = overlay_rows(images, masks, masks, ignore_index=None)
+    truth, predicted = tiles[:, 1], tiles[:, 2]
+    assert torch.allclose(truth[0], truth[1]) and torch.allclose(predicted[0], predicted[1])
+    colour = palette()[1].float() / 255
+    assert int(truth[0, :, 0, 0].argmax()) == int(colour.argmax())  # the class's hue: blue, as in the legend
 
 
 def test_the_worst_images_are_the_lowest_iou_ones(run):

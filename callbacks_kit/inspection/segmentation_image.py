@@ -19,6 +19,9 @@ from PIL import Image, ImageDraw
 from callbacks_kit.inspection.render import BLACK, RED, WHITE, font, from_pil, line_height, text_size, to_pil
 
 ALPHA = 0.6  # weight of the class colour over the image in an overlay
+# In the grids the class colours go over the image in grey: over its own colours they would
+# mix into hues the legend does not show (a blue class on a yellow shape turns green).
+GRID_ALPHA = 0.75
 HEADER = ("image", "truth", "prediction", "errors")
 TAB20 = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -57,9 +60,14 @@ def colourize(masks: torch.Tensor) -> torch.Tensor:
     return colours[masks.long().clamp(0, 255)].movedim(-1, -3)
 
 
-def overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
-    """`(N, 3, H, W)` images in [0, 1] with the colours of `(N, H, W)` masks blended over them."""
-    return ((1 - alpha) * images + alpha * colourize(masks)).clamp(0, 1)
+def overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = ALPHA, grey: bool = False) -> torch.Tensor:
+    """`(N, 3, H, W)` images in [0, 1] with the colours of `(N, H, W)` masks blended over them.
+
+    With `grey` they are blended over the images' brightness alone, so each class keeps its
+    legend colour's hue whatever the colour of the pixels under it.
+    """
+    under = images.mean(dim=1, keepdim=True).expand_as(images) if grey else images
+    return ((1 - alpha) * under + alpha * colourize(masks)).clamp(0, 1)
 
 
 def error_map(
@@ -79,11 +87,11 @@ def error_map(
 def overlay_rows(
     images: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor, ignore_index: int | None
 ) -> torch.Tensor:
-    """`(N, 4, 3, H, W)` tiles per image: the image, its truth, the prediction, the errors."""
+    """`(N, 4, 3, H, W)` tiles per image: the image, its truth and prediction in the legend's colours, the errors."""
     tiles = [
         images,
-        overlay(images, truth),
-        overlay(images, predicted),
+        overlay(images, truth, GRID_ALPHA, grey=True),
+        overlay(images, predicted, GRID_ALPHA, grey=True),
         error_map(images, truth, predicted, ignore_index),
     ]
     return torch.stack(tiles, dim=1)
@@ -108,9 +116,10 @@ def overlay_grid(
     n, columns, _, height, width = tiles.shape
     factor = max(1, math.ceil(tile_size / max(1, width)))
     width, height = width * factor, height * factor
-    size, gap = 13, 4
-    line = line_height(size)
+    gap = 4
     canvas_width = columns * width + (columns + 1) * gap
+    size = text_pixels(canvas_width)
+    line = line_height(size)
     legend = legend_image(class_names, ignore_index, canvas_width, size)
     row_height = line + height + gap
     total = line + gap + n * row_height + legend.height
@@ -130,6 +139,11 @@ def overlay_grid(
         y += row_height
     canvas.paste(legend, (0, y))
     return from_pil(canvas)
+
+
+def text_pixels(width: int) -> int:
+    """The text size of a grid `width` pixels wide: TensorBoard shrinks a wide image to its card (about 350 px)."""
+    return max(13, round(width / 28))
 
 
 def legend_image(class_names: Sequence[str], ignore_index: int | None, width: int, size: int = 13) -> Image.Image:
