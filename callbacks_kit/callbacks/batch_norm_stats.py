@@ -42,7 +42,7 @@ def recompute_batch_norm(trainer: Trainer, module: nn.Module, norms: Sequence[nn
         momenta = {m: m.momentum for m in norms}
         for m in norms:
             m.reset_running_stats()  # type: ignore[operator]
-            m.momentum = None  # a cumulative average over the batches
+            m.momentum = None  # type: ignore[assignment]  # a cumulative average over the batches
         for m, training in modes.items():
             m.train(training or m in momenta)
         try:
