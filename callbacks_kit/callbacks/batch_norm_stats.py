@@ -30,7 +30,9 @@ def recompute_batch_norm(trainer: Trainer, module: nn.Module, norms: Sequence[nn
     """Running statistics of `norms` (BatchNorms inside `module`) from `batches` training batches (None: all).
 
     A cumulative average over the batches, as `swa_utils.update_bn`, with `module` in
-    training mode, on a forked RNG so the run's random streams do not move; each process
+    training mode, on a forked RNG so the main process's random streams (the shuffle among them) do not
+    move (persistent loader workers have transformed those batches: their random augmentations go on
+    from there); each process
     averages its own batches, then the statistics are averaged across processes. Modules
     other than `norms` keep their mode, so frozen BatchNorms are only read.
     """
@@ -77,7 +79,8 @@ class BatchNormRecalibration(Callback):
 
     The model's own running statistics are replaced by a cumulative average over
     `batches` training batches taken with the weights being validated (no gradient, on a
-    forked RNG: the run's batches and random draws are those it would have had without it).
+    forked RNG: the run's shuffle and the main process's random draws are those it would have had
+    without it; loader workers' augmentations go on from where those batches left them).
     Training then goes on from these statistics with the layers' own momentum, and the
     checkpoints and `best.safetensors` of the epoch hold them. BatchNorms in eval mode
     during training (frozen by `FreezeUnfreeze`) keep theirs. The cost is `batches`
