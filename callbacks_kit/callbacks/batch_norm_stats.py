@@ -103,8 +103,8 @@ class BatchNormRecalibration(Callback):
             if self._training is None:
                 self._training = self._norms(trainer)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        self._training = None  # FreezeUnfreeze may change what trains in the next epoch
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._training = None  # FreezeUnfreeze may change what trains from one epoch to the next
 
     def on_validation_start(self, trainer: Trainer) -> None:
         if trainer.state.validation_prefix != "val" or not self._stale:
