@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from callbacks_kit.callbacks import (
         EMA,
         BatchGrid,
+        BatchNormRecalibration,
         Callback,
         ClassReport,
         ConfusionMatrix,
@@ -66,8 +67,8 @@ if TYPE_CHECKING:
 # Public name -> the module that defines it (LRScheduler: the deprecated name, not in __all__).
 _HOMES: dict[str, str] = {
     **dict.fromkeys(
-        ["EMA", "BatchGrid", "Callback", "ClassReport", "ConfusionMatrix", "EarlyStopping", "Embeddings",
-         "FeatureMaps", "FreezeUnfreeze", "GradCAM", "KernelGrid", "LayerStats", "LearningRateScheduler",
+        ["EMA", "BatchGrid", "BatchNormRecalibration", "Callback", "ClassReport", "ConfusionMatrix", "EarlyStopping",
+         "Embeddings", "FeatureMaps", "FreezeUnfreeze", "GradCAM", "KernelGrid", "LayerStats", "LearningRateScheduler",
          "LRScheduler", "MixUpCutMix", "ModelCheckpoint", "Order", "PixelConfusionMatrix",
          "PreemptionHandler", "Profiler", "ProgressBar", "SegmentationOverlays", "SegmentationReport",
          "TensorBoardLogger", "TerminateOnNaN", "TopLosses", "WeightHistograms", "WorstSegmentations"],
@@ -94,6 +95,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCapture",
     "BatchGrid",
+    "BatchNormRecalibration",
     "Callback",
     "CallbacksKitError",
     "CheckpointError",

@@ -15,6 +15,7 @@ from callbacks_kit.exports import lazy_exports
 if TYPE_CHECKING:
     from callbacks_kit.callbacks.base import EVENTS, Callback, CallbackList, Order
     from callbacks_kit.callbacks.batch_grid import BatchGrid
+    from callbacks_kit.callbacks.batch_norm_stats import BatchNormRecalibration
     from callbacks_kit.callbacks.class_report import ClassReport
     from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
     from callbacks_kit.callbacks.early_stopping import EarlyStopping
@@ -49,6 +50,7 @@ _HOMES: dict[str, str] = {
     "CallbackList": "base",
     "Order": "base",
     "BatchGrid": "batch_grid",
+    "BatchNormRecalibration": "batch_norm_stats",
     "ClassReport": "class_report",
     "ConfusionMatrix": "confusion_matrix",
     "EarlyStopping": "early_stopping",
@@ -80,6 +82,7 @@ _HOMES: dict[str, str] = {
 __all__ = [
     "EVENTS",
     "BatchGrid",
+    "BatchNormRecalibration",
     "Callback",
     "CallbackList",
     "ClassReport",

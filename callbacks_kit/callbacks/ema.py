@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from callbacks_kit.batches import side_forward
 from callbacks_kit.callbacks.base import Callback, Order
+from callbacks_kit.callbacks.batch_norm_stats import recompute_batch_norm
 from callbacks_kit.choices import BUFFER_MODES as BUFFER_MODES
 from callbacks_kit.compat import BATCH_NORMS
 from callbacks_kit.errors import TrainerError
@@ -174,27 +174,12 @@ class EMA(Callback):
         assert self.averaged is not None
         module = self.averaged.module
         norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
-        if not norms or trainer.train_loader is None:
-            return
-        with side_forward(module, trainer.device), torch.no_grad():
-            momenta = {m: m.momentum for m in norms}
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # a cumulative average over the batches, as update_bn does
-            module.train()
-            for index, batch in enumerate(trainer.train_loader):
-                if self.recompute_batches is not None and index >= self.recompute_batches:
-                    _end_iteration(trainer.train_loader)
-                    break
-                inputs, _ = trainer.unpack_batch(batch)
-                with trainer.accelerator.autocast():
-                    module(**inputs) if isinstance(inputs, dict) else module(inputs)
-            for m, momentum in momenta.items():
-                m.momentum = momentum
-                if trainer.accelerator.num_processes > 1:
-                    assert m.running_mean is not None and m.running_var is not None  # track_running_stats
-                    m.running_mean.copy_(trainer.accelerator.reduce(m.running_mean, reduction="mean"))
-                    m.running_var.copy_(trainer.accelerator.reduce(m.running_var, reduction="mean"))
+        was_training = module.training
+        module.train()  # as `swa_utils.update_bn`: the whole network in training mode
+        try:
+            recompute_batch_norm(trainer, module, norms, self.recompute_batches)
+        finally:
+            module.train(was_training)
 
     def _average(
         self, ema: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n_averaged: torch.Tensor | int
@@ -217,10 +202,3 @@ class EMA(Callback):
         with torch.no_grad():
             self.averaged.n_averaged.fill_(self.updates)
         self._pending = None
-
-
-def _end_iteration(loader: Any) -> None:
-    """Tell Accelerate's prepared loader that an iteration stopped early (it registers itself while iterating)."""
-    end = getattr(loader, "end", None)
-    if callable(end):
-        end()

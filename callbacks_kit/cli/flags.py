@@ -274,6 +274,14 @@ def add_finetune_args(parser: argparse.ArgumentParser, training: bool = True) ->
             "plateau: LR/10 when val/loss stalls for an epoch",
         )
         group.add_argument("--warmup", type=int, default=0, metavar="STEPS", help="linear warmup over the first STEPS")
+        group.add_argument(
+            "--bn-recalibration",
+            type=int,
+            default=10,
+            metavar="BATCHES",
+            help="before each validation, recompute the BatchNorm statistics for the current weights over this "
+            "many training batches (the running ones lag the weights while the LR is high); 0: off",
+        )
     group.add_argument(
         "--freeze-backbone", action="store_true", help="train only the classifier head (until --unfreeze-at)"
     )

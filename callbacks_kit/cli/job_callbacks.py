@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as schedulers
 
 from callbacks_kit.callbacks.base import Callback
 from callbacks_kit.callbacks.batch_grid import BatchGrid
+from callbacks_kit.callbacks.batch_norm_stats import BatchNormRecalibration
 from callbacks_kit.callbacks.class_report import ClassReport
 from callbacks_kit.callbacks.confusion_matrix import ConfusionMatrix
 from callbacks_kit.callbacks.early_stopping import EarlyStopping
@@ -94,7 +95,7 @@ def training_view_callbacks(args: argparse.Namespace, classes: Sequence[str]) ->
 
 
 def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[Callback]:
-    """A LearningRateScheduler and, when asked, a FreezeUnfreeze on the backbone (all but the head).
+    """A LearningRateScheduler, a BatchNormRecalibration and, when asked, a FreezeUnfreeze on the backbone.
 
     The schedules get the exact optimizer steps per epoch from the trainer at fit start.
     """
@@ -125,6 +126,10 @@ def finetune_callbacks(args: argparse.Namespace, steps_per_epoch: int) -> list[C
         interval = "epoch" if args.scheduler in ("step", "plateau") else "step"
         factory = factories.get(args.scheduler)
         callbacks.append(LearningRateScheduler(factory, interval=interval, warmup=args.warmup, warmup_interval="step"))
+    if args.bn_recalibration < 0:
+        raise CLIError(f"--bn-recalibration must be 0 (off) or more training batches, got {args.bn_recalibration}")
+    if args.bn_recalibration:
+        callbacks.append(BatchNormRecalibration(args.bn_recalibration))
     if args.freeze_backbone or args.unfreeze_at:
         when = args.unfreeze_at[0] if args.unfreeze_at and len(args.unfreeze_at) == 1 else args.unfreeze_at
         callbacks.append(FreezeUnfreeze(unfreeze_at=when, lr_factor=args.backbone_lr_factor))
