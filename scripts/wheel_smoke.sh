@@ -121,8 +121,11 @@ grep -E "^(training|epoch|done) " "$tmp/train.txt"
 step "callbacks-kit inspect on its run"
 callbacks-kit inspect "$tmp/run" >"$tmp/inspect.txt" || { cat "$tmp/inspect.txt"; exit 1; }
 grep -E "^  [a-z_]+:" "$tmp/inspect.txt"  # one line per plugin: how many tags
-for tag in train/loss val/loss val/accuracy; do
-    grep -q "^    $tag: " "$tmp/inspect.txt" || { echo "wheel_smoke: no $tag scalar in the run" >&2; exit 1; }
+# Each split's scalars are in its sub-run ([train], [validation]) under the same tag.
+for split_tag in train:loss/step validation:loss validation:accuracy; do
+    split=${split_tag%%:*} tag=${split_tag#*:}
+    sed -n "/^\[$split\]/,/^\[/p" "$tmp/inspect.txt" | grep -q "^    $tag: " \
+        || { echo "wheel_smoke: no $tag scalar in the run's $split sub-run" >&2; exit 1; }
 done
 [[ -s $tmp/run/checkpoints/last.json ]] || { echo "wheel_smoke: no checkpoint in $tmp/run/checkpoints" >&2; exit 1; }
 
