@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from callbacks_kit.callbacks.segmentation_view import SegmentationView
+from callbacks_kit.callbacks.segmentation_view import PixelCountView
 from callbacks_kit.inspection.confusion_image import confusion_image
-from callbacks_kit.segmentation_metrics import IGNORE_INDEX, PixelCounts
+from callbacks_kit.segmentation_metrics import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
 
 
-class PixelConfusionMatrix(SegmentationView):
+class PixelConfusionMatrix(PixelCountView):
     """Pixel confusion matrix of each validation (`segmentation/confusion_matrix/<prefix>`).
 
     Every pixel of the gathered validation batches (each sample once across processes) is
@@ -44,15 +44,7 @@ class PixelConfusionMatrix(SegmentationView):
     ) -> None:
         super().__init__(class_names, ignore_index, every_n_validations, prefix)
         self.max_text_classes = max_text_classes
-        self.counts = PixelCounts(ignore_index=ignore_index)
         self.matrix: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.counts = PixelCounts(ignore_index=self.ignore_index)
-
-    def add(self, trainer: Trainer, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        if trainer.is_main_process:
-            self.counts.add_logits(logits, masks)
 
     def write(self, trainer: Trainer) -> None:
         if self.counts.counts is None or trainer.tb_writer is None:

@@ -6,16 +6,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
-
-from callbacks_kit.callbacks.segmentation_view import SegmentationView
-from callbacks_kit.segmentation_metrics import IGNORE_INDEX, PixelCounts, SegmentationScores, segmentation_scores
+from callbacks_kit.callbacks.segmentation_view import PixelCountView
+from callbacks_kit.segmentation_metrics import IGNORE_INDEX, SegmentationScores, segmentation_scores
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
 
 
-class SegmentationReport(SegmentationView):
+class SegmentationReport(PixelCountView):
     """Per-class IoU, Dice and pixel counts of each validation, as a markdown table (`segmentation_report/<prefix>`).
 
     Counted on the device from the gathered validation batches (each sample once across
@@ -43,15 +41,7 @@ class SegmentationReport(SegmentationView):
         prefix: str = "val",
     ) -> None:
         super().__init__(class_names, ignore_index, every_n_validations, prefix)
-        self.counts = PixelCounts(ignore_index=ignore_index)
         self.scores: SegmentationScores | None = None
-
-    def reset(self) -> None:
-        self.counts = PixelCounts(ignore_index=self.ignore_index)
-
-    def add(self, trainer: Trainer, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        if trainer.is_main_process:
-            self.counts.add_logits(logits, masks)
 
     def write(self, trainer: Trainer) -> None:
         if self.counts.counts is None or trainer.tb_writer is None:

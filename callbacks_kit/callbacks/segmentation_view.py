@@ -15,7 +15,7 @@ from callbacks_kit.cadence import warn_once
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.errors import TrainerError
 from callbacks_kit.inspection.segmentation import check_segmentation_at_fit_start, gathered_segmentation
-from callbacks_kit.segmentation_metrics import IGNORE_INDEX
+from callbacks_kit.segmentation_metrics import IGNORE_INDEX, PixelCounts
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -94,3 +94,24 @@ class SegmentationView(Callback):
 
     def write(self, trainer: Trainer) -> None:
         """Write to `trainer.tb_writer` (main process, at the validations due)."""
+
+
+class PixelCountView(SegmentationView):
+    """A view of the validation's pixel confusion counts (gathered from every process, counted on the main one)."""
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = IGNORE_INDEX,
+        every_n_validations: int = 1,
+        prefix: str = "val",
+    ) -> None:
+        super().__init__(class_names, ignore_index, every_n_validations, prefix)
+        self.counts = PixelCounts(ignore_index=ignore_index)
+
+    def reset(self) -> None:
+        self.counts = PixelCounts(ignore_index=self.ignore_index)
+
+    def add(self, trainer: Trainer, logits: torch.Tensor, masks: torch.Tensor) -> None:
+        if trainer.is_main_process:
+            self.counts.add_logits(logits, masks)
