@@ -27,5 +27,5 @@ SEGMENTATION_LOSSES = ("ce", "dice", "bce-dice", "focal", "ce+dice")
 # segmentation_metrics.py: the mask value counted in no loss or metric, the "void" label of
 # PASCAL VOC and Cityscapes' trainIds (masks are 8-bit PNGs).
 IGNORE_INDEX = 255
-# finetune/segmentation_models.py: the smallest (3.2 M parameters), trains on a CPU.
-DEFAULT_SEGMENTATION_MODEL = "lraspp_mobilenet_v3_large"
+# finetune/segmentation_models.py: the package's small U-Net, which learns from scratch on a CPU.
+DEFAULT_SEGMENTATION_MODEL = "unet"

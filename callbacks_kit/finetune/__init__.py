@@ -1,6 +1,7 @@
 """Fine-tuning helpers: freezing, param groups by module name, torchvision heads, models and local weights.
 
-Classifiers (`build_classifier`) and torchvision's segmentation models (`build_segmentation_model`).
+Classifiers (`build_classifier`), segmentation models (`build_segmentation_model`: the package's
+`UNet` or torchvision's).
 
 `callbacks_kit.finetune.<name>` keeps working for every name below, wherever it lives.
 """
@@ -18,6 +19,7 @@ from callbacks_kit.finetune.segmentation_models import (
     build_segmentation_model,
     is_segmentation_model,
 )
+from callbacks_kit.finetune.unet import UNet
 from callbacks_kit.finetune.weights import LoadReport, load_state, load_weights, read_state_dict
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "SEGMENTATION_MODELS",
     "SUPPORTED_FAMILIES",
     "SegmentationLogits",
+    "UNet",
     "FinetuneError",
     "LoadReport",
     "backbone_blocks",
