@@ -53,7 +53,8 @@ def conv_blocks(model: nn.Module) -> list[str]:
 
     Starting from the model, keeps descending while a single child holds all the
     convolutions (a `features` wrapper, a backbone); then returns the children that
-    contain a `nn.Conv2d`. ResNet: `conv1, layer1, ..., layer4`; VGG: `features.0, ...`.
+    contain a `nn.Conv2d`, each item of an `nn.ModuleList` counted on its own (a list never
+    runs, its items do). ResNet: `conv1, layer1, ..., layer4`; VGG: `features.0, ...`.
     """
     parent, prefix = model, ""
     while True:
@@ -65,7 +66,13 @@ def conv_blocks(model: nn.Module) -> list[str]:
         if len(children) == 1 and not isinstance(children[0][1], nn.Conv2d):
             parent, prefix = children[0][1], f"{prefix}{children[0][0]}."
             continue
-        return [prefix + name for name, _ in children]
+        blocks: list[str] = []
+        for name, child in children:
+            if isinstance(child, nn.ModuleList):
+                blocks += [f"{prefix}{name}.{item}" for item, grand in child.named_children() if _has_conv(grand)]
+            else:
+                blocks.append(prefix + name)
+        return blocks
 
 
 def last_conv_block(model: nn.Module) -> str:
