@@ -17,13 +17,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks_kit.cli import build_parser, main
 from callbacks_kit.cli.job import build_job
+from callbacks_kit.cli.segmentation_job import check_task_args
 from callbacks_kit.deploy import RunInfo, load_run_model
 from callbacks_kit.deploy.evaluate_segmentation import evaluate_segmentation
 from callbacks_kit.deploy.export import WRITERS
 from callbacks_kit.errors import DataError
 from callbacks_kit.finetune.segmentation_models import SegmentationLogits
+from callbacks_kit.finetune.unet import UNet
 from callbacks_kit.losses import SegmentationLoss
-from callbacks_kit.segmentation_metrics import PixelCounts, segmentation_scores
+from callbacks_kit.segmentation_metrics import PixelCounts, segmentation_logits, segmentation_scores
 
 NAMES = ["background", "circle", "square", "triangle", "cross", "star", "ring"]
 TRAIN = ["train", "--task", "segmentation", "--epochs", "1", "--batch-size", "8", "--image-size", "32"]
@@ -32,7 +34,7 @@ QUIET = ["--no-progress", "--scheduler", "none", "--hist-every", "0"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """An LR-ASPP run on a folder of 24 px image and mask pairs (a 255 border ignored), and the folder."""
+    """A run of the default U-Net on a folder of 24 px image and mask pairs (a 255 border ignored), and the folder."""
     import os
 
     if os.environ.get("SEGCLI_DEV"):
@@ -50,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_run_trains_logs_and_remembers_the_task(trained: tuple[Path, Path]):
     run, _ = trained
     info = json.loads((run / "run.json").read_text())
-    assert info["version"] == 2 and info["task"] == "segmentation" and info["model"] == "lraspp_mobilenet_v3_large"
+    assert info["version"] == 2 and info["task"] == "segmentation" and info["model"] == "unet"
     assert info["classes"] == NAMES and info["loss"] == "ce+dice" and info["ignore_index"] == 255
     assert (run / "checkpoints" / "best.safetensors").is_file()
     state = json.loads(next((run / "checkpoints").glob("epoch=*/state.json")).read_text())
@@ -81,7 +83,7 @@ def test_predict_writes_one_index_png_per_image_at_its_size(
         assert Image.open(out / f"{path.stem}_overlay.png").size == source.size
         # The mask is the argmax of the logits resized back to the image: what the model says, pixel for pixel.
         with torch.inference_mode():
-            logits = model(info.transform()(source.convert("RGB"))[None])["out"]
+            logits = segmentation_logits(model(info.transform()(source.convert("RGB"))[None]))
             full = torch.nn.functional.interpolate(logits, size=source.size[::-1], mode="bilinear")
         assert (full.argmax(1)[0].numpy() == values).mean() > 0.999
         assert f"{path} -> {out / (path.stem + '.png')} ({source.size[0]}x{source.size[1]}):" in printed
@@ -101,7 +103,7 @@ def test_evaluate_reports_the_json_shape_and_writes_test_scalars(trained: tuple[
     for path in sorted((data / "val" / "images").iterdir()):
         mask = torch.from_numpy(np.asarray(Image.open(data / "val" / "masks" / path.name)).astype(np.int64))[None]
         with torch.inference_mode():
-            logits = model(info.transform()(Image.open(path).convert("RGB"))[None])["out"]
+            logits = segmentation_logits(model(info.transform()(Image.open(path).convert("RGB"))[None]))
             full = torch.nn.functional.interpolate(logits, size=mask.shape[-2:], mode="bilinear")
         counts.add_logits(full, mask)
         losses.append(float(SegmentationLoss("ce+dice")(full, mask)))
@@ -141,21 +143,20 @@ def test_export_gives_the_logits_tensor_checked_against_pytorch(
     model, _ = load_run_model(run)
     images = torch.randn(2, 3, 40, 56)  # another size than the run's: any image size goes
     with torch.inference_mode():
-        expected = model(images)["out"]
-        if fmt == "state_dict":  # torchvision's own model, as a user builds it
-            plain = torchvision.models.get_model(
-                "lraspp_mobilenet_v3_large", num_classes=7, weights=None, weights_backbone=None
-            )
+        expected = model(images)
+        if fmt == "state_dict":  # the package's U-Net, as a user builds it
+            plain = UNet(7)
             plain.load_state_dict(torch.load(output, weights_only=True))
-            got = plain.eval()(images)["out"]
+            got = plain.eval()(images)
         else:
             got = torch.jit.load(str(output))(images)
     assert got.shape == (2, 7, 40, 56) and torch.allclose(got, expected, atol=1e-4)
 
 
-def test_onnx_export_of_a_segmentation_model_takes_any_image_size(tmp_path: Path):
+@pytest.mark.parametrize("net", ["tiny", "unet"])
+def test_onnx_export_of_a_segmentation_model_takes_any_image_size(tmp_path: Path, net: str):
     onnxruntime = pytest.importorskip("onnxruntime")
-    model = SegmentationLogits(TinySegmenter(7)).eval()
+    model = SegmentationLogits(TinySegmenter(7) if net == "tiny" else UNet(7, width=8)).eval()
     info = RunInfo("tiny", NAMES, 32, 32, task="segmentation")
     diff = WRITERS["onnx"](model, info, tmp_path / "m.onnx", torch.randn(2, 3, 32, 32))
     assert diff < 1e-4
@@ -166,18 +167,38 @@ def test_onnx_export_of_a_segmentation_model_takes_any_image_size(tmp_path: Path
         assert got.shape == (3, 7, 45, 61) and np.allclose(got, model(images).numpy(), atol=1e-4)
 
 
+def test_a_torchvision_model_trains_and_exports_a_state_dict_torchvision_loads(tmp_path: Path):
+    argv = [*TRAIN, *QUIET, "--train-samples", "8", "--val-samples", "4", "--no-inspection", "--workers", "0"]
+    run = tmp_path / "run"
+    assert main([*argv, "--model", "lraspp_mobilenet_v3_large", "--log-dir", str(run)]) == 0
+    assert main(["export", str(run), "--format", "state_dict", "--output", str(tmp_path / "m.pt")]) == 0
+    plain = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", num_classes=7, weights=None, weights_backbone=None
+    )
+    plain.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    model, info = load_run_model(run)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert info.model == "lraspp_mobilenet_v3_large"
+        assert torch.allclose(plain.eval()(images)["out"], model(images)["out"], atol=1e-5)
+
+
 def test_the_shapes_job_is_segmentation_with_background_and_its_defaults():
     args = build_parser().parse_args(
         ["train", "--task", "segmentation", "--train-samples", "8", "--val-samples", "4", "--image-size", "32"]
     )
     job = build_job(args)
-    assert job.classes == NAMES and args.model == "lraspp_mobilenet_v3_large" and args.loss == "ce"
+    assert job.classes == NAMES and args.model == "unet" and args.loss == "ce+dice"
+    assert (args.epochs, args.batch_size, args.lr) == (6, 32, 5e-3)  # the task's own defaults
+    given = build_parser().parse_args(["train", "--task", "segmentation", "--batch-size", "64", "--lr", "2e-3"])
+    check_task_args(given)
+    assert (given.epochs, given.batch_size, given.lr) == (6, 64, 2e-3)  # a value given stays, even the other's
     images, masks = next(iter(job.val_loader))
     assert images.shape[1:] == (3, 32, 32) and masks.shape[1:] == (32, 32)
     trainer = job.trainer(args, [], progress_bar=False)
     assert isinstance(trainer.loss_fn, SegmentationLoss) and trainer.loss_fn.ignore_index == 255
     assert {"mean_iou", "pixel_accuracy", "iou/background", "dice/ring"} <= set(trainer.metrics)
-    assert job.model.classifier is not None and getattr(job.model, "aux_classifier", None) is None
+    assert isinstance(job.model, UNet) and job.model.classifier is not None
 
 
 @pytest.mark.parametrize(

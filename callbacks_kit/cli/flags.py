@@ -41,6 +41,19 @@ class Unset(str):
     """A flag's default that knows it was not given (argparse keeps a default object as it is)."""
 
 
+class UnsetInt(int):
+    """An int default that knows it was not given: the segmentation task has its own."""
+
+
+class UnsetFloat(float):
+    """A float default that knows it was not given: the segmentation task has its own."""
+
+
+def is_unset(value: object) -> bool:
+    """Whether `value` is a default the user did not give (`Unset`, `UnsetInt`, `UnsetFloat`)."""
+    return isinstance(value, (Unset, UnsetInt, UnsetFloat))
+
+
 def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
     """The data, model and run options, shared with `lr-find` (without those of training: `training=False`)."""
     data = train.add_argument_group("data")
@@ -87,7 +100,8 @@ def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
     model.add_argument(
         "--model",
         default=Unset("resnet18"),
-        help="any torchvision classifier name; with --task segmentation, one of torchvision.models.segmentation",
+        help="any torchvision classifier name; with --task segmentation, unet (the package's, the default) or one "
+        "of torchvision.models.segmentation",
     )
     model.add_argument(
         "--weights",
@@ -101,15 +115,25 @@ def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
         help="load the matching part of --weights that only partly fit the model (refused by default)",
     )
     if training:
-        model.add_argument("--epochs", type=int, default=5, help="passes over the training data")
-    model.add_argument("--batch-size", type=int, default=64, help="images per batch, per process")
+        model.add_argument(
+            "--epochs",
+            type=int,
+            default=UnsetInt(5),
+            help="passes over the training data (default: 5; 6 with --task segmentation)",
+        )
+    model.add_argument(
+        "--batch-size",
+        type=int,
+        default=UnsetInt(64),
+        help="images per batch, per process (default: 64; 32 with --task segmentation)",
+    )
     if training:
         model.add_argument(
             "--lr",
             type=lr_value,
-            default=2e-3,
+            default=UnsetFloat(2e-3),
             help="LR of every param group; 'auto' runs the LR range test first (see lr-find) and trains with its "
-            "suggestion",
+            "suggestion (default: 0.002; 0.005 with --task segmentation)",
         )
     model.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     if training:

@@ -25,7 +25,7 @@ from callbacks_kit.callbacks.segmentation_overlays import SegmentationOverlays
 from callbacks_kit.callbacks.segmentation_report import SegmentationReport
 from callbacks_kit.callbacks.weight_histograms import WeightHistograms
 from callbacks_kit.callbacks.worst_segmentations import WorstSegmentations
-from callbacks_kit.cli.flags import Unset
+from callbacks_kit.cli.flags import is_unset
 from callbacks_kit.cli.input_size import InputSize
 from callbacks_kit.data import (
     SEGMENTATION_AUGMENTS,
@@ -47,7 +47,10 @@ from callbacks_kit.metrics import Metric
 from callbacks_kit.segmentation_metrics import IGNORE_INDEX, SegmentationMetrics
 
 # Each task's defaults of the flags that only it takes (None: given by nobody).
-SEGMENTATION_DEFAULTS = {"loss": "ce", "ignore_index": IGNORE_INDEX, "overlay_images": 8, "worst_images": 8}
+SEGMENTATION_DEFAULTS = {"loss": "ce+dice", "ignore_index": IGNORE_INDEX, "overlay_images": 8, "worst_images": 8}
+# Shared flags whose default differs for segmentation (classification's is an `is_unset` value): on the
+# built-in shapes the U-Net learns every class within 6 epochs of 32 images, not in 5 of 64.
+SEGMENTATION_TRAINING = {"model": DEFAULT_SEGMENTATION_MODEL, "epochs": 6, "batch_size": 32, "lr": 5e-3}
 # Classification's flags, with the value that means "not given": refused with --task segmentation.
 CLASSIFICATION_ONLY = {
     "labels": None,
@@ -96,9 +99,10 @@ def check_task_args(args: argparse.Namespace) -> None:
     for name in ("overlay_images", "worst_images"):
         if getattr(args, name) < 0:
             raise CLIError(f"{_flag(name)} must be 0 (off) or more images, got {getattr(args, name)}")
-    if isinstance(args.model, Unset):
-        args.model = DEFAULT_SEGMENTATION_MODEL
-    elif args.model not in SEGMENTATION_MODELS:
+    for name, default in SEGMENTATION_TRAINING.items():
+        if is_unset(getattr(args, name, None)):
+            setattr(args, name, default)
+    if args.model not in SEGMENTATION_MODELS:
         raise CLIError(
             f"--model {args.model} is not a segmentation model; with --task segmentation choose one of "
             f"{', '.join(SEGMENTATION_MODELS)} (default {DEFAULT_SEGMENTATION_MODEL})"

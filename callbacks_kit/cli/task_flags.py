@@ -15,14 +15,14 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
         choices=TASKS,
         default="classification",
         help="segmentation: per-pixel classes from image and mask pairs (the built-in shapes' masks: 0 background, "
-        "class + 1 on each shape; or --data DIR with train/ and val/, each holding images/ and masks/), a model of "
-        f"torchvision.models.segmentation ({DEFAULT_SEGMENTATION_MODEL} unless --model names one), checkpoints by "
+        "class + 1 on each shape; or --data DIR with train/ and val/, each holding images/ and masks/), the "
+        f"package's {DEFAULT_SEGMENTATION_MODEL} or --model one of torchvision.models.segmentation, checkpoints by "
         "val/mean_iou",
     )
     group.add_argument(
         "--loss",
         choices=SEGMENTATION_LOSSES,
-        help="segmentation loss from callbacks_kit.losses, each leaving out the ignored pixels (default: ce)",
+        help="segmentation loss from callbacks_kit.losses, each leaving out the ignored pixels (default: ce+dice)",
     )
     group.add_argument(
         "--ignore-index",

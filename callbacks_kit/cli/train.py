@@ -32,7 +32,7 @@ from callbacks_kit.cli.parser import train_defaults
 from callbacks_kit.cli.resume_checks import check_new_run, check_resume, checkpoint_folder
 from callbacks_kit.cli.run_dir import lock_run, pick_run_dir, tensorboard_command
 from callbacks_kit.cli.run_hparams import run_hparams, user_flags
-from callbacks_kit.cli.segmentation_job import segmentation_callbacks, task_info
+from callbacks_kit.cli.segmentation_job import check_task_args, segmentation_callbacks, task_info
 from callbacks_kit.deploy.run_info import RunInfo, WriteRunInfo
 from callbacks_kit.errors import CLIError, ScheduleError
 
@@ -62,6 +62,7 @@ def train(
     """
     check_new_run(args)  # before anything is read or written
     given = user_flags(args, train_defaults())  # before the checks fill in defaults
+    check_task_args(args)  # the task's defaults of --epochs, --batch-size and --lr, before anything reads them
     if args.lr == "auto":
         if args.resume:
             raise CLIError(
