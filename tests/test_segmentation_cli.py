@@ -24,6 +24,7 @@ from callbacks_kit.deploy.export import WRITERS
 from callbacks_kit.errors import DataError
 from callbacks_kit.finetune.segmentation_models import SegmentationLogits
 from callbacks_kit.finetune.unet import UNet
+from callbacks_kit.inspection.segmentation_image import palette
 from callbacks_kit.losses import SegmentationLoss
 from callbacks_kit.segmentation_metrics import PixelCounts, segmentation_logits, segmentation_scores
 
@@ -80,7 +81,10 @@ def test_predict_writes_one_index_png_per_image_at_its_size(
         assert written.mode == "P" and written.size == source.size  # at the image's own size
         values = np.asarray(written)
         assert values.max() < len(NAMES)
-        assert Image.open(out / f"{path.stem}_overlay.png").size == source.size
+        overlay = np.asarray(Image.open(out / f"{path.stem}_overlay.png"), dtype=np.float32)
+        assert overlay.shape[:2] == values.shape  # each class in its palette colour over the image in grey:
+        grey = np.asarray(source.convert("RGB"), dtype=np.float32).mean(axis=2, keepdims=True)
+        assert np.abs(overlay - (0.4 * grey + 0.6 * palette().numpy()[values])).max() <= 0.5
         # The mask is the argmax of the logits resized back to the image: what the model says, pixel for pixel.
         with torch.inference_mode():
             logits = segmentation_logits(model(info.transform()(source.convert("RGB"))[None]))

@@ -40,7 +40,7 @@ class SegmentationOverlays(Callback):
     or takes `indices`. Every `every_n_epochs` epochs it runs them through the bare model in
     eval mode (a forked RNG: the run is not changed) and writes one image: a row per sample
     of four tiles, the image, the truth and the prediction blended in one fixed palette, and
-    the errors (wrong pixels red, ignored ones in the void colour), each row titled with the
+    the errors (wrong pixels magenta, a colour no class has; ignored ones in the void colour), each row titled with the
     sample's index and IoU, and a legend of the class names under the rows.
 
     Args:

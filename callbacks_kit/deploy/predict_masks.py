@@ -81,8 +81,8 @@ def predict_mask_files(
 ) -> MaskPredictionResult:
     """Segment image files with `model` (already loaded) and write one index PNG per image under `output`.
 
-    With `overlay`, `<name>_overlay.png` beside each mask shows the image with the classes'
-    colours blended over it. Unreadable files are skipped with a warning naming each.
+    With `overlay`, `<name>_overlay.png` beside each mask shows the image in grey with the
+    classes' colours blended over it. Unreadable files are skipped with a warning naming each.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
@@ -134,7 +134,9 @@ def _write(
     overlay_path = None
     if overlay:
         colours = palette().numpy()[mask].astype(np.float32)
-        blended = (1 - ALPHA) * np.asarray(image, dtype=np.float32) + ALPHA * colours
+        # Over the image's brightness, as in the views: over its colours a class would take hues the palette lacks.
+        grey = np.asarray(image, dtype=np.float32).mean(axis=2, keepdims=True)
+        blended = (1 - ALPHA) * grey + ALPHA * colours
         overlay_path = target.with_name(f"{target.stem}{OVERLAY_SUFFIX}.png")
         Image.fromarray(blended.clip(0, 255).round().astype(np.uint8)).save(overlay_path)
     counts = np.bincount(mask.ravel(), minlength=info.num_classes)

@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageDraw
 
-from callbacks_kit.inspection.render import BLACK, RED, WHITE, font, from_pil, line_height, text_size, to_pil
+from callbacks_kit.inspection.render import BLACK, WHITE, font, from_pil, line_height, text_size, to_pil
 
 ALPHA = 0.6  # weight of the class colour over the image in an overlay
 # In the grids the class colours go over the image in grey: over its own colours they would
@@ -30,6 +30,8 @@ TAB20 = (
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
 VOID = (224, 224, 192)
+# Wrong pixels in the errors tile: a colour no class has (render.RED is as red as class 4's (214, 39, 40)).
+ERROR = (255, 0, 255)
 
 
 @lru_cache(maxsize=1)
@@ -73,11 +75,11 @@ def overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = ALPHA, gre
 def error_map(
     images: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor, ignore_index: int | None
 ) -> torch.Tensor:
-    """The images in faded grey, wrong pixels red and ignored ones in the void colour: `(N, 3, H, W)` in [0, 1]."""
+    """The images in faded grey, wrong pixels magenta and ignored ones in the void colour: `(N, 3, H, W)` in [0, 1]."""
     grey = (0.35 + 0.4 * images.mean(dim=1, keepdim=True)).expand(-1, 3, -1, -1)
-    red = torch.tensor(RED, device=images.device, dtype=images.dtype).view(1, 3, 1, 1) / 255
+    error = torch.tensor(ERROR, device=images.device, dtype=images.dtype).view(1, 3, 1, 1) / 255
     wrong = (predicted != truth).unsqueeze(1)
-    shown = torch.where(wrong, red, grey)
+    shown = torch.where(wrong, error, grey)
     if ignore_index is not None:
         ignored = (truth == ignore_index).unsqueeze(1)
         shown = torch.where(ignored, colourize(torch.full_like(truth, 255)), shown)
