@@ -100,7 +100,7 @@ def test_the_main_job_recalibrates_before_each_validation_by_default():
         args = build_parser().parse_args(["train", *argv])
         return [c.batches for c in finetune_callbacks(args, 10) if isinstance(c, BatchNormRecalibration)]
 
-    assert recalibrations() == [10]
+    assert recalibrations() == [3]
     assert recalibrations("--bn-recalibration", "25") == [25]
     assert recalibrations("--bn-recalibration", "0") == []
     with pytest.raises(CLIError, match="--bn-recalibration must be 0"):

@@ -90,7 +90,7 @@ class BatchNormRecalibration(Callback):
         batches: Training batches per recomputation (None: the whole training loader).
     """
 
-    def __init__(self, batches: int | None = 10) -> None:
+    def __init__(self, batches: int | None = 3) -> None:
         if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
             raise TrainerError(f"BatchNormRecalibration: batches must be a positive int or None, got {batches!r}")
         self.batches = batches

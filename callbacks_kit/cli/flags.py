@@ -301,7 +301,7 @@ def add_finetune_args(parser: argparse.ArgumentParser, training: bool = True) ->
         group.add_argument(
             "--bn-recalibration",
             type=int,
-            default=10,
+            default=3,
             metavar="BATCHES",
             help="before each validation, recompute the BatchNorm statistics for the current weights over this "
             "many training batches (the running ones lag the weights while the LR is high); 0: off",
