@@ -9,6 +9,7 @@ touches a private attribute of an object it does not own.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -106,3 +107,9 @@ PRIVATE_NAMES: tuple[tuple[Any, str], ...] = (
     (DistributedDataParallel, "_remove_autograd_hooks"),
     (torch, "_foreach_norm"),
 )
+
+
+def onnx_dynamo_exporter() -> bool:
+    """Whether `torch.onnx.export` takes `dynamo=True` and `external_data` (torch 2.5 on); older torch traces."""
+    parameters = inspect.signature(torch.onnx.export).parameters
+    return "dynamo" in parameters and "external_data" in parameters

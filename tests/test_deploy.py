@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +179,19 @@ def test_not_a_run_and_a_newer_run_are_refused(trained: tuple[Path, Path], tmp_p
     assert main(["evaluate", str(tmp_path), "--data", str(trained[1])]) == 2
 
 
+TORCH = tuple(int(part) for part in torch.__version__.split(".")[:2])
+
+
+@contextlib.contextmanager
+def deprecated(message: str) -> Iterator[None]:
+    """TorchScript's FutureWarning where torch has deprecated it (2.14 on), reaching the user; nothing before."""
+    if TORCH < (2, 14):
+        yield
+        return
+    with pytest.warns(FutureWarning, match=message):
+        yield
+
+
 def test_export_all_formats_reproduce_pytorch(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
@@ -185,27 +200,35 @@ def test_export_all_formats_reproduce_pytorch(
     batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))  # another batch size than the check's
     with torch.inference_mode():
         expected = model(batch)
-    for fmt in ("state_dict", "torchscript", "pt2", "onnx"):
+    formats = ["state_dict", "torchscript", "pt2", "onnx"]
+    for fmt in list(formats):
         out = tmp_path / f"model.{fmt}"
         if fmt == "torchscript":  # deprecated in torch 2.14: torch's warnings reach the user, and a note says why
-            with pytest.warns(FutureWarning, match=r"torch\.jit\.trace. is deprecated"):
+            with deprecated(r"torch\.jit\.trace. is deprecated"):
                 assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
             assert "note: TorchScript is deprecated since torch 2.14" in capsys.readouterr().out
             continue
-        assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
+        code = main(["export", str(run), "--format", fmt, "--output", str(out)])
+        if fmt == "pt2" and TORCH < (2, 5) and code != 0:  # torch.export guards a ResNet's batch size there
+            assert "torch 2.5 or later exports it, or choose --format onnx" in capsys.readouterr().err
+            formats.remove(fmt)
+            continue
+        assert code == 0
         printed = capsys.readouterr().out
         assert f"{fmt} written to {out}; checked on a sample batch: largest difference" in printed
         assert "weights: best (the trained weights with the best val/accuracy)" in printed
     plain = torchvision.models.get_model("resnet18", num_classes=6)
     plain.load_state_dict(torch.load(tmp_path / "model.state_dict", weights_only=True))
-    with pytest.warns(FutureWarning, match=r"torch\.jit\.load. is deprecated"):
+    with deprecated(r"torch\.jit\.load. is deprecated"):
         scripted = torch.jit.load(str(tmp_path / "model.torchscript"))
-    program = torch.export.load(str(tmp_path / "model.pt2"))  # an ExportedProgram, any batch size
-    assert isinstance(program, torch.export.ExportedProgram)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        outputs = {"state_dict": plain.eval()(batch), "torchscript": scripted(batch), "pt2": program.module()(batch)}
-        assert program.module()(batch[:1]).shape == (1, 6)
+        outputs = {"state_dict": plain.eval()(batch), "torchscript": scripted(batch)}
+        if "pt2" in formats:
+            program = torch.export.load(str(tmp_path / "model.pt2"))  # an ExportedProgram, any batch size
+            assert isinstance(program, torch.export.ExportedProgram)
+            outputs["pt2"] = program.module()(batch)
+            assert program.module()(batch[:1]).shape == (1, 6)
     outputs["onnx"] = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
     for fmt, got in outputs.items():
         assert (got - expected).abs().max() <= 1e-4, fmt

@@ -20,6 +20,7 @@ from torch import nn
 
 from callbacks_kit.choices import EXPORT_FORMATS as EXPORT_FORMATS
 from callbacks_kit.choices import EXPORT_TOLERANCE
+from callbacks_kit.compat import onnx_dynamo_exporter
 from callbacks_kit.deploy.output_file import check_output_file
 from callbacks_kit.deploy.run_info import RunInfo, load_run_model, run_json_path
 from callbacks_kit.errors import DeployError
@@ -135,7 +136,14 @@ def _dynamic_dims(model: nn.Module) -> dict[int, torch.export.Dim]:
 
 def _write_pt2(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
     # torch.export's ExportedProgram: `torch.export.load(path).module()` runs it without this package.
-    program = torch.export.export(model, (batch,), dynamic_shapes=(_dynamic_dims(model),))
+    try:
+        program = torch.export.export(model, (batch,), dynamic_shapes=(_dynamic_dims(model),))
+    except Exception as exc:  # torch.export's errors have no common base class across versions
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeployError(
+            f"torch.export could not export {info.model} for any batch size with torch {torch.__version__} "
+            f"({first}); torch 2.5 or later exports it, or choose --format onnx, torchscript or state_dict"
+        ) from exc
     torch.export.save(program, str(path))
     loaded = torch.export.load(str(path)).module()
     with torch.inference_mode():
@@ -145,18 +153,32 @@ def _write_pt2(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor)
 def _write_onnx(model: nn.Module, info: RunInfo, path: Path, batch: torch.Tensor) -> float:
     import onnxruntime
 
-    program = torch.onnx.export(
-        model,
-        (batch,),
-        dynamo=True,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes=(_dynamic_dims(model),),
-        external_data=False,
-        verbose=False,
-    )
-    assert program is not None
-    program.save(str(path), external_data=False)
+    if onnx_dynamo_exporter():
+        program = torch.onnx.export(
+            model,
+            (batch,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=(_dynamic_dims(model),),
+            external_data=False,
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(path), external_data=False)
+    else:  # torch before 2.5: the TorchScript-based exporter, the same dimensions named dynamic
+        names = {0: "batch", 2: "height", 3: "width"}
+        axes = {dim: names[dim] for dim in _dynamic_dims(model)}
+        with torch.inference_mode():
+            torch.onnx.export(
+                model,
+                (batch,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": axes, "logits": axes},
+                opset_version=17,
+            )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = []
     for x in _check_batches(model, batch):
