@@ -119,13 +119,13 @@ def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
             "--epochs",
             type=int,
             default=UnsetInt(5),
-            help="passes over the training data (default: 5; 6 with --task segmentation)",
+            help="passes over the training data; 6 with --task segmentation",
         )
     model.add_argument(
         "--batch-size",
         type=int,
         default=UnsetInt(64),
-        help="images per batch, per process (default: 64; 32 with --task segmentation)",
+        help="images per batch, per process; 32 with --task segmentation",
     )
     if training:
         model.add_argument(
@@ -133,7 +133,7 @@ def add_job_args(train: argparse.ArgumentParser, training: bool = True) -> None:
             type=lr_value,
             default=UnsetFloat(2e-3),
             help="LR of every param group; 'auto' runs the LR range test first (see lr-find) and trains with its "
-            "suggestion (default: 0.002; 0.005 with --task segmentation)",
+            "suggestion; 0.005 with --task segmentation",
         )
     model.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     if training:
