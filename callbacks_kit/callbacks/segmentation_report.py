@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from callbacks_kit.callbacks.segmentation_view import PixelCountView
-from callbacks_kit.segmentation_metrics import IGNORE_INDEX, SegmentationScores, segmentation_scores
+from callbacks_kit.segmentation_metrics import SegmentationScores, segmentation_scores
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -33,15 +33,7 @@ class SegmentationReport(PixelCountView):
         scores: `SegmentationScores` of the latest validation written.
     """
 
-    def __init__(
-        self,
-        class_names: Sequence[str] | None = None,
-        ignore_index: int | None = IGNORE_INDEX,
-        every_n_validations: int = 1,
-        prefix: str = "val",
-    ) -> None:
-        super().__init__(class_names, ignore_index, every_n_validations, prefix)
-        self.scores: SegmentationScores | None = None
+    scores: SegmentationScores | None = None
 
     def write(self, trainer: Trainer) -> None:
         if self.counts.counts is None or trainer.tb_writer is None:

@@ -52,6 +52,7 @@ class SegmentationView(Callback):
         self.prefix = prefix
         self.validations = 0
         self.disabled = False
+        self.reset()
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.val_loader is None:
@@ -99,15 +100,7 @@ class SegmentationView(Callback):
 class PixelCountView(SegmentationView):
     """A view of the validation's pixel confusion counts (gathered from every process, counted on the main one)."""
 
-    def __init__(
-        self,
-        class_names: Sequence[str] | None = None,
-        ignore_index: int | None = IGNORE_INDEX,
-        every_n_validations: int = 1,
-        prefix: str = "val",
-    ) -> None:
-        super().__init__(class_names, ignore_index, every_n_validations, prefix)
-        self.counts = PixelCounts(ignore_index=ignore_index)
+    counts: PixelCounts  # the latest validation's, made by `reset`
 
     def reset(self) -> None:
         self.counts = PixelCounts(ignore_index=self.ignore_index)
