@@ -1,4 +1,4 @@
-"""Every private Accelerate and PyTorch API the package relies on, in one place.
+"""Every private Accelerate, PyTorch and TensorBoard API the package relies on, in one place.
 
 Each helper says why no public API does the job. They were checked against torch 2.14 and
 accelerate 1.15; `setup.cfg` allows torch <3 and accelerate <2, and `tests/test_architecture.py`
@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import google_crc32c
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
@@ -107,6 +108,25 @@ PRIVATE_NAMES: tuple[tuple[Any, str], ...] = (
     (DistributedDataParallel, "_remove_autograd_hooks"),
     (torch, "_foreach_norm"),
 )
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C of a TFRecord (an event file's record framing), computed in C by google-crc32c."""
+    crc = google_crc32c.value(data)
+    return ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def fast_event_checksums() -> None:
+    """Make TensorBoard's event writers checksum their records with `masked_crc32c`.
+
+    Without TensorFlow installed, TensorBoard computes each record's CRC-32C in a Python loop
+    over its bytes (about 12 MB/s) on the writer's thread, holding the GIL the training loop
+    needs: about 0.4 s per run of the main job's 5 MB of images and histograms. The values
+    are the same (tests/test_run_writer.py checks them against TensorBoard's own function).
+    """
+    from tensorboard.summary.writer import record_writer
+
+    record_writer.masked_crc32c = masked_crc32c
 
 
 def onnx_dynamo_exporter() -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from callbacks_kit.compat import fast_event_checksums
+
 TRAIN = "train"
 
 
@@ -68,6 +70,7 @@ class RunWriter(SummaryWriter):
     """
 
     def __init__(self, log_dir: str, flush_secs: int = 120, purge_step: int | None = None, **kwargs: Any) -> None:
+        fast_event_checksums()
         super().__init__(log_dir=log_dir, flush_secs=flush_secs, purge_step=purge_step, **kwargs)
         self.flush_secs = flush_secs
         self.purge_step = purge_step
