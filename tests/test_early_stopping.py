@@ -11,6 +11,7 @@ from helpers.checkpoints import ScriptedScore, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, EarlyStopping, ModelCheckpoint, TerminateOnNaN, TrainerError
 from callbacks_kit.callbacks import NonFiniteError
+from callbacks_kit.norms import all_finite
 
 
 def test_stops_after_patience_epochs_without_improvement(capsys):
@@ -114,3 +115,18 @@ def test_terminate_on_nan_is_quiet_when_all_is_finite():
     trainer = make_trainer([TerminateOnNaN()])
     trainer.fit(*loaders(), epochs=1)
     assert trainer.state.global_step == 8
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_the_finite_check_finds_one_bad_value_among_millions(bad):
+    tensors = [torch.randn(64, 64, 3, 3), torch.randn(1_000_000), torch.randn(10)]
+    assert bool(all_finite(tensors))
+    tensors[1][123_457] = bad
+    assert not bool(all_finite(tensors))
+
+
+def test_the_finite_check_calls_large_finite_gradients_finite():
+    """Values whose squares overflow (a norm would call them infinite), and half-precision sums past 65504."""
+    assert bool(all_finite([torch.full((1000,), 1e20)]))
+    assert bool(all_finite([torch.ones(100_000, dtype=torch.float16), torch.ones(10, dtype=torch.bfloat16)]))
+    assert not bool(all_finite([torch.tensor([1.0, math.nan], dtype=torch.float16)]))

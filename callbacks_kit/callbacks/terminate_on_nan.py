@@ -8,8 +8,8 @@ import torch
 
 from callbacks_kit.callbacks.base import Callback, Order
 from callbacks_kit.callbacks.model_checkpoint import ModelCheckpoint
-from callbacks_kit.compat import grad_norms
 from callbacks_kit.errors import NonFiniteError, TrainerError
+from callbacks_kit.norms import all_finite
 
 if TYPE_CHECKING:
     from callbacks_kit.trainer import Trainer
@@ -74,7 +74,7 @@ class TerminateOnNaN(Callback):
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
         if not grads:
             return
-        finite = torch.stack(grad_norms(grads)).isfinite().all()
+        finite = all_finite(grads)
         self._record(~finite, trainer.state.global_step + 1)
         n = self.check_every_n_steps
         if n is not None and (trainer.state.global_step + 1) % n == 0 and not bool(finite):
