@@ -46,8 +46,9 @@ def font(size: int = 12) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+@lru_cache(maxsize=4096)
 def text_size(text: str, size: int) -> tuple[int, int]:
-    """Width and height in pixels of `text` drawn at `size`."""
+    """Width and height in pixels of `text` drawn at `size`; remembered: the views draw the same labels each epoch."""
     left, top, right, bottom = font(size).getbbox(text)
     return int(right - left), int(bottom - min(top, 0))
 
