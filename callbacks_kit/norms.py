@@ -48,6 +48,8 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     ResNet-18's gradients (0.50 against 1.21 ms with 2 threads), and without the squares,
     which overflow for values above 1.8e19 and would report finite gradients as bad.
     """
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
     if tensors[0].device.type == "cpu":
         sums = [t.sum(dtype=torch.float32) for t in tensors]
     else:
