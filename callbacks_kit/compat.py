@@ -122,7 +122,7 @@ def fast_event_checksums() -> None:
     Without TensorFlow installed, TensorBoard computes each record's CRC-32C in a Python loop
     over its bytes (about 12 MB/s) on the writer's thread, holding the GIL the training loop
     needs: about 0.4 s per run of the main job's 5 MB of images and histograms. The values
-    are the same (tests/test_run_writer.py checks them against TensorBoard's own function).
+    are the same (tests/test_architecture.py checks them against TensorBoard's own function).
     """
     from tensorboard.summary.writer import record_writer
 

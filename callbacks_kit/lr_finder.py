@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from callbacks_kit.checkpoint.codec import apply_rng_states, capture_rng_states
 from callbacks_kit.checks import check_train_batches
+from callbacks_kit.compat import fast_event_checksums
 from callbacks_kit.errors import ScheduleError, TrainerError
 from callbacks_kit.finetune import freeze, unfreeze
 from callbacks_kit.inspection.line_chart import BLUE, LIGHT_BLUE, line_chart
@@ -327,6 +328,7 @@ def range_test(
             unfreeze(modules)
             trainer.refresh_trainable()
     if log_dir is not None and trainer.is_main_process:
+        fast_event_checksums()
         writer = SummaryWriter(log_dir)
         result.log(writer)
         writer.close()

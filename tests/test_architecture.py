@@ -301,6 +301,43 @@ def test_the_private_apis_behave_as_compat_expects():
     assert [float(n) for n in norms] == [5.0, 1.0]
 
 
+def test_event_records_carry_tensorboards_own_checksums(tmp_path):
+    """The C CRC-32C the writers use gives TensorBoard's values: on raw bytes and on every record of a real run."""
+    import struct
+
+    import torch
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    from callbacks_kit.compat import masked_crc32c
+    from callbacks_kit.inspection.event_report import event_files
+    from callbacks_kit.inspection.run_writer import RunWriter
+
+    generator = torch.Generator().manual_seed(0)
+    for size in (0, 1, 7, 8, 4097, 100_003):
+        data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+        assert masked_crc32c(data) == reference(data)
+    writer = RunWriter(str(tmp_path))
+    # RecordWriter.write looks the function up in its module at every call: that is what is replaced
+    assert "masked_crc32c" in record_writer.RecordWriter.write.__code__.co_names
+    assert record_writer.masked_crc32c is masked_crc32c
+    writer.add_scalar("loss", 0.5, 3)
+    writer.add_image("image", torch.rand(3, 40, 60, generator=generator), 3)
+    writer.close()
+    (path,) = event_files(str(tmp_path))
+    blob, records = open(path, "rb").read(), 0
+    while blob:
+        header, (header_crc,) = blob[:8], struct.unpack("<I", blob[8:12])
+        (length,) = struct.unpack("<Q", header)
+        data, (data_crc,) = blob[12 : 12 + length], struct.unpack("<I", blob[12 + length : 16 + length])
+        assert (header_crc, data_crc) == (reference(header), reference(data))
+        blob, records = blob[16 + length :], records + 1
+    assert records == 3  # the file version, the scalar, the image
+    tags = [v.tag for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
+    assert tags == ["loss", "image"]
+
+
 def test_the_accelerator_keeps_what_swap_prepared_model_replaces():
     import accelerate.accelerator
     from torch import nn

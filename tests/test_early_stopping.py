@@ -130,4 +130,4 @@ def test_the_finite_check_calls_large_finite_gradients_finite():
     assert bool(all_finite([torch.full((1000,), 1e20)]))
     assert bool(all_finite([torch.ones(100_000, dtype=torch.float16), torch.ones(10, dtype=torch.bfloat16)]))
     assert not bool(all_finite([torch.tensor([1.0, math.nan], dtype=torch.float16)]))
-    assert bool(all_finite([]))
+    assert bool(all_finite([])) and bool(all_finite([torch.full((10,), 1e300, dtype=torch.float64)]))

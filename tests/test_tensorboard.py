@@ -249,38 +249,3 @@ def test_a_resumed_run_drops_the_interrupted_runs_later_points_in_every_split(tm
     for split in ("train", "validation"):  # the first run's steps 8 and 12, then the resumed run's: once each
         assert runs[split]["scalars"]["loss"]["count"] == 3, split
     assert runs["."]["scalars"]["val_best/loss"]["count"] == 3
-
-
-def test_event_records_carry_tensorboards_own_checksums(tmp_path):
-    """The C CRC-32C the writers use gives TensorBoard's values: on raw bytes and on every record of a real run."""
-    import struct
-
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
-    from tensorboard.summary.writer import record_writer
-
-    from callbacks_kit.compat import masked_crc32c
-    from callbacks_kit.inspection.run_writer import RunWriter
-
-    generator = torch.Generator().manual_seed(0)
-    for size in (0, 1, 7, 8, 4097, 100_003):
-        data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator).numpy().tobytes()
-        assert masked_crc32c(data) == reference(data)
-    writer = RunWriter(str(tmp_path))
-    # RecordWriter.write looks the function up in its module at every call: that is what is replaced
-    assert "masked_crc32c" in record_writer.RecordWriter.write.__code__.co_names
-    assert record_writer.masked_crc32c is masked_crc32c
-    writer.add_scalar("loss", 0.5, 3)
-    writer.add_image("image", torch.rand(3, 40, 60, generator=generator), 3)
-    writer.close()
-    (path,) = event_files(str(tmp_path))
-    blob, records = open(path, "rb").read(), 0
-    while blob:
-        header, (header_crc,) = blob[:8], struct.unpack("<I", blob[8:12])
-        (length,) = struct.unpack("<Q", header)
-        data, (data_crc,) = blob[12 : 12 + length], struct.unpack("<I", blob[12 + length : 16 + length])
-        assert (header_crc, data_crc) == (reference(header), reference(data))
-        blob, records = blob[16 + length :], records + 1
-    assert records == 3  # the file version, the scalar, the image
-    tags = [v.tag for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
-    assert tags == ["loss", "image"]
