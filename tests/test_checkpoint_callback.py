@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import mmap
+import os
+import sys
 
 import pytest
 import safetensors
@@ -133,3 +137,45 @@ def test_saved_weights_match_the_model(tmp_path):
     trainer.fit(*loaders(), epochs=1)
     saved = safetensors.torch.load_file(checkpoint.last_path / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in trainer.unwrapped_model.state_dict().items())
+
+
+def _cached_pages(path) -> int:
+    """How many of the file's pages are in the page cache (mincore on a mapping; touches none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        vector = ctypes.create_string_buffer((size + page - 1) // page)
+        try:
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(byte & 1 for byte in vector.raw)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and posix_fadvise as Linux has them")
+@pytest.mark.parametrize("async_save", [False, True])
+def test_saved_files_leave_the_page_cache_once_on_disk(tmp_path, async_save):
+    control = tmp_path / "control.bin"
+    with open(control, "wb") as f:
+        f.write(os.urandom(1 << 16))
+        f.flush()
+        os.fsync(f.fileno())
+    if not _cached_pages(control):
+        pytest.skip("this filesystem does not keep written pages in the page cache")
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", monitor="val/score", mode="max", async_save=async_save)
+    make_trainer([ScriptedScore([0.2, 0.9, 0.5]), checkpoint]).fit(*loaders(), epochs=3)
+    files = [p for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"best.safetensors", "model.safetensors", "state.safetensors", "last.json"}
+    assert {p.relative_to(tmp_path).as_posix(): _cached_pages(p) for p in files} == {
+        p.relative_to(tmp_path).as_posix(): 0 for p in files
+    }
+    assert _cached_pages(control) > 0  # what a write leaves without the drop

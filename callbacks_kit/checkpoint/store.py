@@ -6,6 +6,7 @@ folders: `last.json` (the newest committed folder, replaced atomically after eac
 commit), `best.safetensors` (see `ModelCheckpoint`), and `.tmp-*` / `.trash-*` leftovers of a
 killed save or prune, which `clean_leftovers` removes. Writes go into `.tmp-<name>`, are
 fsynced, then renamed; a kill at any moment leaves `last.json` pointing at a whole checkpoint.
+Written files leave the page cache once fsynced (`_drop_cached`).
 This module knows nothing of training: the caller hands it files (`checkpoint.files`) and
 says which process it runs in. Resuming is in `callbacks_kit.checkpoint.restore`.
 
@@ -48,6 +49,20 @@ FINISHING = "updating last.json and best.safetensors or pruning"
 
 
 # ------------------------------------------------------------------------------ low-level writes
+def _drop_cached(fd: int) -> None:
+    """Let the kernel drop a file's pages from the page cache once they are on the disk.
+
+    A checkpoint is written once and read at most at a resume, while its pages would crowd
+    out what training reads again (the dataset's files) and make the next save's writes
+    find memory first. Where free memory goes back to the host, as on VMs with free page
+    reporting, writing into fresh pages costs far more: 90 MB took 0.47 s of CPU into new
+    pages there against 17 ms into pages just dropped. A no-op where the OS has no
+    `posix_fadvise` or the filesystem keeps its pages (tmpfs).
+    """
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def _write_file(path: Path, data: Data | HashingParts) -> None:
     """Write and fsync one file (the one place bytes reach the disk; tests fail it on purpose)."""
     with open(path, "wb") as f:
@@ -55,6 +70,7 @@ def _write_file(path: Path, data: Data | HashingParts) -> None:
             f.write(part)  # releases the GIL: a background save does not stall the loop here
         f.flush()
         os.fsync(f.fileno())
+        _drop_cached(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,13 +101,17 @@ def copy_atomic(source: Path, path: Path) -> None:
     """Replace `path` with a copy of the file `source`, as `write_atomic` does.
 
     The kernel copies the bytes (`shutil.copyfile` uses `sendfile` on Linux): nothing is
-    read into Python, and the GIL is released while it copies.
+    read into Python, and the GIL is released while it copies. Neither file stays in the
+    page cache afterwards.
     """
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     try:
         shutil.copyfile(source, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+            _drop_cached(f.fileno())
+        with open(source, "rb") as f:
+            _drop_cached(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
