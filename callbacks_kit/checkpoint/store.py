@@ -18,6 +18,7 @@ fsyncs them, and `finish_save` agrees across processes, commits, and runs `after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,11 +57,12 @@ def _drop_cached(fd: int) -> None:
     out what training reads again (the dataset's files) and make the next save's writes
     find memory first. Where free memory goes back to the host, as on VMs with free page
     reporting, writing into fresh pages costs far more: 90 MB took 0.47 s of CPU into new
-    pages there against 17 ms into pages just dropped. A no-op where the OS has no
-    `posix_fadvise` or the filesystem keeps its pages (tmpfs).
+    pages there against 17 ms into pages just dropped. Advice only: a no-op where the OS
+    has no `posix_fadvise` or the filesystem keeps its pages (tmpfs), and never a failed save.
     """
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _write_file(path: Path, data: Data | HashingParts) -> None:
