@@ -147,6 +147,8 @@ def _cached_pages(path) -> int:
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     size, page = path.stat().st_size, mmap.PAGESIZE
+    if not size:
+        return 0
     fd = os.open(path, os.O_RDONLY)
     try:
         address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
