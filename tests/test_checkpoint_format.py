@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import binascii
 import errno
-import hashlib
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from fixtures.make_checkpoint_v0_1_0 import CHECKPOINT_NAME, FIXTURE
 from helpers.checkpoints import ScriptedScore, StopAtStep, loaders, make_trainer, weights
 
 from callbacks_kit import Callback, CheckpointError, ModelCheckpoint
@@ -78,7 +80,8 @@ def test_layout_after_a_save(tmp_path):
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["world_size"], meta["epoch"], meta["batch"], meta["global_step"]) == (1, 1, 0, 8)
     for name, info in meta["files"].items():
-        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == info["sha256"]
+        data = (folder / name).read_bytes()
+        assert info == {"bytes": len(data), "crc32": f"{binascii.crc32(data):08x}"}
     loaded = read_checkpoint(folder)
     assert all(torch.equal(loaded.tensors("model.safetensors")[k], v) for k, v in weights(trainer).items())
 
@@ -110,6 +113,26 @@ def test_damaged_checkpoints_are_refused_and_left_alone(tmp_path, damage, messag
         trainer.fit(*loaders(), epochs=2, resume_from=str(folder))
     assert trainer.state.global_step == 0
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_version_1_folder_is_checked_against_its_sha256(tmp_path):
+    """Checkpoints of format version 1 (0.1.0's fixture) record sha256: still read, and damage still found."""
+    folder = shutil.copytree(FIXTURE / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
+    assert json.loads((folder / "meta.json").read_text())["version"] == 1
+    assert read_checkpoint(folder).tensors("model.safetensors")
+    _flip_a_byte(folder / "state.safetensors")
+    with pytest.raises(CheckpointError, match="state.safetensors is corrupt"):
+        read_checkpoint(folder)
+
+
+def test_a_meta_entry_without_a_checksum_is_refused(tmp_path):
+    _, checkpoint = _train(tmp_path)
+    meta_path = checkpoint.last_path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]["model.safetensors"]["crc32"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        read_checkpoint(checkpoint.last_path)
 
 
 def test_checkpoint_of_a_different_model_is_refused(tmp_path):

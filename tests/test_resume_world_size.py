@@ -118,7 +118,8 @@ def test_a_checkpoint_without_the_sample_record_resumes_sample_exact_too(tmp_pat
     data = json.dumps(doc).encode()
     (checkpoint / "state.json").write_bytes(data)
     meta = json.loads((checkpoint / "meta.json").read_text())
-    meta["files"]["state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    meta["files"]["state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}  # as 0.1.0 wrote
+    meta["version"] = 1
     (checkpoint / "meta.json").write_text(json.dumps(meta))
     _, after = run(48, tmp_path / "b", resume=str(checkpoint))
     check_epochs(before, after, checkpoint, 2)

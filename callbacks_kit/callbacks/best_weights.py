@@ -5,7 +5,7 @@ model.safetensors (monitor and score in the header); or, when the monitor measur
 that another callback publishes for its prefix (`Callback.validated_models`: an `EMA`'s
 `val_ema/...`), that model's weights, copied on the loop thread at the save's step. The
 file is replaced atomically after the commit and after `last.json`, so a kill in between
-leaves the earlier best in it: `check_best` finds that on resume, by size and sha256, and
+leaves the earlier best in it: `check_best` finds that on resume, by size and checksum, and
 writes the weights of the checkpoint the run's record names as best.
 """
 
@@ -76,7 +76,7 @@ def check_best(trainer: Trainer, dirpath: Path, best: str, resumed: str, monitor
     """After a resume: make best.safetensors hold the weights of `best`, the record's best; what was done, or None.
 
     For the trained model, the expected bytes are `best`'s model.safetensors (its size and
-    sha256 are in meta.json); for a validated model, those `write_best` writes from that
+    checksum are in meta.json); for a validated model, those `write_best` writes from that
     model, which can be rebuilt only when `best` is the checkpoint resumed from (always the
     case after a kill during the replacement: the best is the newest save).
     """

@@ -9,19 +9,20 @@
         state.json          position, TrainState, optimizer, scaler and callback states (no tensors)
         state.safetensors   the tensors those states refer to (optimizer moments...)
         rng-rank<r>.json    RNG states, sampler seed and loss sums of process r, one per process
-        meta.json           format, version, world size, position, size and sha256 of every file (last)
+        meta.json           format, version, world size, position, size and CRC-32 of every file (last)
       .tmp-*  .trash-*        a save or prune in progress, or the leftovers of a killed one
 
 Every module of `callbacks_kit.checkpoint` and every reader of checkpoint folders (deploy,
 the CLI) takes these names from here. `VERSION` grows when the files change in a way an
-older reader cannot read; `restore` refuses a newer version than its own.
+older reader cannot read; `restore` refuses a newer version than its own. Version 2 records
+each file's CRC-32 where version 1 recorded its sha256 (`digest`); both are read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT, VERSION = "callbacks_kit.checkpoint", 1
+FORMAT, VERSION = "callbacks_kit.checkpoint", 2
 META, MODEL, STATE_JSON, STATE_TENSORS = "meta.json", "model.safetensors", "state.json", "state.safetensors"
 POINTER, BEST_WEIGHTS = "last.json", "best.safetensors"
 TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"

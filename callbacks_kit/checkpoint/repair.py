@@ -11,14 +11,13 @@ process, holding the folder's lock.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from callbacks_kit.checkpoint.digest import CHUNK
+from callbacks_kit.checkpoint.digest import CHUNK, checksum_matches
 from callbacks_kit.checkpoint.format import TMP_PREFIX, TRASH_PREFIX
 from callbacks_kit.checkpoint.store import list_checkpoints, read_pointer
 
@@ -65,14 +64,11 @@ def unkept_folders(dirpath: Path, last: str, keep: Collection[str], stale: Colle
 
 
 def file_matches(path: Path, expected: Mapping[str, Any]) -> bool:
-    """Whether the file `path` exists with the size and sha256 of `expected` (meta.json's form)."""
+    """Whether the file `path` exists with the size and checksum of `expected` (meta.json's form)."""
     try:
         if path.stat().st_size != expected["bytes"]:
             return False
-        sha = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
+            return checksum_matches(expected, iter(lambda: f.read(CHUNK), b""))
     except OSError:
         return False
-    return sha.hexdigest() == expected["sha256"]

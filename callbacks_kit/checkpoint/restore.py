@@ -9,7 +9,6 @@ boundary. `restore_training` returns that as a `ResumePoint`, which the loop con
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import safetensors.torch
 import torch
 
 from callbacks_kit.checkpoint.codec import join_tensors
+from callbacks_kit.checkpoint.digest import checksum_matches
 from callbacks_kit.checkpoint.format import (
     FORMAT,
     META,
@@ -107,7 +107,7 @@ def _last_in(directory: Path) -> Path | None:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
-    """Read a checkpoint folder and check the size and sha256 of every file against meta.json.
+    """Read a checkpoint folder and check the size and checksum of every file against meta.json.
 
     Raises:
         CheckpointError: missing, corrupt, truncated, or of another format version.
@@ -136,8 +136,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
                 f"{path / name} is truncated or altered: {len(data)} bytes where {expected['bytes']} were "
                 f"written; {advice}"
             )
-        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
-            raise CheckpointError(f"{path / name} is corrupt (its sha256 differs from the one saved); {advice}")
+        if not checksum_matches(expected, [data]):
+            raise CheckpointError(f"{path / name} is corrupt (its checksum differs from the one saved); {advice}")
         loaded.files[name] = data
     return loaded
 

@@ -1,7 +1,7 @@
 """Crash-safe checkpoint folders: an atomic save of the files of one checkpoint, verified loads.
 
 One checkpoint is one folder (its names: `callbacks_kit.checkpoint.format`), committed by a
-single atomic rename, with a meta.json giving the size and sha256 of every file. Next to the
+single atomic rename, with a meta.json giving the size and checksum of every file. Next to the
 folders: `last.json` (the newest committed folder, replaced atomically after each
 commit), `best.safetensors` (see `ModelCheckpoint`), and `.tmp-*` / `.trash-*` leftovers of a
 killed save or prune, which `clean_leftovers` removes. Writes go into `.tmp-<name>`, are

@@ -289,7 +289,7 @@ def load_run_model(run: str | os.PathLike[str], checkpoint: str = "best") -> tup
             ""
             if checkpoint not in ("best", "last")
             else (
-                "; the checkpoint folders hold copies verified by sha256: use --checkpoint last, or a checkpoint folder"
+                "; the checkpoint folders hold verified copies: use --checkpoint last, or a checkpoint folder"
                 if checkpoint == "best"
                 else "; use --checkpoint best, or an older checkpoint folder"
             )
