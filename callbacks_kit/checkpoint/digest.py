@@ -32,7 +32,6 @@ class Checksum:
     def __init__(self, kind: str = KIND) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown checksum {kind!r}; one of {KINDS}")
-        self.kind = kind
         self._crc = 0
         self._sha = hashlib.sha256() if kind == "sha256" else None
 
